@@ -1,0 +1,3 @@
+"""zdm: zero-downtime online migrations for PostgreSQL."""
+
+__version__ = "0.1.0"
