@@ -1,0 +1,248 @@
+"""The `zdm` command: parse, call the api, map errors to exit codes. Nothing else.
+
+Exit codes: 0 done or stopped at a gate, 1 step failed (resumable), 2 invalid plan or usage,
+3 another run holds the plan's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from zdm import api
+from zdm.engine.runner import PlanChanged, RunRefused
+from zdm.engine.session import ConnectionFailed, redact, resolve_dsn
+from zdm.logs import configure
+from zdm.plan import PHASES, PlanError, plan_json_schema
+from zdm.state import LockHeld
+
+app = typer.Typer(
+    name="zdm",
+    help="Zero-downtime online migrations for PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class LogFormat(str, Enum):
+    console = "console"
+    json = "json"
+
+
+class Phase(str, Enum):
+    additive = "additive"
+    dual_write = "dual_write"
+    backfill = "backfill"
+    dual_read = "dual_read"
+    cleanup = "cleanup"
+
+
+DsnOpt = Annotated[
+    str | None,
+    typer.Option("--dsn", help="Connection string; else ZDM_DSN, DATABASE_URL, or libpq's PG* variables."),
+]
+StateOpt = Annotated[str, typer.Option("--state-schema", help="Schema of zdm's own state tables.")]
+PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
+
+T = TypeVar("T")
+
+
+@app.callback()
+def main_options(
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help="Logs on stderr.")] = LogFormat.console,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug shows every SQL statement.")] = "info",
+) -> None:
+    configure(log_format.value, log_level)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Runs a command body, turning every expected failure into a message and an exit code."""
+    try:
+        return fn()
+    except PlanError as e:
+        err.print(f"[red]invalid plan[/red]\n{_escape(str(e))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except (PlanChanged, RunRefused) as e:
+        err.print(f"[red]refused:[/red] {_escape(str(e))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except LockHeld as e:
+        err.print(f"[red]locked:[/red] {_escape(str(e))}")
+        raise typer.Exit(EXIT_LOCKED) from None
+    except ConnectionFailed as e:
+        err.print(f"[red]error:[/red] {_escape(str(e))}")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+@app.command()
+def run(
+    plan: PlanArg,
+    dsn: DsnOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run; change nothing.")] = False,
+    until: Annotated[Phase | None, typer.Option("--until", help="Stop after this phase.")] = None,
+    cont: Annotated[bool, typer.Option("--continue", help="Pass the gate the run waits at.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Resume although the plan file changed.")] = False,
+    state_schema: StateOpt = "zdm",
+) -> None:
+    """Run or resume a plan."""
+    if dry_run:
+        url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
+        text = guarded(lambda: api.dry_run(plan, url, state_schema=state_schema))
+        sys.stdout.write(text)
+        return
+    outcome = guarded(
+        lambda: api.run_plan(plan, resolve_dsn(dsn), until=until.value if until else None, cont=cont,
+                             force=force, state_schema=state_schema)
+    )
+    color = {"completed": "green", "waiting": "yellow"}.get(outcome.status, "red")
+    err.print(f"[{color}]{outcome.status}[/{color}]: {_escape(outcome.message)}")
+    raise typer.Exit(outcome.exit_code)
+
+
+def _env_dsn() -> bool:
+    import os
+
+    return any(os.environ.get(v) for v in ("ZDM_DSN", "DATABASE_URL", "PGHOST", "PGDATABASE", "PGSERVICE"))
+
+
+@app.command()
+def status(
+    plan: Annotated[str | None, typer.Argument(help="Plan file or name; all plans if omitted.")] = None,
+    dsn: DsnOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    state_schema: StateOpt = "zdm",
+) -> None:
+    """Show runs: phase, step, backfill progress, rate, ETA, last error."""
+    name = _plan_name(plan) if plan else None
+    runs = guarded(lambda: api.status(resolve_dsn(dsn), name, state_schema=state_schema))
+    if as_json:
+        sys.stdout.write(json.dumps(runs, default=str, indent=2) + "\n")
+        return
+    if not runs:
+        out.print("no runs recorded" + (f" for plan {name}" if name else ""))
+        return
+    for r in runs:
+        _print_run(r)
+
+
+def _plan_name(plan: str) -> str:
+    path = Path(plan)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return guarded(lambda: api.load_plan(path).name)
+    return plan
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    owner = f"{r['owner_host']}:{r['owner_pid']}" + (" (running now)" if r["owner_alive"] else "")
+    out.print(f"[bold]{r['plan']}[/bold]  run {r['id']}  [bold]{r['status']}[/bold]"
+              + (f" ({r['waiting_for']})" if r.get("waiting_for") else ""))
+    out.print(f"  phase {r['phase'] or '-'}, step {r['step'] or '-'}; owner {owner}; heartbeat {r['heartbeat']}")
+    if r["last_error"]:
+        out.print(f"  [red]last error:[/red] {_escape(r['last_error'])}")
+    for b in r["backfills"]:
+        est = b["rows_estimated"] or 0
+        pct = f" ({100 * b['rows_done'] / est:.0f}%)" if est else ""
+        rate = f", {b['rows_per_s']:,.0f} rows/s" if b["rows_per_s"] else ""
+        eta = f", ETA {b['eta_s']}s" if b["eta_s"] else ""
+        thr = f", throttled: {b['throttle']}" if b["throttle"] else ""
+        out.print(f"  backfill {b['step']} worker {b['worker']}: {b['rows_done']:,} / ~{est:,} rows{pct}"
+                  f"{rate}{eta}, batch {b['batch_size']}{thr}{' done' if b['done'] else ''}")
+    table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("step", "kind", "status", "attempts", "error"):
+        table.add_column(col)
+    for s in r["steps"]:
+        table.add_row(s["key"], s["kind"], s["status"], str(s["attempts"]), _escape(s["last_error"] or ""))
+    out.print(table)
+
+
+@app.command()
+def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
+    """Check a plan file; with a database, also against the live schema."""
+    url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
+    loaded, problems = guarded(lambda: api.validate(plan, url))
+    if problems:
+        err.print(f"[red]plan {loaded.name} does not fit the database[/red]")
+        for p in problems:
+            err.print(f"{plan}: {_escape(p)}")
+        raise typer.Exit(EXIT_USAGE)
+    steps = loaded.plan.steps()
+    where = f" against {redact(url)}" if url else ""
+    err.print(f"[green]ok[/green]: plan {loaded.name}, {len(steps)} steps in "
+              f"{len({s.phase for s in steps})} phases{where}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of plan files (for editors)."""
+    sys.stdout.write(json.dumps(plan_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def pause(plan: Annotated[str, typer.Argument(help="Plan file or name.")], dsn: DsnOpt = None,
+          state_schema: StateOpt = "zdm") -> None:
+    """Pause a running backfill after its current batch."""
+    _pause(plan, dsn, True, state_schema)
+
+
+@app.command()
+def resume(plan: Annotated[str, typer.Argument(help="Plan file or name.")], dsn: DsnOpt = None,
+           state_schema: StateOpt = "zdm") -> None:
+    """Resume a paused backfill."""
+    _pause(plan, dsn, False, state_schema)
+
+
+def _pause(plan: str, dsn: str | None, paused: bool, state_schema: str) -> None:
+    name = _plan_name(plan)
+    run = guarded(lambda: api.pause(resolve_dsn(dsn), name, paused, state_schema=state_schema))
+    if run is None:
+        err.print(f"[red]no unfinished run of plan {name}[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    err.print(f"{'pause' if paused else 'resume'} requested for plan {name} (run {run.id}, {run.status})")
+
+
+@app.command()
+def seed(
+    dsn: DsnOpt = None,
+    rows: Annotated[int, typer.Option("--rows", help="How many users.")] = 200_000,
+    schema_name: Annotated[str, typer.Option("--schema", help="Schema of the users table.")] = "public",
+) -> None:
+    """Create the example users table (legacy phones in contact jsonb) and fill it."""
+    import psycopg
+
+    from zdm.demo.seed import create_schema, seed_users
+    from zdm.engine.session import connect
+
+    def go() -> None:
+        with connect(resolve_dsn(dsn), "seed") as conn:
+            create_schema(conn, schema=schema_name)
+            seed_users(conn, rows, schema=schema_name)
+
+    try:
+        guarded(go)
+    except psycopg.Error as e:
+        err.print(f"[red]error:[/red] {_escape(str(e).strip())}")
+        raise typer.Exit(EXIT_FAILED) from None
+    err.print(f"[green]seeded[/green] {rows:,} users in {schema_name}.users")
+
+
+def main() -> None:
+    app()
+
+
+assert PHASES == tuple(p.value for p in Phase)

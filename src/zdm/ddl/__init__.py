@@ -1,0 +1,6 @@
+"""Statements, lock modes and catalog probes: the vocabulary shared by operations and the engine."""
+
+from zdm.ddl.locks import LockMode
+from zdm.ddl.statement import Action, BackfillJob, Check, Statement, Table, Txn, user_sql
+
+__all__ = ["Action", "BackfillJob", "Check", "LockMode", "Statement", "Table", "Txn", "user_sql"]

@@ -1,0 +1,121 @@
+"""What operations hand to the executor: plain data, so a dry-run prints exactly what a run does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, LiteralString, cast
+
+from psycopg import sql
+
+from zdm.ddl.locks import LockMode
+
+
+@dataclass(frozen=True, order=True)
+class Table:
+    """A schema-qualified table (or index, function…) name."""
+
+    schema: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str, default_schema: str) -> Table:
+        schema, dot, name = text.partition(".")
+        return cls(schema, name) if dot else cls(default_schema, text)
+
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def sibling(self, name: str) -> Table:
+        """Another object in the same schema (indexes, trigger functions)."""
+        return Table(self.schema, name)
+
+    def regclass(self) -> sql.Composed:
+        """The table as a regclass literal, for catalog probes."""
+        return sql.SQL("{}::regclass").format(sql.Literal(self.ident().as_string(None)))
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def user_sql(text: str) -> sql.SQL:
+    """The one place a plan author's SQL text (an expression, a query) enters a statement verbatim.
+
+    Plans are trusted code written by the people who run them, like a migration file; identifiers
+    and values zdm itself adds are still composed with Identifier and Literal.
+    """
+    return sql.SQL(cast(LiteralString, text))
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement and the facts about it that decide how it must be run."""
+
+    sql: sql.Composable
+    lock: LockMode
+    table: Table | None = None
+    scans: bool = False
+    rewrites: bool = False
+    note: str | None = None
+
+    def text(self) -> str:
+        return self.sql.as_string(None)
+
+
+@dataclass(frozen=True)
+class Txn:
+    """A unit the executor runs: one transaction, or one statement outside any (CONCURRENTLY).
+
+    `skip_if` is a catalog probe returning one boolean: true means the effect is already there,
+    so a resume after a crash between the work and its bookkeeping does not do it twice.
+    `waits` marks a SHARE UPDATE EXCLUSIVE unit that may wait as long as it needs.
+    """
+
+    statements: tuple[Statement, ...]
+    label: str
+    transactional: bool = True
+    skip_if: sql.Composable | None = None
+
+    def __post_init__(self) -> None:
+        if not self.transactional and len(self.statements) != 1:
+            raise ValueError("a non-transactional unit holds exactly one statement")
+
+    @property
+    def lock(self) -> LockMode:
+        return max((s.lock for s in self.statements), default=LockMode.NONE)
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        seen: dict[Table, None] = {}
+        for s in self.statements:
+            if s.table is not None and s.lock.blocks_app:
+                seen[s.table] = None
+        return tuple(seen)
+
+    @property
+    def blocks_app(self) -> bool:
+        return self.lock.blocks_app
+
+
+@dataclass(frozen=True)
+class Check:
+    """A read-only query whose single value must equal `expect` (the `verify` step)."""
+
+    query: sql.Composable
+    expect: Any
+    label: str
+
+
+@dataclass(frozen=True)
+class BackfillJob:
+    """A batched update the backfill engine runs; the planner resolves defaults, not the catalog."""
+
+    table: Table
+    set: dict[str, str]
+    where: str | None
+    options: Any  # zdm.plan.Backfill: batch sizing and throttles
+    source: Any = None  # zdm.plan.BackfillFrom
+    label: str = "backfill"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Action = Txn | Check | BackfillJob

@@ -1,0 +1,230 @@
+"""The only code that executes migration SQL: transaction boundaries, timeouts, retries, blockers.
+
+Policy is decided here once, from each unit's lock mode: a unit whose lock would queue the
+application runs under a short, escalating lock_timeout and is retried whole; a SHARE UPDATE
+EXCLUSIVE unit (concurrent index builds, VALIDATE) waits as long as it needs. `render` gives the
+exact statements `run` executes, which is what the dry-run prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import structlog
+import tenacity
+from psycopg import errors, sql
+
+from zdm.ddl import Check, LockMode, Txn
+from zdm.engine.retry import CONTENTION, lock_timeout_ms, retrying
+from zdm.engine.session import scrub
+from zdm.plan import Settings
+
+# A transaction holding a lock the migration needs for longer than this is not the application's
+# own short statement: wait for it to end instead of queueing behind it.
+LONG_HOLDER_MS = 1000
+
+OnCommit = Callable[[psycopg.Connection[Any]], None]
+OnEvent = Callable[..., None]
+
+
+class StepFailed(Exception):
+    """A step could not finish; the run is left failed and resumable."""
+
+
+BEGIN = sql.SQL("BEGIN")
+COMMIT = sql.SQL("COMMIT")
+
+
+def timeouts(txn: Txn, settings: Settings, attempt: int = 1) -> list[sql.Composed]:
+    """The SET statements that open a unit: short lock_timeout only where the app would queue."""
+    if txn.blocks_app:
+        lock, stmt = f"{lock_timeout_ms(settings, attempt)}ms", f"{settings.statement_timeout}ms"
+    else:
+        lock, stmt = "0", "0"
+    scope = sql.SQL("SET LOCAL" if txn.transactional else "SET")
+    return [
+        sql.SQL("{} lock_timeout = {}").format(scope, sql.Literal(lock)),
+        sql.SQL("{} statement_timeout = {}").format(scope, sql.Literal(stmt)),
+    ]
+
+
+def render(txn: Txn, settings: Settings, attempt: int = 1) -> list[sql.Composable]:
+    """Every statement of one attempt of `txn`, in order, transaction boundaries included."""
+    body: list[sql.Composable] = [*timeouts(txn, settings, attempt), *(s.sql for s in txn.statements)]
+    return [BEGIN, *body, COMMIT] if txn.transactional else body
+
+
+@dataclass
+class Executor:
+    conn: psycopg.Connection[Any]
+    settings: Settings
+    monitor: psycopg.Connection[Any] | None = None
+    on_event: OnEvent | None = None
+    log: Any = field(default_factory=lambda: structlog.get_logger("zdm.executor"))
+
+    # -- probes and checks -------------------------------------------------------------------
+
+    def probe(self, query: sql.Composable) -> bool:
+        row = self.conn.execute(query).fetchone()
+        return bool(row and row[0])
+
+    def check(self, check: Check) -> None:
+        """Runs a verify query read-only; fails the step unless it returns the expected value."""
+        self.log.info("verify", label=check.label, sql=_text(check.query, self.conn))
+        try:
+            with self.conn.transaction():
+                self.conn.execute("SET TRANSACTION READ ONLY")
+                row = self.conn.execute(check.query).fetchone()
+        except psycopg.Error as e:
+            raise StepFailed(f"{check.label}: the query failed: {_pg_error(e)}") from None
+        value = row[0] if row else None
+        if not matches(value, check.expect):
+            raise StepFailed(f"{check.label}: expected {check.expect!r}, got {value!r}")
+
+    # -- units -------------------------------------------------------------------------------
+
+    def run(self, txn: Txn, on_commit: OnCommit | None = None) -> bool:
+        """Runs `txn` unless its probe says it is done; returns whether it ran.
+
+        `on_commit` writes bookkeeping inside the same transaction (transactional units) or right
+        after the statement (CONCURRENTLY, where no transaction is possible).
+        """
+        if txn.skip_if is not None and self.probe(txn.skip_if):
+            self.log.info("already_done", unit=txn.label)
+            return False
+        started = time.monotonic()
+        try:
+            if txn.transactional:
+                self._run_transaction(txn, on_commit)
+            else:
+                for stmt in render(txn, self.settings):
+                    self._execute(stmt)
+                if on_commit is not None:
+                    on_commit(self.conn)
+        except CONTENTION as e:
+            raise StepFailed(
+                f"{txn.label}: gave up after {self.settings.lock_retries} attempts: {_pg_error(e)}"
+            ) from None
+        except psycopg.Error as e:
+            raise StepFailed(f"{txn.label}: {_pg_error(e)}") from None
+        ms = round((time.monotonic() - started) * 1000)
+        self.log.info("unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms)
+        self._event("unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms,
+                    blocks_app=txn.blocks_app)
+        return True
+
+    def _run_transaction(self, txn: Txn, on_commit: OnCommit | None) -> None:
+        for attempt in retrying(self.settings, self._before_retry(txn)):
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                if txn.blocks_app:
+                    self.wait_for_long_holders(txn)
+                self._execute(BEGIN)
+                with self.conn.transaction():
+                    for stmt in render(txn, self.settings, n)[1:-1]:
+                        self._execute(stmt)
+                    if on_commit is not None:
+                        on_commit(self.conn)
+                self._execute(COMMIT, run=False)
+
+    def _execute(self, stmt: sql.Composable, *, run: bool = True) -> None:
+        """Executes one statement; BEGIN/COMMIT are logged only (conn.transaction() issues them)."""
+        self.log.debug("sql", sql=_text(stmt, self.conn))
+        if run and stmt is not BEGIN:
+            self.conn.execute(stmt)
+
+    def _before_retry(self, txn: Txn) -> Callable[[tenacity.RetryCallState], None]:
+        def log_blockers(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            blockers = self.blockers(txn)
+            self.log.warning(
+                "lock_retry",
+                unit=txn.label,
+                attempt=state.attempt_number,
+                of=self.settings.lock_retries,
+                lock_timeout_ms=lock_timeout_ms(self.settings, state.attempt_number),
+                error=type(exc).__name__ if exc else None,
+                blockers=blockers,
+            )
+            self._event("lock_retry", unit=txn.label, attempt=state.attempt_number,
+                        error=type(exc).__name__ if exc else None, blockers=blockers)
+
+        return log_blockers
+
+    # -- who is in the way -------------------------------------------------------------------
+
+    def _holders(self, txn: Txn, min_age_ms: int) -> list[dict[str, Any]]:
+        if self.monitor is None or not txn.tables:
+            return []
+        rows = self.monitor.execute(
+            "SELECT DISTINCT a.pid, l.mode, a.state, a.application_name,"
+            " round(extract(epoch FROM now() - a.xact_start) * 1000)::bigint AS xact_ms,"
+            " left(a.query, 200) AS query"
+            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'relation' AND l.granted"
+            " AND l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) t)"
+            " AND l.mode = ANY(%s) AND a.pid <> pg_backend_pid() AND a.pid <> %s"
+            " AND a.xact_start < now() - make_interval(secs => %s / 1000.0)"
+            " ORDER BY xact_ms DESC",
+            [[t.ident().as_string(self.monitor) for t in txn.tables], list(txn.lock.pg_names),
+             self.conn.info.backend_pid, min_age_ms],
+        ).fetchall()
+        keys = ("pid", "mode", "state", "application", "xact_ms", "query")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def blockers(self, txn: Txn) -> list[dict[str, Any]]:
+        """Sessions holding a lock on the unit's tables that conflicts with the one it needs."""
+        try:
+            return self._holders(txn, 0)
+        except psycopg.Error:
+            return []
+
+    def wait_for_long_holders(self, txn: Txn) -> None:
+        """Waits, without queueing for the lock, while a long transaction holds a conflicting one.
+
+        Queueing behind it would make every later query on the table queue behind zdm.
+        """
+        deadline = time.monotonic() + self.settings.lock_retries * self.settings.retry_max_wait / 1000
+        logged = 0.0
+        while True:
+            holders = self._holders(txn, LONG_HOLDER_MS)
+            if not holders:
+                return
+            now = time.monotonic()
+            if now - logged >= 5:
+                logged = now
+                self.log.warning("waiting_for_long_transaction", unit=txn.label, holders=holders)
+                self._event("long_holder_wait", unit=txn.label, holders=holders)
+            if now > deadline:
+                raise StepFailed(f"{txn.label}: transactions holding {txn.tables[0]} did not end: {holders}")
+            time.sleep(0.1)
+
+    def _event(self, name: str, **detail: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(name, **detail)
+
+
+def matches(value: Any, expect: Any) -> bool:
+    """Compares a query result with a plan's `expect`, across int/Decimal/str representations."""
+    if isinstance(expect, bool) or expect is None:
+        return bool(value is expect or value == expect)
+    if isinstance(expect, int | float) and isinstance(value, int | float | Decimal):
+        return Decimal(str(value)) == Decimal(str(expect))
+    return str(value) == str(expect)
+
+
+def _text(stmt: sql.Composable, conn: psycopg.Connection[Any] | None = None) -> str:
+    return stmt.as_string(conn)
+
+
+def _pg_error(e: psycopg.Error) -> str:
+    state = f"[{e.sqlstate}] " if e.sqlstate else ""
+    return scrub(state + str(e).strip().replace("\n", " "))
+
+
+__all__ = ["Executor", "StepFailed", "errors", "render", "timeouts"]

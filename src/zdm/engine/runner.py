@@ -1,0 +1,244 @@
+"""A run of a plan as a persisted state machine: resume, gates, --until, failure, interruption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+
+from zdm.ddl import BackfillJob, Check, Txn
+from zdm.engine.backfill import Backfiller, Control, Interrupted
+from zdm.engine.executor import Executor, StepFailed
+from zdm.engine.session import connect, scrub, server_version
+from zdm.operations import Context, plan_step
+from zdm.plan import PHASES, LoadedPlan, PlanStep, StepSpec
+from zdm.state import NewStep, PlanLock, Run, Store
+
+HEARTBEAT_S = 5.0
+
+
+class PlanChanged(Exception):
+    """The plan file differs from the one the unfinished run started with (exit 2 without --force)."""
+
+
+class RunRefused(Exception):
+    """The run cannot proceed in its current state, e.g. a rollback is under way (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    message: str
+    exit_code: int
+    run_id: int | None = None
+
+
+def fingerprint(spec: StepSpec) -> str:
+    data = {spec.kind: spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def new_steps(steps: list[PlanStep]) -> list[NewStep]:
+    return [NewStep(s.phase, s.index, s.kind, fingerprint(s.spec)) for s in steps]
+
+
+def step_differences(rows: list[Any], steps: list[NewStep]) -> list[str]:
+    """Human-readable list of the steps that differ between a run's rows and a plan's steps."""
+    diffs = []
+    for i in range(max(len(rows), len(steps))):
+        old = rows[i] if i < len(rows) else None
+        new = steps[i] if i < len(steps) else None
+        if old is None and new is not None:
+            diffs.append(f"{new.phase}[{new.idx}] {new.kind}: added")
+        elif new is None and old is not None:
+            diffs.append(f"{old.phase}[{old.idx}] {old.kind}: removed")
+        elif old is not None and new is not None and (
+            (old.phase, old.idx, old.kind, old.fingerprint) != (new.phase, new.idx, new.kind, new.fingerprint)
+        ):
+            what = "changed" if (old.phase, old.idx, old.kind) == (new.phase, new.idx, new.kind) else (
+                f"was {old.phase}[{old.idx}] {old.kind}")
+            diffs.append(f"{new.phase}[{new.idx}] {new.kind}: {what}")
+    return diffs
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, conn: psycopg.Connection[Any], store: Store, run_id: int) -> None:
+        super().__init__(daemon=True, name="zdm-heartbeat")
+        self.conn, self.store, self.run_id = conn, store, run_id
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            try:
+                self.store.heartbeat(self.conn, self.run_id)
+            except psycopg.Error:
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class Runner:
+    def __init__(self, loaded: LoadedPlan, dsn: str, *, state_schema: str = "zdm", log: Any = None) -> None:
+        self.loaded = loaded
+        self.plan = loaded.plan
+        self.dsn = dsn
+        self.store = Store(state_schema)
+        self.log = log or structlog.get_logger("zdm")
+        self.control = Control()
+
+    def run(self, *, until: str | None = None, cont: bool = False, force: bool = False) -> Outcome:
+        name = self.loaded.name
+        monitor = connect(self.dsn, f"run {name}")
+        try:
+            PlanLock(monitor, name).acquire()
+            work = connect(self.dsn, f"run {name}")
+            try:
+                return self._run(work, monitor, until=until, cont=cont, force=force)
+            finally:
+                work.close()
+        finally:
+            monitor.close()
+
+    def _run(
+        self, work: psycopg.Connection[Any], monitor: psycopg.Connection[Any], *, until: str | None,
+        cont: bool, force: bool,
+    ) -> Outcome:
+        self.store.ensure(work)
+        steps = self.plan.steps()
+        run_or_outcome = self._start_or_resume(work, steps, force)
+        if isinstance(run_or_outcome, Outcome):
+            return run_or_outcome
+        run = self.store.transition(work, run_or_outcome, "running")
+        self.log.info("run_start", plan=self.loaded.name, run=run.id, steps=len(steps),
+                      server=work.info.server_version)
+        ctx = Context(self.plan.schema_, server_version(work), self.plan, self.loaded.base_dir)
+
+        def on_event(event: str, **detail: Any) -> None:
+            try:
+                self.store.event(monitor, run.id, current, event, **detail)
+            except psycopg.Error:
+                pass
+
+        executor = Executor(work, self.plan.settings, monitor=monitor, on_event=on_event)
+        heartbeat = Heartbeat(monitor, self.store, run.id)
+        heartbeat.start()
+        self.control.install()
+        current: int | None = None
+        try:
+            rows = self.store.steps(work, run.id)
+            gate_passed = False
+            phase = None
+            for ordinal, (step, row) in enumerate(zip(steps, rows, strict=True)):
+                current = ordinal
+                if row.status == "done":
+                    continue
+                if self.control.stop.is_set():
+                    raise Interrupted(self.control.signal_name or "stop")
+                if until is not None and PHASES.index(step.phase) > PHASES.index(until):
+                    self.store.transition(work, run, "waiting", waiting_for=f"--until {until}")
+                    return Outcome("waiting", f"stopped after phase {until} (--until); `zdm run` continues",
+                                   0, run.id)
+                if step.phase != phase:
+                    phase = step.phase
+                    if phase in self.plan.gates and phase not in run.gates_passed:
+                        if not cont or gate_passed:
+                            self.store.transition(work, run, "waiting", phase=phase,
+                                                  waiting_for=f"gate before {phase}")
+                            self.log.info("gate_waiting", phase=phase)
+                            return Outcome(
+                                "waiting",
+                                f"waiting at the gate before phase {phase}: check the application, then"
+                                f" run `zdm run {self.loaded.path} --continue`",
+                                0,
+                                run.id,
+                            )
+                        self.store.pass_gate(work, run, phase)
+                        gate_passed = True
+                        self.log.info("gate_passed", phase=phase)
+                    self.store.set_phase(work, run, phase)
+                    self.log.info("phase_start", phase=phase)
+                self._step(work, executor, ctx, run, ordinal, step)
+            self.store.transition(work, run, "completed")
+            self.log.info("run_completed", plan=self.loaded.name, run=run.id)
+            return Outcome("completed", f"plan {self.loaded.name} completed (run {run.id})", 0, run.id)
+        except StepFailed as e:
+            message = scrub(str(e))
+            self.log.error("step_failed", step=steps[current].key if current is not None else None,
+                           error=message)
+            if current is not None:
+                self.store.step_failed(work, run.id, current, message)
+            self.store.transition(work, run, "failed", error=message)
+            return Outcome("failed", f"step {steps[current].key if current is not None else '?'} failed: "
+                           f"{message}\nthe run is resumable: fix the cause and run `zdm run` again", 1, run.id)
+        except Interrupted as e:
+            if current is not None:
+                self.store.step_failed(work, run.id, current, f"interrupted by {e}")
+            self.store.transition(work, run, "paused", waiting_for=f"interrupted by {e}")
+            self.log.warning("run_interrupted", signal=str(e))
+            return Outcome("paused", f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id)
+        finally:
+            heartbeat.stop()
+
+    def _start_or_resume(self, work: psycopg.Connection[Any], steps: list[PlanStep], force: bool) -> Run | Outcome:
+        name, sha = self.loaded.name, self.loaded.sha256
+        wanted = new_steps(steps)
+        run = self.store.unfinished_run(work, name)
+        if run is None:
+            latest = self.store.latest_run(work, name)
+            if latest is not None and latest.status == "completed" and latest.direction == "forward":
+                if latest.plan_sha256 == sha:
+                    return Outcome("completed", f"plan {name} is already completed (run {latest.id});"
+                                   " nothing to do", 0, latest.id)
+                if not force:
+                    raise PlanChanged(
+                        f"plan {name} was completed by run {latest.id} and its file has changed since;"
+                        " give a new change its own plan, or pass --force to run this one again"
+                    )
+            return self.store.create_run(work, name, sha, str(self.loaded.path), wanted)
+        if run.direction == "rollback":
+            raise RunRefused(f"a rollback of plan {name} is unfinished (run {run.id}); finish it with"
+                             " `zdm rollback`")
+        if run.plan_sha256 != sha:
+            diffs = step_differences(self.store.steps(work, run.id), wanted)
+            if not force:
+                listing = "\n  ".join(diffs) or "(only formatting or comments changed)"
+                raise PlanChanged(
+                    f"the file of plan {name} changed after run {run.id} started; steps that differ:\n"
+                    f"  {listing}\npass --force to resume with the new file"
+                )
+            self.log.warning("plan_changed_forced", run=run.id, differences=diffs)
+            self.store.replace_steps(work, run, wanted, sha)
+        self.log.info("run_resume", run=run.id, status=run.status, phase=run.phase)
+        return run
+
+    def _step(
+        self, work: psycopg.Connection[Any], executor: Executor, ctx: Context, run: Run, ordinal: int,
+        step: PlanStep,
+    ) -> None:
+        actions = plan_step(step.spec, ctx)
+        self.store.step_started(work, run.id, ordinal)
+        self.log.info("step_start", step=step.key, kind=step.kind)
+        marked = False
+
+        def mark_done(conn: psycopg.Connection[Any]) -> None:
+            nonlocal marked
+            self.store.step_finished(conn, run.id, ordinal)
+            marked = True
+
+        for i, action in enumerate(actions):
+            last = i == len(actions) - 1
+            if isinstance(action, Txn):
+                executor.run(action, on_commit=mark_done if last else None)
+            elif isinstance(action, Check):
+                executor.check(action)
+            elif isinstance(action, BackfillJob):
+                Backfiller(executor, self.store, run.id, ordinal, action, self.control).run()
+        if not marked:
+            self.store.step_finished(work, run.id, ordinal)
+        self.log.info("step_done", step=step.key, kind=step.kind)

@@ -1,0 +1,53 @@
+"""Connections: where the DSN comes from, how zdm's sessions identify themselves, redaction."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+
+class ConnectionFailed(Exception):
+    pass
+
+
+def resolve_dsn(explicit: str | None) -> str:
+    """--dsn, else ZDM_DSN, else DATABASE_URL, else "" (libpq's own PG* variables)."""
+    return explicit or os.environ.get("ZDM_DSN") or os.environ.get("DATABASE_URL") or ""
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for logs and messages."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+
+
+def scrub(text: str) -> str:
+    """Removes passwords from any text that may quote a connection string (error messages)."""
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.I)
+
+
+def connect(dsn: str, purpose: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection named `zdm <purpose> (host:pid)`, so blockers and lock holders are identifiable."""
+    name = f"zdm {purpose} ({socket.gethostname()}:{os.getpid()})"[:63]
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, application_name=name, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        where = redact(dsn) or "the PG* environment"
+        raise ConnectionFailed(f"cannot connect to {where}: {scrub(str(e)).strip()}") from None
+    conn.prepare_threshold = None
+    return conn
+
+
+def server_version(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.info.server_version)

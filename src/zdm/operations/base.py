@@ -1,0 +1,63 @@
+"""What every operation shares: the planning context and the registry of step kinds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from zdm.ddl import Action, Table
+from zdm.plan import DualWrite, Plan, StepSpec
+
+LATEST_SERVER_VERSION = 180000
+
+
+class Irreversible(Exception):
+    """Raised by an inverse planner for a step whose effect cannot be undone (a drop of data)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a planner may know besides its step: the plan's schema, the server, earlier steps."""
+
+    schema: str = "public"
+    server_version: int = LATEST_SERVER_VERSION
+    plan: Plan | None = None
+    base_dir: Path | None = None
+
+    def table(self, name: str) -> Table:
+        return Table.parse(name, self.schema)
+
+    def dual_writes(self, table: Table) -> list[DualWrite]:
+        """The plan's dual_write steps on `table` (their triggers may read its columns)."""
+        if self.plan is None:
+            return []
+        return [
+            spec
+            for _, _, spec in self.plan.iter_steps()
+            if isinstance(spec, DualWrite) and self.table(spec.table) == table
+        ]
+
+
+Planner = Callable[[Any, Context], list[Action]]
+_S = TypeVar("_S", bound=StepSpec)
+
+FORWARD: dict[type[StepSpec], Planner] = {}
+INVERSE: dict[type[StepSpec], Planner] = {}
+
+
+def forward(kind: type[_S]) -> Callable[[Callable[[_S, Context], list[Action]]], Planner]:
+    def register(fn: Callable[[_S, Context], list[Action]]) -> Planner:
+        FORWARD[kind] = fn
+        return fn
+
+    return register
+
+
+def inverse(kind: type[_S]) -> Callable[[Callable[[_S, Context], list[Action]]], Planner]:
+    def register(fn: Callable[[_S, Context], list[Action]]) -> Planner:
+        INVERSE[kind] = fn
+        return fn
+
+    return register

@@ -1,0 +1,289 @@
+"""add_column, drop_column, rename_column, set_default, drop_default, set_not_null, drop_not_null."""
+
+from __future__ import annotations
+
+import re
+
+from psycopg import sql
+
+from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
+from zdm.ddl import catalog as cat
+from zdm.operations.base import Context, Irreversible, forward, inverse
+from zdm.operations.dual_write import drop_trigger_statements
+from zdm.plan import (
+    AddColumn,
+    DropColumn,
+    DropDefault,
+    DropNotNull,
+    RenameColumn,
+    SetDefault,
+    SetNotNull,
+)
+
+AE = LockMode.ACCESS_EXCLUSIVE
+SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
+
+
+def _alter(table: Table, action: sql.Composable) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} {}").format(table.ident(), action)
+
+
+@forward(AddColumn)
+def add_column(step: AddColumn, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    col = step.column
+    clause: list[sql.Composable] = [
+        sql.SQL("ADD COLUMN {} ").format(sql.Identifier(col.name)),
+        user_sql(col.type),
+    ]
+    if col.default is not None:
+        clause.append(sql.SQL(" DEFAULT {}").format(user_sql(col.default)))
+    if not col.nullable:
+        clause.append(sql.SQL(" NOT NULL"))
+    stmt = Statement(
+        _alter(table, sql.Composed(clause)),
+        AE,
+        table,
+        note="catalog only" if col.default is None else "catalog only (constant default)",
+    )
+    return [Txn((stmt,), f"add column {col.name}", skip_if=cat.column_exists(table, col.name))]
+
+
+@inverse(AddColumn)
+def undo_add_column(step: AddColumn, ctx: Context) -> list[Action]:
+    return drop_column(DropColumn(table=step.table, column=step.column.name), ctx)
+
+
+def _mentions(expr: str, column: str) -> bool:
+    return re.search(rf'(?<![\w$."]){re.escape(column)}(?![\w$"])|"{re.escape(column)}"', expr) is not None
+
+
+@forward(DropColumn)
+def drop_column(step: DropColumn, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    statements: list[Statement] = []
+    # A dual-write trigger that reads the column would fail every write once it is gone:
+    # drop it in the same transaction.
+    for dw in ctx.dual_writes(table):
+        exprs = [*dw.set.values(), *dw.reverse.values()]
+        if step.column in dw.set or step.column in dw.reverse or any(
+            _mentions(e, step.column) for e in exprs
+        ):
+            statements.extend(drop_trigger_statements(table, dw.trigger_name))
+    statements.append(
+        Statement(
+            _alter(table, sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(step.column))),
+            AE,
+            table,
+            note="catalog only; drops its data",
+        )
+    )
+    return [
+        Txn(tuple(statements), f"drop column {step.column}", skip_if=cat.column_missing(table, step.column))
+    ]
+
+
+@inverse(DropColumn)
+def undo_drop_column(step: DropColumn, ctx: Context) -> list[Action]:
+    raise Irreversible(f"drop_column {step.table}.{step.column} destroyed its data")
+
+
+@forward(RenameColumn)
+def rename_column(step: RenameColumn, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    stmt = Statement(
+        _alter(
+            table,
+            sql.SQL("RENAME COLUMN {} TO {}").format(sql.Identifier(step.column), sql.Identifier(step.to)),
+        ),
+        AE,
+        table,
+        note="catalog only",
+    )
+    done = cat.column_renamed(table, step.column, step.to)
+    return [Txn((stmt,), f"rename column {step.column} to {step.to}", skip_if=done)]
+
+
+@inverse(RenameColumn)
+def undo_rename_column(step: RenameColumn, ctx: Context) -> list[Action]:
+    return rename_column(RenameColumn(table=step.table, column=step.to, to=step.column), ctx)
+
+
+@forward(SetDefault)
+def set_default(step: SetDefault, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    stmt = Statement(
+        _alter(
+            table,
+            sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(
+                sql.Identifier(step.column), user_sql(step.default)
+            ),
+        ),
+        AE,
+        table,
+        note="catalog only",
+    )
+    return [Txn((stmt,), f"set default of {step.column}")]
+
+
+@inverse(SetDefault)
+def undo_set_default(step: SetDefault, ctx: Context) -> list[Action]:
+    return drop_default(DropDefault(table=step.table, column=step.column), ctx)
+
+
+@forward(DropDefault)
+def drop_default(step: DropDefault, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    stmt = Statement(
+        _alter(table, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(step.column))),
+        AE,
+        table,
+        note="catalog only",
+    )
+    return [Txn((stmt,), f"drop default of {step.column}")]
+
+
+@inverse(DropDefault)
+def undo_drop_default(step: DropDefault, ctx: Context) -> list[Action]:
+    raise Irreversible(f"drop_default {step.table}.{step.column} does not know the old default")
+
+
+def not_null_check_name(table: Table, column: str) -> str:
+    return _truncate(f"{table.name}_{column}_zdm_not_null")
+
+
+def not_null_constraint_name(table: Table, column: str) -> str:
+    """PostgreSQL's own name for a column's not-null constraint (18+)."""
+    return _truncate(f"{table.name}_{column}_not_null")
+
+
+def _truncate(name: str) -> str:
+    return name.encode()[:63].decode(errors="ignore")
+
+
+@forward(SetNotNull)
+def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    col = sql.Identifier(step.column)
+    if ctx.server_version >= 180000:
+        name = sql.Identifier(not_null_constraint_name(table, step.column))
+        return [
+            Txn(
+                (
+                    Statement(
+                        _alter(table, sql.SQL("ADD CONSTRAINT {} NOT NULL {} NOT VALID").format(name, col)),
+                        AE,
+                        table,
+                        note="no scan (NOT VALID); new writes are checked",
+                    ),
+                ),
+                f"add not-null constraint on {step.column} (not valid)",
+                skip_if=cat.column_not_null(table, step.column),
+            ),
+            Txn(
+                (
+                    Statement(
+                        _alter(table, sql.SQL("VALIDATE CONSTRAINT {}").format(name)),
+                        SUE,
+                        table,
+                        scans=True,
+                        note="scans the table; reads and writes continue",
+                    ),
+                ),
+                f"validate not-null constraint on {step.column}",
+                skip_if=cat.not_null_validated(table, step.column),
+            ),
+        ]
+    check_name = not_null_check_name(table, step.column)
+    check = sql.Identifier(check_name)
+    already = cat.column_not_null(table, step.column)
+    return [
+        Txn(
+            (
+                Statement(
+                    _alter(
+                        table, sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(check, col)
+                    ),
+                    AE,
+                    table,
+                    note="no scan (NOT VALID); new writes are checked",
+                ),
+            ),
+            f"add check {step.column} IS NOT NULL (not valid)",
+            skip_if=sql.SQL("SELECT ({}) OR ({})").format(
+                already, cat.constraint_exists(table, check_name)
+            ),
+        ),
+        Txn(
+            (
+                Statement(
+                    _alter(table, sql.SQL("VALIDATE CONSTRAINT {}").format(check)),
+                    SUE,
+                    table,
+                    scans=True,
+                    note="scans the table; reads and writes continue",
+                ),
+            ),
+            f"validate check {step.column} IS NOT NULL",
+            skip_if=sql.SQL("SELECT ({}) OR ({})").format(
+                already, cat.constraint_validated(table, check_name)
+            ),
+        ),
+        Txn(
+            (
+                Statement(
+                    _alter(table, sql.SQL("ALTER COLUMN {} SET NOT NULL").format(col)),
+                    AE,
+                    table,
+                    note="no scan: the validated check proves it",
+                ),
+                Statement(
+                    _alter(table, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(check)),
+                    AE,
+                    table,
+                    note="catalog only",
+                ),
+            ),
+            f"set {step.column} NOT NULL and drop the check",
+            skip_if=cat.all_of(
+                already, cat.constraint_missing(table, check_name)
+            ),
+        ),
+    ]
+
+
+@inverse(SetNotNull)
+def undo_set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    actions = drop_not_null(DropNotNull(table=step.table, column=step.column), ctx)
+    if ctx.server_version < 180000:
+        # A half-finished forward run may have left its helper check behind.
+        name = sql.Identifier(not_null_check_name(table, step.column))
+        drop_check = Statement(
+            _alter(table, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(name)), AE, table, note="catalog only"
+        )
+        actions.append(
+            Txn(
+                (drop_check,),
+                f"drop check {step.column} IS NOT NULL",
+                skip_if=cat.constraint_missing(table, not_null_check_name(table, step.column)),
+            )
+        )
+    return actions
+
+
+@forward(DropNotNull)
+def drop_not_null(step: DropNotNull, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    stmt = Statement(
+        _alter(table, sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(step.column))),
+        AE,
+        table,
+        note="catalog only",
+    )
+    return [Txn((stmt,), f"drop NOT NULL of {step.column}", skip_if=cat.column_nullable(table, step.column))]
+
+
+@inverse(DropNotNull)
+def undo_drop_not_null(step: DropNotNull, ctx: Context) -> list[Action]:
+    return set_not_null(SetNotNull(table=step.table, column=step.column), ctx)

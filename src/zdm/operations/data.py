@@ -1,0 +1,82 @@
+"""backfill, verify, sql: the steps whose work is data or the author's own SQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from psycopg import sql
+
+from zdm.ddl import Action, BackfillJob, Check, LockMode, Statement, Txn, user_sql
+from zdm.operations.base import Context, Irreversible, forward, inverse
+from zdm.plan import Backfill, Sql, Verify
+
+
+def backfill_mapping(step: Backfill, ctx: Context) -> dict[str, str]:
+    """`set`, defaulting to the mapping of the table's dual_write."""
+    if step.set:
+        return dict(step.set)
+    table = ctx.table(step.table)
+    mapping: dict[str, str] = {}
+    for dw in ctx.dual_writes(table):
+        mapping.update(dw.set)
+    return mapping
+
+
+@forward(Backfill)
+def backfill(step: Backfill, ctx: Context) -> list[Action]:
+    table = ctx.table(step.table)
+    return [
+        BackfillJob(
+            table=table,
+            set=backfill_mapping(step, ctx),
+            where=step.where,
+            options=step,
+            source=step.from_,
+            label=f"backfill {table}",
+        )
+    ]
+
+
+@inverse(Backfill)
+def undo_backfill(step: Backfill, ctx: Context) -> list[Action]:
+    return []  # the values live in columns that earlier steps' inverses drop
+
+
+@forward(Verify)
+def verify(step: Verify, ctx: Context) -> list[Action]:
+    return [Check(user_sql(step.sql), step.expect, step.name or "verify")]
+
+
+@inverse(Verify)
+def undo_verify(step: Verify, ctx: Context) -> list[Action]:
+    return []
+
+
+def _sql_text(inline: str | None, file: str | None, base: Path | None) -> str | None:
+    if inline is not None:
+        return inline
+    if file is None:
+        return None
+    return ((base or Path.cwd()) / file).read_text()
+
+
+def _raw(text: str, step: Sql, label: str) -> list[Action]:
+    lock = LockMode.parse(step.lock) if step.lock else LockMode.ACCESS_EXCLUSIVE
+    stmt = Statement(user_sql(text), lock, None, note=f"raw SQL; declared lock {lock.sql_name}"
+                     if step.lock else "raw SQL; lock not declared, treated as ACCESS EXCLUSIVE")
+    return [Txn((stmt,), label, transactional=step.transactional)]
+
+
+@forward(Sql)
+def raw_sql(step: Sql, ctx: Context) -> list[Action]:
+    text = _sql_text(step.up, step.up_file, ctx.base_dir)
+    assert text is not None
+    return _raw(text, step, "sql")
+
+
+@inverse(Sql)
+def undo_raw_sql(step: Sql, ctx: Context) -> list[Action]:
+    text = _sql_text(step.down, step.down_file, ctx.base_dir)
+    if text is None:
+        raise Irreversible("this sql step has no down")
+    return _raw(text, step, "sql down")

@@ -1,0 +1,88 @@
+"""The state schema: zdm's own tables in the target database.
+
+Invariants live in constraints: one unfinished run per plan (a partial unique index), statuses
+from a fixed set (CHECK).
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+from psycopg import sql
+
+RUN_STATUSES = ("running", "waiting", "paused", "failed", "completed", "rolled_back")
+STEP_STATUSES = ("pending", "running", "done", "failed", "rolled_back")
+
+_DDL: LiteralString = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.runs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    plan text NOT NULL,
+    plan_sha256 text NOT NULL,
+    plan_path text,
+    direction text NOT NULL DEFAULT 'forward' CHECK (direction IN ('forward', 'rollback')),
+    status text NOT NULL CHECK (status IN ('running', 'waiting', 'paused', 'failed', 'completed',
+                                           'rolled_back')),
+    phase text,
+    waiting_for text,
+    gates_passed text[] NOT NULL DEFAULT '{{}}',
+    pause_requested boolean NOT NULL DEFAULT false,
+    owner_host text,
+    owner_pid integer,
+    heartbeat timestamptz,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    last_error text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_one_unfinished_per_plan ON {s}.runs (plan)
+    WHERE status NOT IN ('completed', 'rolled_back');
+CREATE TABLE IF NOT EXISTS {s}.steps (
+    run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,
+    ordinal integer NOT NULL,
+    phase text NOT NULL,
+    idx integer NOT NULL,
+    kind text NOT NULL,
+    fingerprint text NOT NULL,
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'failed', 'rolled_back')),
+    attempts integer NOT NULL DEFAULT 0,
+    started_at timestamptz,
+    finished_at timestamptz,
+    last_error text,
+    PRIMARY KEY (run_id, ordinal)
+);
+CREATE TABLE IF NOT EXISTS {s}.backfills (
+    run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,
+    ordinal integer NOT NULL,
+    worker integer NOT NULL DEFAULT 0,
+    last_key jsonb,
+    end_key jsonb,
+    rows_done bigint NOT NULL DEFAULT 0,
+    rows_updated bigint NOT NULL DEFAULT 0,
+    rows_estimated bigint,
+    batch_size integer,
+    batches bigint NOT NULL DEFAULT 0,
+    rate double precision,
+    throttle text,
+    done boolean NOT NULL DEFAULT false,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, ordinal, worker)
+);
+CREATE TABLE IF NOT EXISTS {s}.events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,
+    ordinal integer,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    event text NOT NULL,
+    detail jsonb NOT NULL DEFAULT '{{}}'
+);
+"""
+
+# Serialises concurrent first runs creating the schema (CREATE … IF NOT EXISTS races otherwise).
+SCHEMA_LOCK_KEY = 0x7A646D00
+
+
+def schema_ddl(schema: str) -> sql.Composed:
+    return sql.SQL(_DDL).format(s=sql.Identifier(schema))

@@ -1,0 +1,432 @@
+"""Reads and writes of zdm's state tables; every function takes the connection to use.
+
+Functions that mark work done take the connection of the transaction that did the work, so the
+work and its bookkeeping commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from zdm.state.schema import SCHEMA_LOCK_KEY, schema_ddl
+
+# Allowed run transitions: (from, to). A transition not listed raises IllegalTransition.
+RUN_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("running", "waiting"),
+        ("running", "paused"),
+        ("running", "failed"),
+        ("running", "completed"),
+        ("running", "rolled_back"),
+        ("running", "running"),  # a resume after a crash: the dead owner left it running
+        ("waiting", "running"),
+        ("paused", "running"),
+        ("failed", "running"),
+        ("completed", "running"),  # rollback of a completed run
+        ("waiting", "rolled_back"),
+        ("paused", "rolled_back"),
+        ("failed", "rolled_back"),
+    }
+)
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    plan: str
+    plan_sha256: str
+    direction: str
+    status: str
+    phase: str | None
+    waiting_for: str | None
+    gates_passed: list[str]
+    pause_requested: bool
+    owner_host: str | None
+    owner_pid: int | None
+    heartbeat: datetime | None
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    last_error: str | None
+    plan_path: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRow:
+    ordinal: int
+    phase: str
+    idx: int
+    kind: str
+    fingerprint: str
+    status: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_error: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.phase}[{self.idx}]"
+
+
+@dataclass(frozen=True)
+class BackfillRow:
+    ordinal: int
+    worker: int
+    last_key: list[str] | None
+    end_key: list[str] | None
+    rows_done: int
+    rows_updated: int
+    rows_estimated: int | None
+    batch_size: int | None
+    batches: int
+    rate: float | None
+    throttle: str | None
+    done: bool
+    started_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewStep:
+    phase: str
+    idx: int
+    kind: str
+    fingerprint: str
+
+
+class Store:
+    """The state tables of one schema (`zdm` unless --state-schema says otherwise)."""
+
+    def __init__(self, schema: str = "zdm") -> None:
+        self.schema = schema
+
+    def t(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def exists(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", [self.t("runs").as_string(conn)]
+        ).fetchone()
+        return bool(row and row[0])
+
+    def ensure(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK_KEY])
+            conn.execute(schema_ddl(self.schema))
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def _run(self, conn: psycopg.Connection[Any], where: sql.Composable, params: Sequence[Any]) -> Run | None:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE {} ORDER BY id DESC LIMIT 1").format(self.t("runs"), where),
+                params,
+            )
+            row = cur.fetchone()
+        return Run(**row) if row else None
+
+    def unfinished_run(self, conn: psycopg.Connection[Any], plan: str) -> Run | None:
+        return self._run(conn, sql.SQL("plan = %s AND status NOT IN ('completed', 'rolled_back')"), [plan])
+
+    def latest_run(self, conn: psycopg.Connection[Any], plan: str) -> Run | None:
+        return self._run(conn, sql.SQL("plan = %s"), [plan])
+
+    def get_run(self, conn: psycopg.Connection[Any], run_id: int) -> Run:
+        run = self._run(conn, sql.SQL("id = %s"), [run_id])
+        assert run is not None
+        return run
+
+    def all_plans(self, conn: psycopg.Connection[Any]) -> list[str]:
+        rows = conn.execute(
+            sql.SQL("SELECT plan FROM {} GROUP BY plan ORDER BY max(id) DESC").format(self.t("runs"))
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def create_run(
+        self,
+        conn: psycopg.Connection[Any],
+        plan: str,
+        sha256: str,
+        path: str | None,
+        steps: Sequence[NewStep],
+    ) -> Run:
+        with conn.transaction():
+            row = conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (plan, plan_sha256, plan_path, status, owner_host, owner_pid, heartbeat)"
+                    " VALUES (%s, %s, %s, 'running', %s, %s, now()) RETURNING id"
+                ).format(self.t("runs")),
+                [plan, sha256, path, socket.gethostname(), os.getpid()],
+            ).fetchone()
+            assert row is not None
+            run_id = int(row[0])
+            self._insert_steps(conn, run_id, steps, start=0)
+        return self.get_run(conn, run_id)
+
+    def _insert_steps(
+        self, conn: psycopg.Connection[Any], run_id: int, steps: Sequence[NewStep], start: int
+    ) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (run_id, ordinal, phase, idx, kind, fingerprint) VALUES (%s, %s, %s, %s, %s, %s)"
+                ).format(self.t("steps")),
+                [(run_id, start + i, s.phase, s.idx, s.kind, s.fingerprint) for i, s in enumerate(steps)],
+            )
+
+    def replace_steps(
+        self, conn: psycopg.Connection[Any], run: Run, steps: Sequence[NewStep], sha256: str
+    ) -> None:
+        """After `--force` on a changed plan: the new steps, with those at a finished position done."""
+        with conn.transaction():
+            done = [[s.phase, s.idx] for s in self.steps(conn, run.id) if s.status == "done"]
+            conn.execute(sql.SQL("DELETE FROM {} WHERE run_id = %s").format(self.t("steps")), [run.id])
+            self._insert_steps(conn, run.id, steps, start=0)
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'done', finished_at = now() WHERE run_id = %s"
+                    " AND jsonb_build_array(phase, idx) <@ %s::jsonb"
+                ).format(self.t("steps")),
+                [run.id, json.dumps(done)],
+            )
+            conn.execute(
+                sql.SQL("UPDATE {} SET plan_sha256 = %s, updated_at = now() WHERE id = %s").format(
+                    self.t("runs")
+                ),
+                [sha256, run.id],
+            )
+
+    def transition(
+        self,
+        conn: psycopg.Connection[Any],
+        run: Run,
+        status: str,
+        *,
+        phase: str | None = None,
+        waiting_for: str | None = None,
+        error: str | None = None,
+        direction: str | None = None,
+    ) -> Run:
+        current = self.get_run(conn, run.id)
+        if (current.status, status) not in RUN_TRANSITIONS:
+            raise IllegalTransition(f"run {run.id}: {current.status} -> {status} is not allowed")
+        finished = status in ("completed", "rolled_back")
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = %s, phase = coalesce(%s, phase), waiting_for = %s,"
+                " last_error = CASE WHEN %s = 'failed' THEN %s WHEN %s = 'running' THEN last_error"
+                " ELSE last_error END,"
+                " direction = coalesce(%s, direction), owner_host = %s, owner_pid = %s,"
+                " heartbeat = now(), updated_at = now(),"
+                " finished_at = CASE WHEN %s THEN now() END WHERE id = %s"
+            ).format(self.t("runs")),
+            [status, phase, waiting_for, status, error, status, direction, socket.gethostname(),
+             os.getpid(), finished, run.id],
+        )
+        return self.get_run(conn, run.id)
+
+    def set_phase(self, conn: psycopg.Connection[Any], run: Run, phase: str) -> None:
+        conn.execute(
+            sql.SQL("UPDATE {} SET phase = %s, updated_at = now() WHERE id = %s").format(self.t("runs")),
+            [phase, run.id],
+        )
+
+    def pass_gate(self, conn: psycopg.Connection[Any], run: Run, phase: str) -> None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET gates_passed = array_append(gates_passed, %s) WHERE id = %s"
+            ).format(self.t("runs")),
+            [phase, run.id],
+        )
+
+    def heartbeat(self, conn: psycopg.Connection[Any], run_id: int) -> None:
+        conn.execute(
+            sql.SQL("UPDATE {} SET heartbeat = now() WHERE id = %s").format(self.t("runs")), [run_id]
+        )
+
+    def request_pause(self, conn: psycopg.Connection[Any], plan: str, pause: bool) -> Run | None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET pause_requested = %s, updated_at = now()"
+                " WHERE plan = %s AND status NOT IN ('completed', 'rolled_back')"
+            ).format(self.t("runs")),
+            [pause, plan],
+        )
+        return self.unfinished_run(conn, plan)
+
+    def pause_requested(self, conn: psycopg.Connection[Any], run_id: int) -> bool:
+        row = conn.execute(
+            sql.SQL("SELECT pause_requested FROM {} WHERE id = %s").format(self.t("runs")), [run_id]
+        ).fetchone()
+        return bool(row and row[0])
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def steps(self, conn: psycopg.Connection[Any], run_id: int) -> list[StepRow]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT ordinal, phase, idx, kind, fingerprint, status, attempts, started_at,"
+                    " finished_at, last_error FROM {} WHERE run_id = %s ORDER BY ordinal"
+                ).format(self.t("steps")),
+                [run_id],
+            )
+            return [StepRow(**r) for r in cur.fetchall()]
+
+    def step_started(self, conn: psycopg.Connection[Any], run_id: int, ordinal: int) -> None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = 'running', attempts = attempts + 1,"
+                " started_at = coalesce(started_at, now()), last_error = NULL"
+                " WHERE run_id = %s AND ordinal = %s"
+            ).format(self.t("steps")),
+            [run_id, ordinal],
+        )
+
+    def step_finished(
+        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, status: str = "done"
+    ) -> None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = %s, finished_at = now() WHERE run_id = %s AND ordinal = %s"
+            ).format(self.t("steps")),
+            [status, run_id, ordinal],
+        )
+
+    def step_failed(self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, error: str) -> None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = 'failed', last_error = %s WHERE run_id = %s AND ordinal = %s"
+            ).format(self.t("steps")),
+            [error, run_id, ordinal],
+        )
+
+    # -- backfills ---------------------------------------------------------------------------
+
+    def backfill(
+        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, worker: int = 0
+    ) -> BackfillRow | None:
+        rows = self.backfills(conn, run_id, ordinal, worker)
+        return rows[0] if rows else None
+
+    def backfills(
+        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int | None = None, worker: int | None = None
+    ) -> list[BackfillRow]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT ordinal, worker, last_key, end_key, rows_done, rows_updated, rows_estimated,"
+                    " batch_size, batches, rate, throttle, done, started_at, updated_at FROM {}"
+                    " WHERE run_id = %s AND (%s::int IS NULL OR ordinal = %s)"
+                    " AND (%s::int IS NULL OR worker = %s) ORDER BY ordinal, worker"
+                ).format(self.t("backfills")),
+                [run_id, ordinal, ordinal, worker, worker],
+            )
+            return [BackfillRow(**r) for r in cur.fetchall()]
+
+    def backfill_start(
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinal: int,
+        worker: int,
+        *,
+        rows_estimated: int,
+        last_key: list[str] | None = None,
+        end_key: list[str] | None = None,
+    ) -> None:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (run_id, ordinal, worker, rows_estimated, last_key, end_key)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (run_id, ordinal, worker) DO UPDATE SET rows_estimated = excluded.rows_estimated"
+            ).format(self.t("backfills")),
+            [run_id, ordinal, worker, rows_estimated, _json(last_key), _json(end_key)],
+        )
+
+    def checkpoint(
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinal: int,
+        worker: int,
+        *,
+        last_key: list[str] | None,
+        walked: int,
+        updated: int,
+        batch_size: int,
+        rate: float | None,
+        throttle: str | None = None,
+        done: bool = False,
+    ) -> None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET last_key = %s, rows_done = rows_done + %s, rows_updated = rows_updated + %s,"
+                " batch_size = %s, batches = batches + 1, rate = %s, throttle = %s, done = %s,"
+                " updated_at = clock_timestamp() WHERE run_id = %s AND ordinal = %s AND worker = %s"
+            ).format(self.t("backfills")),
+            [_json(last_key), walked, updated, batch_size, rate, throttle, done, run_id, ordinal, worker],
+        )
+
+    def backfill_state(
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinal: int,
+        worker: int,
+        *,
+        throttle: str | None = None,
+        done: bool | None = None,
+        reset: bool = False,
+    ) -> None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET throttle = %s, done = coalesce(%s, done),"
+                " last_key = CASE WHEN %s THEN NULL ELSE last_key END, updated_at = clock_timestamp()"
+                " WHERE run_id = %s AND ordinal = %s AND worker = %s"
+            ).format(self.t("backfills")),
+            [throttle, done, reset, run_id, ordinal, worker],
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    def event(
+        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int | None, event: str, **detail: Any
+    ) -> None:
+        conn.execute(
+            sql.SQL("INSERT INTO {} (run_id, ordinal, event, detail) VALUES (%s, %s, %s, %s)").format(
+                self.t("events")
+            ),
+            [run_id, ordinal, event, json.dumps(detail, default=str)],
+        )
+
+    def events(self, conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT ordinal, at, event, detail FROM {} WHERE run_id = %s ORDER BY id").format(
+                    self.t("events")
+                ),
+                [run_id],
+            )
+            return list(cur.fetchall())
+
+
+def _json(value: list[str] | None) -> str | None:
+    return None if value is None else json.dumps(value)
