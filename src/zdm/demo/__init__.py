@@ -1,0 +1,1 @@
+"""Example schema and data for `zdm demo`, tests and benchmarks."""
