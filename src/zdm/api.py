@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +72,14 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
                 step = next((s for s in steps if s.ordinal == b.ordinal), None)
                 rate = _rate(b.rows_done, b.started_at, b.updated_at) if not b.done else None
                 remaining = max((b.rows_estimated or 0) - b.rows_done, 0)
-                entry["backfills"].append({
-                    **asdict(b),
-                    "step": step.key if step else None,
-                    "rows_per_s": rate,
-                    "eta_s": round(remaining / rate) if rate else None,
-                })
+                entry["backfills"].append(
+                    {
+                        **asdict(b),
+                        "step": step.key if step else None,
+                        "rows_per_s": rate,
+                        "eta_s": round(remaining / rate) if rate else None,
+                    }
+                )
             out.append(entry)
         return out
 
@@ -102,4 +104,4 @@ def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> An
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,7 +21,7 @@ from zdm import api
 from zdm.engine.runner import PlanChanged, RunRefused
 from zdm.engine.session import ConnectionFailed, redact, resolve_dsn
 from zdm.logs import configure
-from zdm.plan import PHASES, PlanError, plan_json_schema
+from zdm.plan import PHASES, PlanError, load_plan, plan_json_schema
 from zdm.state import LockHeld
 
 app = typer.Typer(
@@ -37,12 +37,12 @@ out = Console(highlight=False, soft_wrap=True)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     console = "console"
     json = "json"
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     additive = "additive"
     dual_write = "dual_write"
     backfill = "backfill"
@@ -52,7 +52,9 @@ class Phase(str, Enum):
 
 DsnOpt = Annotated[
     str | None,
-    typer.Option("--dsn", help="Connection string; else ZDM_DSN, DATABASE_URL, or libpq's PG* variables."),
+    typer.Option(
+        "--dsn", help="Connection string; else ZDM_DSN, DATABASE_URL, or libpq's PG* variables."
+    ),
 ]
 StateOpt = Annotated[str, typer.Option("--state-schema", help="Schema of zdm's own state tables.")]
 PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
@@ -62,8 +64,12 @@ T = TypeVar("T")
 
 @app.callback()
 def main_options(
-    log_format: Annotated[LogFormat, typer.Option("--log-format", help="Logs on stderr.")] = LogFormat.console,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug shows every SQL statement.")] = "info",
+    log_format: Annotated[
+        LogFormat, typer.Option("--log-format", help="Logs on stderr.")
+    ] = LogFormat.console,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug shows every SQL statement.")
+    ] = "info",
 ) -> None:
     configure(log_format.value, log_level)
 
@@ -94,10 +100,16 @@ def _escape(text: str) -> str:
 def run(
     plan: PlanArg,
     dsn: DsnOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would run; change nothing.")
+    ] = False,
     until: Annotated[Phase | None, typer.Option("--until", help="Stop after this phase.")] = None,
-    cont: Annotated[bool, typer.Option("--continue", help="Pass the gate the run waits at.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Resume although the plan file changed.")] = False,
+    cont: Annotated[
+        bool, typer.Option("--continue", help="Pass the gate the run waits at.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume although the plan file changed.")
+    ] = False,
     state_schema: StateOpt = "zdm",
 ) -> None:
     """Run or resume a plan."""
@@ -107,8 +119,14 @@ def run(
         sys.stdout.write(text)
         return
     outcome = guarded(
-        lambda: api.run_plan(plan, resolve_dsn(dsn), until=until.value if until else None, cont=cont,
-                             force=force, state_schema=state_schema)
+        lambda: api.run_plan(
+            plan,
+            resolve_dsn(dsn),
+            until=until.value if until else None,
+            cont=cont,
+            force=force,
+            state_schema=state_schema,
+        )
     )
     color = {"completed": "green", "waiting": "yellow"}.get(outcome.status, "red")
     err.print(f"[{color}]{outcome.status}[/{color}]: {_escape(outcome.message)}")
@@ -118,12 +136,16 @@ def run(
 def _env_dsn() -> bool:
     import os
 
-    return any(os.environ.get(v) for v in ("ZDM_DSN", "DATABASE_URL", "PGHOST", "PGDATABASE", "PGSERVICE"))
+    return any(
+        os.environ.get(v) for v in ("ZDM_DSN", "DATABASE_URL", "PGHOST", "PGDATABASE", "PGSERVICE")
+    )
 
 
 @app.command()
 def status(
-    plan: Annotated[str | None, typer.Argument(help="Plan file or name; all plans if omitted.")] = None,
+    plan: Annotated[
+        str | None, typer.Argument(help="Plan file or name; all plans if omitted.")
+    ] = None,
     dsn: DsnOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     state_schema: StateOpt = "zdm",
@@ -144,15 +166,19 @@ def status(
 def _plan_name(plan: str) -> str:
     path = Path(plan)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        return guarded(lambda: api.load_plan(path).name)
+        return guarded(lambda: load_plan(path).name)
     return plan
 
 
 def _print_run(r: dict[str, Any]) -> None:
     owner = f"{r['owner_host']}:{r['owner_pid']}" + (" (running now)" if r["owner_alive"] else "")
-    out.print(f"[bold]{r['plan']}[/bold]  run {r['id']}  [bold]{r['status']}[/bold]"
-              + (f" ({r['waiting_for']})" if r.get("waiting_for") else ""))
-    out.print(f"  phase {r['phase'] or '-'}, step {r['step'] or '-'}; owner {owner}; heartbeat {r['heartbeat']}")
+    out.print(
+        f"[bold]{r['plan']}[/bold]  run {r['id']}  [bold]{r['status']}[/bold]"
+        + (f" ({r['waiting_for']})" if r.get("waiting_for") else "")
+    )
+    out.print(
+        f"  phase {r['phase'] or '-'}, step {r['step'] or '-'}; owner {owner}; heartbeat {r['heartbeat']}"
+    )
     if r["last_error"]:
         out.print(f"  [red]last error:[/red] {_escape(r['last_error'])}")
     for b in r["backfills"]:
@@ -161,13 +187,17 @@ def _print_run(r: dict[str, Any]) -> None:
         rate = f", {b['rows_per_s']:,.0f} rows/s" if b["rows_per_s"] else ""
         eta = f", ETA {b['eta_s']}s" if b["eta_s"] else ""
         thr = f", throttled: {b['throttle']}" if b["throttle"] else ""
-        out.print(f"  backfill {b['step']} worker {b['worker']}: {b['rows_done']:,} / ~{est:,} rows{pct}"
-                  f"{rate}{eta}, batch {b['batch_size']}{thr}{' done' if b['done'] else ''}")
+        out.print(
+            f"  backfill {b['step']} worker {b['worker']}: {b['rows_done']:,} / ~{est:,} rows{pct}"
+            f"{rate}{eta}, batch {b['batch_size']}{thr}{' done' if b['done'] else ''}"
+        )
     table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("step", "kind", "status", "attempts", "error"):
         table.add_column(col)
     for s in r["steps"]:
-        table.add_row(s["key"], s["kind"], s["status"], str(s["attempts"]), _escape(s["last_error"] or ""))
+        table.add_row(
+            s["key"], s["kind"], s["status"], str(s["attempts"]), _escape(s["last_error"] or "")
+        )
     out.print(table)
 
 
@@ -183,8 +213,10 @@ def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
         raise typer.Exit(EXIT_USAGE)
     steps = loaded.plan.steps()
     where = f" against {redact(url)}" if url else ""
-    err.print(f"[green]ok[/green]: plan {loaded.name}, {len(steps)} steps in "
-              f"{len({s.phase for s in steps})} phases{where}")
+    err.print(
+        f"[green]ok[/green]: plan {loaded.name}, {len(steps)} steps in "
+        f"{len({s.phase for s in steps})} phases{where}"
+    )
 
 
 @app.command()
@@ -194,15 +226,21 @@ def schema() -> None:
 
 
 @app.command()
-def pause(plan: Annotated[str, typer.Argument(help="Plan file or name.")], dsn: DsnOpt = None,
-          state_schema: StateOpt = "zdm") -> None:
+def pause(
+    plan: Annotated[str, typer.Argument(help="Plan file or name.")],
+    dsn: DsnOpt = None,
+    state_schema: StateOpt = "zdm",
+) -> None:
     """Pause a running backfill after its current batch."""
     _pause(plan, dsn, True, state_schema)
 
 
 @app.command()
-def resume(plan: Annotated[str, typer.Argument(help="Plan file or name.")], dsn: DsnOpt = None,
-           state_schema: StateOpt = "zdm") -> None:
+def resume(
+    plan: Annotated[str, typer.Argument(help="Plan file or name.")],
+    dsn: DsnOpt = None,
+    state_schema: StateOpt = "zdm",
+) -> None:
     """Resume a paused backfill."""
     _pause(plan, dsn, False, state_schema)
 
@@ -213,14 +251,18 @@ def _pause(plan: str, dsn: str | None, paused: bool, state_schema: str) -> None:
     if run is None:
         err.print(f"[red]no unfinished run of plan {name}[/red]")
         raise typer.Exit(EXIT_USAGE)
-    err.print(f"{'pause' if paused else 'resume'} requested for plan {name} (run {run.id}, {run.status})")
+    err.print(
+        f"{'pause' if paused else 'resume'} requested for plan {name} (run {run.id}, {run.status})"
+    )
 
 
 @app.command()
 def seed(
     dsn: DsnOpt = None,
     rows: Annotated[int, typer.Option("--rows", help="How many users.")] = 200_000,
-    schema_name: Annotated[str, typer.Option("--schema", help="Schema of the users table.")] = "public",
+    schema_name: Annotated[
+        str, typer.Option("--schema", help="Schema of the users table.")
+    ] = "public",
 ) -> None:
     """Create the example users table (legacy phones in contact jsonb) and fill it."""
     import psycopg
@@ -241,8 +283,36 @@ def seed(
     err.print(f"[green]seeded[/green] {rows:,} users in {schema_name}.users")
 
 
+@app.command()
+def lint(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Plan files (.yaml), .sql files or directories.")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="text, json or github.")] = "text",
+) -> None:
+    """Static safety checks of plans and .sql migrations (exit 1 on findings)."""
+    from zdm.lint import run_lint
+
+    raise typer.Exit(run_lint([str(p) for p in paths], fmt, sys.stdout))
+
+
+@app.command()
+def convert(
+    sql_file: Annotated[
+        Path, typer.Argument(help="A .sql migration to turn into a safe zdm plan.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the plan here.")
+    ] = None,
+) -> None:
+    """Write a five-phase zdm plan that makes the same change as a .sql file, safely."""
+    from zdm.lint.convert import convert_command
+
+    raise typer.Exit(convert_command(sql_file, output, sys.stdout))
+
+
 def main() -> None:
     app()
 
 
-assert PHASES == tuple(p.value for p in Phase)
+assert tuple(p.value for p in Phase) == PHASES

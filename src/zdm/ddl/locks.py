@@ -73,21 +73,47 @@ CONFLICTS: dict[LockMode, frozenset[LockMode]] = {
     _L.NONE: frozenset(),
     _L.ACCESS_SHARE: frozenset({_L.ACCESS_EXCLUSIVE}),
     _L.ROW_SHARE: frozenset({_L.EXCLUSIVE, _L.ACCESS_EXCLUSIVE}),
-    _L.ROW_EXCLUSIVE: frozenset({_L.SHARE, _L.SHARE_ROW_EXCLUSIVE, _L.EXCLUSIVE, _L.ACCESS_EXCLUSIVE}),
+    _L.ROW_EXCLUSIVE: frozenset(
+        {_L.SHARE, _L.SHARE_ROW_EXCLUSIVE, _L.EXCLUSIVE, _L.ACCESS_EXCLUSIVE}
+    ),
     _L.SHARE_UPDATE_EXCLUSIVE: frozenset(
-        {_L.SHARE_UPDATE_EXCLUSIVE, _L.SHARE, _L.SHARE_ROW_EXCLUSIVE, _L.EXCLUSIVE, _L.ACCESS_EXCLUSIVE}
+        {
+            _L.SHARE_UPDATE_EXCLUSIVE,
+            _L.SHARE,
+            _L.SHARE_ROW_EXCLUSIVE,
+            _L.EXCLUSIVE,
+            _L.ACCESS_EXCLUSIVE,
+        }
     ),
     _L.SHARE: frozenset(
-        {_L.ROW_EXCLUSIVE, _L.SHARE_UPDATE_EXCLUSIVE, _L.SHARE_ROW_EXCLUSIVE, _L.EXCLUSIVE,
-         _L.ACCESS_EXCLUSIVE}
+        {
+            _L.ROW_EXCLUSIVE,
+            _L.SHARE_UPDATE_EXCLUSIVE,
+            _L.SHARE_ROW_EXCLUSIVE,
+            _L.EXCLUSIVE,
+            _L.ACCESS_EXCLUSIVE,
+        }
     ),
     _L.SHARE_ROW_EXCLUSIVE: frozenset(
-        {_L.ROW_EXCLUSIVE, _L.SHARE_UPDATE_EXCLUSIVE, _L.SHARE, _L.SHARE_ROW_EXCLUSIVE, _L.EXCLUSIVE,
-         _L.ACCESS_EXCLUSIVE}
+        {
+            _L.ROW_EXCLUSIVE,
+            _L.SHARE_UPDATE_EXCLUSIVE,
+            _L.SHARE,
+            _L.SHARE_ROW_EXCLUSIVE,
+            _L.EXCLUSIVE,
+            _L.ACCESS_EXCLUSIVE,
+        }
     ),
     _L.EXCLUSIVE: frozenset(
-        {_L.ROW_SHARE, _L.ROW_EXCLUSIVE, _L.SHARE_UPDATE_EXCLUSIVE, _L.SHARE, _L.SHARE_ROW_EXCLUSIVE,
-         _L.EXCLUSIVE, _L.ACCESS_EXCLUSIVE}
+        {
+            _L.ROW_SHARE,
+            _L.ROW_EXCLUSIVE,
+            _L.SHARE_UPDATE_EXCLUSIVE,
+            _L.SHARE,
+            _L.SHARE_ROW_EXCLUSIVE,
+            _L.EXCLUSIVE,
+            _L.ACCESS_EXCLUSIVE,
+        }
     ),
     _L.ACCESS_EXCLUSIVE: frozenset(m for m in LockMode if m is not _L.NONE),
 }

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, LiteralString, cast
+from typing import Any
 
 from psycopg import sql
 
 from zdm.ddl.locks import LockMode
+
+Query = sql.SQL | sql.Composed
+"""A statement as psycopg composes it: what the executor runs and the dry-run prints."""
 
 
 @dataclass(frozen=True, order=True)
@@ -43,14 +46,14 @@ def user_sql(text: str) -> sql.SQL:
     Plans are trusted code written by the people who run them, like a migration file; identifiers
     and values zdm itself adds are still composed with Identifier and Literal.
     """
-    return sql.SQL(cast(LiteralString, text))
+    return sql.SQL(text)
 
 
 @dataclass(frozen=True)
 class Statement:
     """One SQL statement and the facts about it that decide how it must be run."""
 
-    sql: sql.Composable
+    sql: Query
     lock: LockMode
     table: Table | None = None
     scans: bool = False
@@ -73,7 +76,7 @@ class Txn:
     statements: tuple[Statement, ...]
     label: str
     transactional: bool = True
-    skip_if: sql.Composable | None = None
+    skip_if: Query | None = None
 
     def __post_init__(self) -> None:
         if not self.transactional and len(self.statements) != 1:
@@ -100,7 +103,7 @@ class Txn:
 class Check:
     """A read-only query whose single value must equal `expect` (the `verify` step)."""
 
-    query: sql.Composable
+    query: Query
     expect: Any
     label: str
 

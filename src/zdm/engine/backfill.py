@@ -88,12 +88,17 @@ def default_where(mapping: dict[str, str]) -> str:
 def upper_bound_sql(table: Table, key: Key, first: bool) -> sql.Composed:
     """The last key of the next batch and the batch's row count: an index-only scan."""
     lower = sql.SQL("") if first else sql.SQL(" WHERE {} > {}").format(key.row(), key.params())
-    desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(c)) for c in key.columns)
+    # Qualified: a bare name in ORDER BY would mean the ::text output column and sort as text.
+    desc = sql.SQL(", ").join(
+        sql.SQL("{} DESC").format(sql.Identifier("s", c)) for c in key.columns
+    )
     return sql.SQL(
         "SELECT {texts}, count(*) OVER () FROM (SELECT {cols} FROM {t}{lower} ORDER BY {cols} LIMIT %s) s"
         " ORDER BY {desc} LIMIT 1"
     ).format(
-        texts=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in key.columns),
+        texts=sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier("s", c)) for c in key.columns
+        ),
         cols=key.idents(),
         t=table.ident(),
         lower=lower,
@@ -108,12 +113,19 @@ def batch_sql(job: BackfillJob, key: Key, where: str, first: bool) -> sql.Compos
     )
     lower = sql.SQL("") if first else sql.SQL("{} > {} AND ").format(key.row(), key.params())
     return sql.SQL("UPDATE {t} SET {a} WHERE {lower}{k} <= {p} AND ({w})").format(
-        t=job.table.ident(), a=assignments, lower=lower, k=key.row(), p=key.params(), w=user_sql(where)
+        t=job.table.ident(),
+        a=assignments,
+        lower=lower,
+        k=key.row(),
+        p=key.params(),
+        w=user_sql(where),
     )
 
 
 def remaining_sql(job: BackfillJob, where: str) -> sql.Composed:
-    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(job.table.ident(), user_sql(where))
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+        job.table.ident(), user_sql(where)
+    )
 
 
 def estimate_rows(conn: psycopg.Connection[Any], table: Table) -> int:
@@ -175,7 +187,9 @@ class Backfiller:
         opts = job.options
         auto = opts.batch_size == "auto"
         self.sizer = BatchSizer(
-            size=max(opts.min_batch, min(opts.max_batch, INITIAL_AUTO_BATCH)) if auto else int(opts.batch_size),
+            size=max(opts.min_batch, min(opts.max_batch, INITIAL_AUTO_BATCH))
+            if auto
+            else int(opts.batch_size),
             auto=auto,
             target_ms=opts.batch_time,
             minimum=opts.min_batch,
@@ -185,22 +199,34 @@ class Backfiller:
 
     def run(self) -> None:
         if not self.job.set:
-            raise StepFailed(f"{self.job.label}: nothing to set (no `set` and no dual_write on the table)")
+            raise StepFailed(
+                f"{self.job.label}: nothing to set (no `set` and no dual_write on the table)"
+            )
         key = primary_key(self.conn, self.job.table)
         if key is None:
             raise StepFailed(f"{self.job.label}: {self.job.table} has no primary key to walk")
         state = self.store.backfill(self.conn, self.run_id, self.ordinal)
         if state is None:
             self.store.backfill_start(
-                self.conn, self.run_id, self.ordinal, 0, rows_estimated=estimate_rows(self.conn, self.job.table)
+                self.conn,
+                self.run_id,
+                self.ordinal,
+                0,
+                rows_estimated=estimate_rows(self.conn, self.job.table),
             )
             state = self.store.backfill(self.conn, self.run_id, self.ordinal)
             assert state is not None
         if state.batch_size and self.sizer.auto:
             self.sizer.size = state.batch_size
-        self.log.info("backfill_start", table=str(self.job.table), key=list(key.columns),
-                      resume_after=state.last_key, rows_done=state.rows_done,
-                      rows_estimated=state.rows_estimated, where=self.where)
+        self.log.info(
+            "backfill_start",
+            table=str(self.job.table),
+            key=list(key.columns),
+            resume_after=state.last_key,
+            rows_done=state.rows_done,
+            rows_estimated=state.rows_estimated,
+            where=self.where,
+        )
         self._walk(key, state.last_key, state.rows_done, state.rows_estimated or 0)
         if self.ex.probe(remaining_sql(self.job, self.where)):
             # Rows changed behind the walk without the trigger (or before it existed): one more pass.
@@ -208,7 +234,9 @@ class Backfiller:
             self.store.backfill_state(self.conn, self.run_id, self.ordinal, 0, reset=True)
             self._walk(key, None, 0, 0)
             if self.ex.probe(remaining_sql(self.job, self.where)):
-                raise StepFailed(f"{self.job.label}: rows still match `{self.where}` after two passes")
+                raise StepFailed(
+                    f"{self.job.label}: rows still match `{self.where}` after two passes"
+                )
 
     def _walk(self, key: Key, last: Sequence[str] | None, done: int, estimated: int) -> None:
         started = time.monotonic()
@@ -232,12 +260,23 @@ class Backfiller:
             if now - last_progress >= PROGRESS_EVERY_S or first:
                 last_progress = now
                 eta = (estimated - done) / rate if rate > 0 and estimated > done else 0
-                self.log.info("backfill_progress", table=str(self.job.table), rows_done=done,
-                              rows_estimated=estimated, rows_per_s=round(rate), eta_s=round(eta),
-                              batch_size=self.sizer.size, batch_ms=round(ms))
+                self.log.info(
+                    "backfill_progress",
+                    table=str(self.job.table),
+                    rows_done=done,
+                    rows_estimated=estimated,
+                    rows_per_s=round(rate),
+                    eta_s=round(eta),
+                    batch_size=self.sizer.size,
+                    batch_ms=round(ms),
+                )
             del updated
-        self.log.info("backfill_walked", table=str(self.job.table), rows_done=done,
-                      seconds=round(time.monotonic() - started, 1))
+        self.log.info(
+            "backfill_walked",
+            table=str(self.job.table),
+            rows_done=done,
+            seconds=round(time.monotonic() - started, 1),
+        )
 
     def _batch(self, key: Key, last: Sequence[str] | None) -> tuple[list[str], int, int] | None:
         """One batch and its checkpoint in one transaction; None when the walk is over."""
@@ -249,7 +288,9 @@ class Backfiller:
                 return self._batch_attempts(key, first, params_last, size)
             except errors.QueryCanceled:
                 if not self.sizer.auto or self.sizer.size <= self.sizer.minimum:
-                    raise StepFailed(f"{self.job.label}: a batch of {size} rows hit the statement timeout") from None
+                    raise StepFailed(
+                        f"{self.job.label}: a batch of {size} rows hit the statement timeout"
+                    ) from None
                 self.sizer.halve()
                 self.log.warning("batch_timeout_shrink", batch_size=self.sizer.size)
 
@@ -263,22 +304,35 @@ class Backfiller:
                 t0 = time.monotonic()
                 with self.conn.transaction():
                     self.conn.execute(
-                        sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+                        sql.SQL(
+                            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}"
+                        ).format(
                             sql.Literal(f"{lock_timeout_ms(settings, n)}ms"),
                             sql.Literal(f"{self.sizer.statement_timeout_ms}ms"),
                         )
                     )
-                    row = self.conn.execute(upper_bound_sql(self.job.table, key, first), [*last, size]).fetchone()
+                    row = self.conn.execute(
+                        upper_bound_sql(self.job.table, key, first), [*last, size]
+                    ).fetchone()
                     if row is None:
                         return None
                     upper = [str(v) for v in row[:-1]]
                     walked = int(row[-1])
-                    cur = self.conn.execute(batch_sql(self.job, key, self.where, first), [*last, *upper])
+                    cur = self.conn.execute(
+                        batch_sql(self.job, key, self.where, first), [*last, *upper]
+                    )
                     updated = cur.rowcount
                     ms = (time.monotonic() - t0) * 1000
                     self.store.checkpoint(
-                        self.conn, self.run_id, self.ordinal, 0, last_key=upper, walked=walked,
-                        updated=updated, batch_size=size, rate=walked / max(ms / 1000, 1e-6),
+                        self.conn,
+                        self.run_id,
+                        self.ordinal,
+                        0,
+                        last_key=upper,
+                        walked=walked,
+                        updated=updated,
+                        batch_size=size,
+                        rate=walked / max(ms / 1000, 1e-6),
                     )
                 return upper, walked, updated
         raise AssertionError("unreachable")
@@ -295,7 +349,9 @@ class Backfiller:
             time.sleep(pause / 1000)
         if self.ex.monitor is not None and self.store.pause_requested(self.ex.monitor, self.run_id):
             self.log.info("backfill_paused", table=str(self.job.table))
-            self.store.backfill_state(self.conn, self.run_id, self.ordinal, 0, throttle="paused by zdm pause")
+            self.store.backfill_state(
+                self.conn, self.run_id, self.ordinal, 0, throttle="paused by zdm pause"
+            )
             while self.store.pause_requested(self.ex.monitor, self.run_id):
                 if self.control.stop.is_set():
                     raise Interrupted(self.control.signal_name or "stop")

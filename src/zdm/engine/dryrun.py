@@ -29,7 +29,7 @@ from zdm.engine.retry import lock_timeout_ms
 from zdm.engine.session import connect, redact, server_version
 from zdm.operations import Context, plan_step
 from zdm.operations.base import LATEST_SERVER_VERSION
-from zdm.plan import LoadedPlan, PlanStep, Settings
+from zdm.plan import LoadedPlan, Settings
 from zdm.state import Store
 
 
@@ -79,10 +79,12 @@ class DryRun:
                 phase = step.phase
                 yield ""
                 if phase in self.plan.gates:
-                    yield f"-- ===== gate: the run stops here until `zdm run --continue` ====="
+                    yield "-- ===== gate: the run stops here until `zdm run --continue` ====="
                 yield f"-- ===== phase {phase} ====="
             yield ""
-            yield f"-- step {step.key} {step.kind}" + (" — already done by this run: skipped" if step.key in done else "")
+            yield f"-- step {step.key} {step.kind}" + (
+                " — already done by this run: skipped" if step.key in done else ""
+            )
             for action in plan_step(step.spec, ctx):
                 yield from self._action(action, conn, s, skipped=step.key in done)
 
@@ -105,16 +107,27 @@ class DryRun:
         elif isinstance(action, BackfillJob):
             yield from self._backfill(action, conn, s)
 
-    def _txn(self, txn: Txn, conn: psycopg.Connection[Any] | None, s: Settings, skipped: bool) -> Iterator[str]:
+    def _txn(
+        self, txn: Txn, conn: psycopg.Connection[Any] | None, s: Settings, skipped: bool
+    ) -> Iterator[str]:
         for stmt in txn.statements:
             target = f" on {stmt.table}" if stmt.table else ""
-            facts = ["rewrites the table"] if stmt.rewrites else ["scans the table"] if stmt.scans else []
+            facts = (
+                ["rewrites the table"]
+                if stmt.rewrites
+                else ["scans the table"]
+                if stmt.scans
+                else []
+            )
             facts += [stmt.note] if stmt.note else []
             yield f"-- {stmt.lock.sql_name}{target} ({stmt.lock.describe_blocking()})" + "".join(
-                f"; {f}" for f in facts)
+                f"; {f}" for f in facts
+            )
         if txn.blocks_app:
-            yield (f"-- retried up to {s.lock_retries} times on lock timeout, lock_timeout"
-                   f" {_fmt_ms(lock_timeout_ms(s, 1))} rising to {_fmt_ms(s.lock_timeout_max)}")
+            yield (
+                f"-- retried up to {s.lock_retries} times on lock timeout, lock_timeout"
+                f" {_fmt_ms(lock_timeout_ms(s, 1))} rising to {_fmt_ms(s.lock_timeout_max)}"
+            )
         elif txn.statements and txn.lock.value:
             yield "-- waits as long as it needs: no application query queues behind this lock"
         if not txn.transactional:
@@ -126,17 +139,22 @@ class DryRun:
             if already:
                 yield "-- the catalog shows this is already done: skipped"
         prefix = "-- " if already else ""
-        for stmt in render(txn, s):
-            yield prefix + stmt.as_string(conn) + ";"
+        for query in render(txn, s):
+            yield prefix + query.as_string(conn) + ";"
 
-    def _backfill(self, job: BackfillJob, conn: psycopg.Connection[Any] | None, s: Settings) -> Iterator[str]:
+    def _backfill(
+        self, job: BackfillJob, conn: psycopg.Connection[Any] | None, s: Settings
+    ) -> Iterator[str]:
         opts = job.options
         key: Key | None = primary_key(conn, job.table) if conn is not None else None
         shown = key or Key(("<primary key>",))
         where = job.where or default_where(job.set)
         size = INITIAL_AUTO_BATCH if opts.batch_size == "auto" else int(opts.batch_size)
-        sizing = (f"batches sized to {opts.batch_time}ms (start {size}, {opts.min_batch}..{opts.max_batch} rows)"
-                  if opts.batch_size == "auto" else f"batches of {size} rows")
+        sizing = (
+            f"batches sized to {opts.batch_time}ms (start {size}, {opts.min_batch}..{opts.max_batch} rows)"
+            if opts.batch_size == "auto"
+            else f"batches of {size} rows"
+        )
         yield f"-- backfill of {job.table} in primary-key order, {sizing}, workers {opts.workers}"
         if conn is not None:
             rows = estimate_rows(conn, job.table)
@@ -146,8 +164,10 @@ class DryRun:
                 yield "-- WARNING: the table has no primary key"
         yield "-- ROW EXCLUSIVE and row locks only (blocks no reads or writes); each batch:"
         yield "BEGIN;"
-        yield (f"SET LOCAL lock_timeout = '{lock_timeout_ms(s, 1)}ms'; SET LOCAL statement_timeout ="
-               f" '{int(max(opts.batch_time * 10, 1000)) if opts.batch_size == 'auto' else 0}ms';")
+        yield (
+            f"SET LOCAL lock_timeout = '{lock_timeout_ms(s, 1)}ms'; SET LOCAL statement_timeout ="
+            f" '{int(max(opts.batch_time * 10, 1000)) if opts.batch_size == 'auto' else 0}ms';"
+        )
         yield upper_bound_sql(job.table, shown, first=False).as_string(conn) + ";"
         yield batch_sql(job, shown, where, first=False).as_string(conn) + ";"
         yield f"-- checkpoint: UPDATE {self.store.schema}.backfills SET last_key = <upper>, rows_done = … ;"

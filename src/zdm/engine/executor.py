@@ -19,7 +19,7 @@ import structlog
 import tenacity
 from psycopg import errors, sql
 
-from zdm.ddl import Check, LockMode, Txn
+from zdm.ddl import Check, Query, Txn
 from zdm.engine.retry import CONTENTION, lock_timeout_ms, retrying
 from zdm.engine.session import scrub
 from zdm.plan import Settings
@@ -53,9 +53,12 @@ def timeouts(txn: Txn, settings: Settings, attempt: int = 1) -> list[sql.Compose
     ]
 
 
-def render(txn: Txn, settings: Settings, attempt: int = 1) -> list[sql.Composable]:
+def render(txn: Txn, settings: Settings, attempt: int = 1) -> list[Query]:
     """Every statement of one attempt of `txn`, in order, transaction boundaries included."""
-    body: list[sql.Composable] = [*timeouts(txn, settings, attempt), *(s.sql for s in txn.statements)]
+    body: list[Query] = [
+        *timeouts(txn, settings, attempt),
+        *(s.sql for s in txn.statements),
+    ]
     return [BEGIN, *body, COMMIT] if txn.transactional else body
 
 
@@ -69,7 +72,7 @@ class Executor:
 
     # -- probes and checks -------------------------------------------------------------------
 
-    def probe(self, query: sql.Composable) -> bool:
+    def probe(self, query: Query) -> bool:
         row = self.conn.execute(query).fetchone()
         return bool(row and row[0])
 
@@ -114,8 +117,9 @@ class Executor:
             raise StepFailed(f"{txn.label}: {_pg_error(e)}") from None
         ms = round((time.monotonic() - started) * 1000)
         self.log.info("unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms)
-        self._event("unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms,
-                    blocks_app=txn.blocks_app)
+        self._event(
+            "unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms, blocks_app=txn.blocks_app
+        )
         return True
 
     def _run_transaction(self, txn: Txn, on_commit: OnCommit | None) -> None:
@@ -132,7 +136,7 @@ class Executor:
                         on_commit(self.conn)
                 self._execute(COMMIT, run=False)
 
-    def _execute(self, stmt: sql.Composable, *, run: bool = True) -> None:
+    def _execute(self, stmt: Query, *, run: bool = True) -> None:
         """Executes one statement; BEGIN/COMMIT are logged only (conn.transaction() issues them)."""
         self.log.debug("sql", sql=_text(stmt, self.conn))
         if run and stmt is not BEGIN:
@@ -151,8 +155,13 @@ class Executor:
                 error=type(exc).__name__ if exc else None,
                 blockers=blockers,
             )
-            self._event("lock_retry", unit=txn.label, attempt=state.attempt_number,
-                        error=type(exc).__name__ if exc else None, blockers=blockers)
+            self._event(
+                "lock_retry",
+                unit=txn.label,
+                attempt=state.attempt_number,
+                error=type(exc).__name__ if exc else None,
+                blockers=blockers,
+            )
 
         return log_blockers
 
@@ -171,8 +180,12 @@ class Executor:
             " AND l.mode = ANY(%s) AND a.pid <> pg_backend_pid() AND a.pid <> %s"
             " AND a.xact_start < now() - make_interval(secs => %s / 1000.0)"
             " ORDER BY xact_ms DESC",
-            [[t.ident().as_string(self.monitor) for t in txn.tables], list(txn.lock.pg_names),
-             self.conn.info.backend_pid, min_age_ms],
+            [
+                [t.ident().as_string(self.monitor) for t in txn.tables],
+                list(txn.lock.pg_names),
+                self.conn.info.backend_pid,
+                min_age_ms,
+            ],
         ).fetchall()
         keys = ("pid", "mode", "state", "application", "xact_ms", "query")
         return [dict(zip(keys, r, strict=True)) for r in rows]
@@ -189,7 +202,9 @@ class Executor:
 
         Queueing behind it would make every later query on the table queue behind zdm.
         """
-        deadline = time.monotonic() + self.settings.lock_retries * self.settings.retry_max_wait / 1000
+        deadline = (
+            time.monotonic() + self.settings.lock_retries * self.settings.retry_max_wait / 1000
+        )
         logged = 0.0
         while True:
             holders = self._holders(txn, LONG_HOLDER_MS)
@@ -201,7 +216,9 @@ class Executor:
                 self.log.warning("waiting_for_long_transaction", unit=txn.label, holders=holders)
                 self._event("long_holder_wait", unit=txn.label, holders=holders)
             if now > deadline:
-                raise StepFailed(f"{txn.label}: transactions holding {txn.tables[0]} did not end: {holders}")
+                raise StepFailed(
+                    f"{txn.label}: transactions holding {txn.tables[0]} did not end: {holders}"
+                )
             time.sleep(0.1)
 
     def _event(self, name: str, **detail: Any) -> None:
@@ -218,8 +235,8 @@ def matches(value: Any, expect: Any) -> bool:
     return str(value) == str(expect)
 
 
-def _text(stmt: sql.Composable, conn: psycopg.Connection[Any] | None = None) -> str:
-    return stmt.as_string(conn)
+def _text(stmt: Query, conn: psycopg.Connection[Any] | None = None) -> str:
+    return str(stmt.as_string(conn))
 
 
 def _pg_error(e: psycopg.Error) -> str:

@@ -29,7 +29,9 @@ def live_schema_problems(conn: psycopg.Connection[Any], loaded: LoadedPlan) -> l
     def table_ok(t: Table) -> bool:
         if t in created:
             return True
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [t.ident().as_string(conn)]).fetchone()
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", [t.ident().as_string(conn)]
+        ).fetchone()
         return bool(row and row[0])
 
     def column_ok(t: Table, col: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -57,11 +58,19 @@ def step_differences(rows: list[Any], steps: list[NewStep]) -> list[str]:
             diffs.append(f"{new.phase}[{new.idx}] {new.kind}: added")
         elif new is None and old is not None:
             diffs.append(f"{old.phase}[{old.idx}] {old.kind}: removed")
-        elif old is not None and new is not None and (
-            (old.phase, old.idx, old.kind, old.fingerprint) != (new.phase, new.idx, new.kind, new.fingerprint)
+        elif (
+            old is not None
+            and new is not None
+            and (
+                (old.phase, old.idx, old.kind, old.fingerprint)
+                != (new.phase, new.idx, new.kind, new.fingerprint)
+            )
         ):
-            what = "changed" if (old.phase, old.idx, old.kind) == (new.phase, new.idx, new.kind) else (
-                f"was {old.phase}[{old.idx}] {old.kind}")
+            what = (
+                "changed"
+                if (old.phase, old.idx, old.kind) == (new.phase, new.idx, new.kind)
+                else (f"was {old.phase}[{old.idx}] {old.kind}")
+            )
             diffs.append(f"{new.phase}[{new.idx}] {new.kind}: {what}")
     return diffs
 
@@ -84,7 +93,9 @@ class Heartbeat(threading.Thread):
 
 
 class Runner:
-    def __init__(self, loaded: LoadedPlan, dsn: str, *, state_schema: str = "zdm", log: Any = None) -> None:
+    def __init__(
+        self, loaded: LoadedPlan, dsn: str, *, state_schema: str = "zdm", log: Any = None
+    ) -> None:
         self.loaded = loaded
         self.plan = loaded.plan
         self.dsn = dsn
@@ -106,8 +117,13 @@ class Runner:
             monitor.close()
 
     def _run(
-        self, work: psycopg.Connection[Any], monitor: psycopg.Connection[Any], *, until: str | None,
-        cont: bool, force: bool,
+        self,
+        work: psycopg.Connection[Any],
+        monitor: psycopg.Connection[Any],
+        *,
+        until: str | None,
+        cont: bool,
+        force: bool,
     ) -> Outcome:
         self.store.ensure(work)
         steps = self.plan.steps()
@@ -115,15 +131,18 @@ class Runner:
         if isinstance(run_or_outcome, Outcome):
             return run_or_outcome
         run = self.store.transition(work, run_or_outcome, "running")
-        self.log.info("run_start", plan=self.loaded.name, run=run.id, steps=len(steps),
-                      server=work.info.server_version)
+        self.log.info(
+            "run_start",
+            plan=self.loaded.name,
+            run=run.id,
+            steps=len(steps),
+            server=work.info.server_version,
+        )
         ctx = Context(self.plan.schema_, server_version(work), self.plan, self.loaded.base_dir)
 
         def on_event(event: str, **detail: Any) -> None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self.store.event(monitor, run.id, current, event, **detail)
-            except psycopg.Error:
-                pass
 
         executor = Executor(work, self.plan.settings, monitor=monitor, on_event=on_event)
         heartbeat = Heartbeat(monitor, self.store, run.id)
@@ -142,14 +161,23 @@ class Runner:
                     raise Interrupted(self.control.signal_name or "stop")
                 if until is not None and PHASES.index(step.phase) > PHASES.index(until):
                     self.store.transition(work, run, "waiting", waiting_for=f"--until {until}")
-                    return Outcome("waiting", f"stopped after phase {until} (--until); `zdm run` continues",
-                                   0, run.id)
+                    return Outcome(
+                        "waiting",
+                        f"stopped after phase {until} (--until); `zdm run` continues",
+                        0,
+                        run.id,
+                    )
                 if step.phase != phase:
                     phase = step.phase
                     if phase in self.plan.gates and phase not in run.gates_passed:
                         if not cont or gate_passed:
-                            self.store.transition(work, run, "waiting", phase=phase,
-                                                  waiting_for=f"gate before {phase}")
+                            self.store.transition(
+                                work,
+                                run,
+                                "waiting",
+                                phase=phase,
+                                waiting_for=f"gate before {phase}",
+                            )
                             self.log.info("gate_waiting", phase=phase)
                             return Outcome(
                                 "waiting",
@@ -166,35 +194,57 @@ class Runner:
                 self._step(work, executor, ctx, run, ordinal, step)
             self.store.transition(work, run, "completed")
             self.log.info("run_completed", plan=self.loaded.name, run=run.id)
-            return Outcome("completed", f"plan {self.loaded.name} completed (run {run.id})", 0, run.id)
+            return Outcome(
+                "completed", f"plan {self.loaded.name} completed (run {run.id})", 0, run.id
+            )
         except StepFailed as e:
             message = scrub(str(e))
-            self.log.error("step_failed", step=steps[current].key if current is not None else None,
-                           error=message)
+            self.log.error(
+                "step_failed",
+                step=steps[current].key if current is not None else None,
+                error=message,
+            )
             if current is not None:
                 self.store.step_failed(work, run.id, current, message)
             self.store.transition(work, run, "failed", error=message)
-            return Outcome("failed", f"step {steps[current].key if current is not None else '?'} failed: "
-                           f"{message}\nthe run is resumable: fix the cause and run `zdm run` again", 1, run.id)
+            return Outcome(
+                "failed",
+                f"step {steps[current].key if current is not None else '?'} failed: "
+                f"{message}\nthe run is resumable: fix the cause and run `zdm run` again",
+                1,
+                run.id,
+            )
         except Interrupted as e:
             if current is not None:
                 self.store.step_failed(work, run.id, current, f"interrupted by {e}")
             self.store.transition(work, run, "paused", waiting_for=f"interrupted by {e}")
             self.log.warning("run_interrupted", signal=str(e))
-            return Outcome("paused", f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id)
+            return Outcome(
+                "paused", f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id
+            )
         finally:
             heartbeat.stop()
 
-    def _start_or_resume(self, work: psycopg.Connection[Any], steps: list[PlanStep], force: bool) -> Run | Outcome:
+    def _start_or_resume(
+        self, work: psycopg.Connection[Any], steps: list[PlanStep], force: bool
+    ) -> Run | Outcome:
         name, sha = self.loaded.name, self.loaded.sha256
         wanted = new_steps(steps)
         run = self.store.unfinished_run(work, name)
         if run is None:
             latest = self.store.latest_run(work, name)
-            if latest is not None and latest.status == "completed" and latest.direction == "forward":
+            if (
+                latest is not None
+                and latest.status == "completed"
+                and latest.direction == "forward"
+            ):
                 if latest.plan_sha256 == sha:
-                    return Outcome("completed", f"plan {name} is already completed (run {latest.id});"
-                                   " nothing to do", 0, latest.id)
+                    return Outcome(
+                        "completed",
+                        f"plan {name} is already completed (run {latest.id}); nothing to do",
+                        0,
+                        latest.id,
+                    )
                 if not force:
                     raise PlanChanged(
                         f"plan {name} was completed by run {latest.id} and its file has changed since;"
@@ -202,8 +252,10 @@ class Runner:
                     )
             return self.store.create_run(work, name, sha, str(self.loaded.path), wanted)
         if run.direction == "rollback":
-            raise RunRefused(f"a rollback of plan {name} is unfinished (run {run.id}); finish it with"
-                             " `zdm rollback`")
+            raise RunRefused(
+                f"a rollback of plan {name} is unfinished (run {run.id}); finish it with"
+                " `zdm rollback`"
+            )
         if run.plan_sha256 != sha:
             diffs = step_differences(self.store.steps(work, run.id), wanted)
             if not force:
@@ -218,7 +270,12 @@ class Runner:
         return run
 
     def _step(
-        self, work: psycopg.Connection[Any], executor: Executor, ctx: Context, run: Run, ordinal: int,
+        self,
+        work: psycopg.Connection[Any],
+        executor: Executor,
+        ctx: Context,
+        run: Run,
+        ordinal: int,
         step: PlanStep,
     ) -> None:
         actions = plan_step(step.spec, ctx)

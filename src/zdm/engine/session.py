@@ -41,7 +41,9 @@ def connect(dsn: str, purpose: str, *, autocommit: bool = True) -> psycopg.Conne
     """A connection named `zdm <purpose> (host:pid)`, so blockers and lock holders are identifiable."""
     name = f"zdm {purpose} ({socket.gethostname()}:{os.getpid()})"[:63]
     try:
-        conn = psycopg.connect(dsn, autocommit=autocommit, application_name=name, connect_timeout=10)
+        conn = psycopg.connect(
+            dsn, autocommit=autocommit, application_name=name, connect_timeout=10
+        )
     except psycopg.OperationalError as e:
         where = redact(dsn) or "the PG* environment"
         raise ConnectionFailed(f"cannot connect to {where}: {scrub(str(e)).strip()}") from None

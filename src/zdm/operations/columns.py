@@ -55,7 +55,10 @@ def undo_add_column(step: AddColumn, ctx: Context) -> list[Action]:
 
 
 def _mentions(expr: str, column: str) -> bool:
-    return re.search(rf'(?<![\w$."]){re.escape(column)}(?![\w$"])|"{re.escape(column)}"', expr) is not None
+    return (
+        re.search(rf'(?<![\w$."]){re.escape(column)}(?![\w$"])|"{re.escape(column)}"', expr)
+        is not None
+    )
 
 
 @forward(DropColumn)
@@ -66,8 +69,10 @@ def drop_column(step: DropColumn, ctx: Context) -> list[Action]:
     # drop it in the same transaction.
     for dw in ctx.dual_writes(table):
         exprs = [*dw.set.values(), *dw.reverse.values()]
-        if step.column in dw.set or step.column in dw.reverse or any(
-            _mentions(e, step.column) for e in exprs
+        if (
+            step.column in dw.set
+            or step.column in dw.reverse
+            or any(_mentions(e, step.column) for e in exprs)
         ):
             statements.extend(drop_trigger_statements(table, dw.trigger_name))
     statements.append(
@@ -79,7 +84,11 @@ def drop_column(step: DropColumn, ctx: Context) -> list[Action]:
         )
     )
     return [
-        Txn(tuple(statements), f"drop column {step.column}", skip_if=cat.column_missing(table, step.column))
+        Txn(
+            tuple(statements),
+            f"drop column {step.column}",
+            skip_if=cat.column_missing(table, step.column),
+        )
     ]
 
 
@@ -94,7 +103,9 @@ def rename_column(step: RenameColumn, ctx: Context) -> list[Action]:
     stmt = Statement(
         _alter(
             table,
-            sql.SQL("RENAME COLUMN {} TO {}").format(sql.Identifier(step.column), sql.Identifier(step.to)),
+            sql.SQL("RENAME COLUMN {} TO {}").format(
+                sql.Identifier(step.column), sql.Identifier(step.to)
+            ),
         ),
         AE,
         table,
@@ -171,7 +182,10 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
             Txn(
                 (
                     Statement(
-                        _alter(table, sql.SQL("ADD CONSTRAINT {} NOT NULL {} NOT VALID").format(name, col)),
+                        _alter(
+                            table,
+                            sql.SQL("ADD CONSTRAINT {} NOT NULL {} NOT VALID").format(name, col),
+                        ),
                         AE,
                         table,
                         note="no scan (NOT VALID); new writes are checked",
@@ -202,7 +216,10 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
             (
                 Statement(
                     _alter(
-                        table, sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(check, col)
+                        table,
+                        sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                            check, col
+                        ),
                     ),
                     AE,
                     table,
@@ -245,9 +262,7 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
                 ),
             ),
             f"set {step.column} NOT NULL and drop the check",
-            skip_if=cat.all_of(
-                already, cat.constraint_missing(table, check_name)
-            ),
+            skip_if=cat.all_of(already, cat.constraint_missing(table, check_name)),
         ),
     ]
 
@@ -260,7 +275,10 @@ def undo_set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
         # A half-finished forward run may have left its helper check behind.
         name = sql.Identifier(not_null_check_name(table, step.column))
         drop_check = Statement(
-            _alter(table, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(name)), AE, table, note="catalog only"
+            _alter(table, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(name)),
+            AE,
+            table,
+            note="catalog only",
         )
         actions.append(
             Txn(
@@ -281,7 +299,13 @@ def drop_not_null(step: DropNotNull, ctx: Context) -> list[Action]:
         table,
         note="catalog only",
     )
-    return [Txn((stmt,), f"drop NOT NULL of {step.column}", skip_if=cat.column_nullable(table, step.column))]
+    return [
+        Txn(
+            (stmt,),
+            f"drop NOT NULL of {step.column}",
+            skip_if=cat.column_nullable(table, step.column),
+        )
+    ]
 
 
 @inverse(DropNotNull)

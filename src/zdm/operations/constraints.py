@@ -33,23 +33,31 @@ def _add(table: Table, name: str, body: sql.Composable, lock: LockMode, note: st
         table,
         note=note,
     )
-    return Txn((stmt,), f"add constraint {name} (not valid)", skip_if=cat.constraint_exists(table, name))
+    return Txn(
+        (stmt,), f"add constraint {name} (not valid)", skip_if=cat.constraint_exists(table, name)
+    )
 
 
 def validate(table: Table, name: str) -> Txn:
     stmt = Statement(
-        sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table.ident(), sql.Identifier(name)),
+        sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+            table.ident(), sql.Identifier(name)
+        ),
         SUE,
         table,
         scans=True,
         note="scans the table; reads and writes continue",
     )
-    return Txn((stmt,), f"validate constraint {name}", skip_if=cat.constraint_validated(table, name))
+    return Txn(
+        (stmt,), f"validate constraint {name}", skip_if=cat.constraint_validated(table, name)
+    )
 
 
 def drop(table: Table, name: str) -> Txn:
     stmt = Statement(
-        sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(table.ident(), sql.Identifier(name)),
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+            table.ident(), sql.Identifier(name)
+        ),
         AE,
         table,
         note="catalog only",
@@ -61,8 +69,13 @@ def drop(table: Table, name: str) -> Txn:
 def add_check(step: AddCheck, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
     actions: list[Action] = [
-        _add(table, step.name, sql.SQL("CHECK ({})").format(user_sql(step.check)), AE,
-             "no scan (NOT VALID); new writes are checked")
+        _add(
+            table,
+            step.name,
+            sql.SQL("CHECK ({})").format(user_sql(step.check)),
+            AE,
+            "no scan (NOT VALID); new writes are checked",
+        )
     ]
     if step.validate:
         actions.append(validate(table, step.name))
@@ -81,8 +94,13 @@ def add_foreign_key(step: AddForeignKey, ctx: Context) -> list[Action]:
     if step.on_delete:
         body = body + sql.SQL(" ON DELETE ") + user_sql(step.on_delete.upper())
     actions: list[Action] = [
-        _add(table, step.name, body, LockMode.SHARE_ROW_EXCLUSIVE,
-             f"no scan (NOT VALID); also locks {target} (SHARE ROW EXCLUSIVE)")
+        _add(
+            table,
+            step.name,
+            body,
+            LockMode.SHARE_ROW_EXCLUSIVE,
+            f"no scan (NOT VALID); also locks {target} (SHARE ROW EXCLUSIVE)",
+        )
     ]
     if step.validate:
         actions.append(validate(table, step.name))
@@ -126,8 +144,14 @@ def _undo_add(step: AddCheck | AddForeignKey | AddUnique, ctx: Context) -> list[
             table,
             note="reads and writes continue",
         )
-        actions.append(Txn((stmt,), f"drop index {step.name}", transactional=False,
-                           skip_if=cat.index_missing(index)))
+        actions.append(
+            Txn(
+                (stmt,),
+                f"drop index {step.name}",
+                transactional=False,
+                skip_if=cat.index_missing(index),
+            )
+        )
     return actions
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from psycopg import sql
-
 from zdm.ddl import Action, BackfillJob, Check, LockMode, Statement, Txn, user_sql
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import Backfill, Sql, Verify
@@ -62,8 +60,14 @@ def _sql_text(inline: str | None, file: str | None, base: Path | None) -> str | 
 
 def _raw(text: str, step: Sql, label: str) -> list[Action]:
     lock = LockMode.parse(step.lock) if step.lock else LockMode.ACCESS_EXCLUSIVE
-    stmt = Statement(user_sql(text), lock, None, note=f"raw SQL; declared lock {lock.sql_name}"
-                     if step.lock else "raw SQL; lock not declared, treated as ACCESS EXCLUSIVE")
+    stmt = Statement(
+        user_sql(text),
+        lock,
+        None,
+        note=f"raw SQL; declared lock {lock.sql_name}"
+        if step.lock
+        else "raw SQL; lock not declared, treated as ACCESS EXCLUSIVE",
+    )
     return [Txn((stmt,), label, transactional=step.transactional)]
 
 

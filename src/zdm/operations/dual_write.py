@@ -12,7 +12,7 @@ from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
 from zdm.operations.base import Context, forward, inverse
-from zdm.plan import DualWrite, DropDualWrite
+from zdm.plan import DropDualWrite, DualWrite
 
 
 def _q(name: str) -> str:
@@ -119,7 +119,13 @@ def drop_dual_write(step: DropDualWrite, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
     name = step.trigger_name
     done = cat.all_of(cat.trigger_missing(table, name), cat.function_missing(table.sibling(name)))
-    return [Txn(tuple(drop_trigger_statements(table, name)), f"drop dual-write trigger {name}", skip_if=done)]
+    return [
+        Txn(
+            tuple(drop_trigger_statements(table, name)),
+            f"drop dual-write trigger {name}",
+            skip_if=done,
+        )
+    ]
 
 
 @inverse(DropDualWrite)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
+from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import CreateIndex, DropIndex
@@ -20,8 +20,12 @@ def drop_invalid_index(table: Table, index: Table) -> Txn:
         table,
         note="only when an INVALID index of this name was left by a failed build",
     )
-    return Txn((stmt,), f"drop invalid index {index.name}", transactional=False,
-               skip_if=cat.index_not_invalid(index))
+    return Txn(
+        (stmt,),
+        f"drop invalid index {index.name}",
+        transactional=False,
+        skip_if=cat.index_not_invalid(index),
+    )
 
 
 def build_index(
@@ -33,19 +37,23 @@ def build_index(
     method: str = "btree",
     include: list[str] | None = None,
     where: str | None = None,
-    skip_if: sql.Composable | None = None,
+    skip_if: Query | None = None,
 ) -> list[Action]:
     """The two units of a concurrent index build: recover, then build (skipped when valid)."""
     parts: list[sql.Composable] = [
-        sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {}" if unique else "CREATE INDEX CONCURRENTLY {} ON {}").format(
-            sql.Identifier(index.name), table.ident()
-        )
+        sql.SQL(
+            "CREATE UNIQUE INDEX CONCURRENTLY {} ON {}"
+            if unique
+            else "CREATE INDEX CONCURRENTLY {} ON {}"
+        ).format(sql.Identifier(index.name), table.ident())
     ]
     if method != "btree":
         parts.append(sql.SQL(" USING ") + sql.Identifier(method))
     parts.append(sql.SQL(" ({})").format(keys))
     if include:
-        parts.append(sql.SQL(" INCLUDE ({})").format(sql.SQL(", ").join(map(sql.Identifier, include))))
+        parts.append(
+            sql.SQL(" INCLUDE ({})").format(sql.SQL(", ").join(map(sql.Identifier, include)))
+        )
     if where:
         parts.append(sql.SQL(" WHERE {}").format(user_sql(where)))
     stmt = Statement(
@@ -57,8 +65,12 @@ def build_index(
     )
     return [
         drop_invalid_index(table, index),
-        Txn((stmt,), f"build index {index.name}", transactional=False,
-            skip_if=skip_if if skip_if is not None else cat.index_valid(index)),
+        Txn(
+            (stmt,),
+            f"build index {index.name}",
+            transactional=False,
+            skip_if=skip_if if skip_if is not None else cat.index_valid(index),
+        ),
     ]
 
 
@@ -97,8 +109,14 @@ def drop_index(step: DropIndex, ctx: Context) -> list[Action]:
         None,
         note="waits for running transactions; reads and writes continue",
     )
-    return [Txn((stmt,), f"drop index {index.name}", transactional=False,
-                skip_if=cat.index_missing(index))]
+    return [
+        Txn(
+            (stmt,),
+            f"drop index {index.name}",
+            transactional=False,
+            skip_if=cat.index_missing(index),
+        )
+    ]
 
 
 @inverse(DropIndex)

@@ -52,7 +52,8 @@ def create_table(step: CreateTable, ctx: Context) -> list[Action]:
         # A new table blocks nobody; a foreign key briefly takes SHARE ROW EXCLUSIVE on its target.
         lock=LockMode.SHARE_ROW_EXCLUSIVE if referenced else LockMode.NONE,
         table=ctx.table(referenced[0]) if referenced else None,
-        note="new table" + (f"; locks {', '.join(referenced)} for its foreign keys" if referenced else ""),
+        note="new table"
+        + (f"; locks {', '.join(referenced)} for its foreign keys" if referenced else ""),
     )
     return [Txn((stmt,), f"create table {table}", skip_if=cat.table_exists(table))]
 

@@ -133,17 +133,23 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
 
-    def _run(self, conn: psycopg.Connection[Any], where: sql.Composable, params: Sequence[Any]) -> Run | None:
+    def _run(
+        self, conn: psycopg.Connection[Any], where: sql.Composable, params: Sequence[Any]
+    ) -> Run | None:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                sql.SQL("SELECT * FROM {} WHERE {} ORDER BY id DESC LIMIT 1").format(self.t("runs"), where),
+                sql.SQL("SELECT * FROM {} WHERE {} ORDER BY id DESC LIMIT 1").format(
+                    self.t("runs"), where
+                ),
                 params,
             )
             row = cur.fetchone()
         return Run(**row) if row else None
 
     def unfinished_run(self, conn: psycopg.Connection[Any], plan: str) -> Run | None:
-        return self._run(conn, sql.SQL("plan = %s AND status NOT IN ('completed', 'rolled_back')"), [plan])
+        return self._run(
+            conn, sql.SQL("plan = %s AND status NOT IN ('completed', 'rolled_back')"), [plan]
+        )
 
     def latest_run(self, conn: psycopg.Connection[Any], plan: str) -> Run | None:
         return self._run(conn, sql.SQL("plan = %s"), [plan])
@@ -155,7 +161,9 @@ class Store:
 
     def all_plans(self, conn: psycopg.Connection[Any]) -> list[str]:
         rows = conn.execute(
-            sql.SQL("SELECT plan FROM {} GROUP BY plan ORDER BY max(id) DESC").format(self.t("runs"))
+            sql.SQL("SELECT plan FROM {} GROUP BY plan ORDER BY max(id) DESC").format(
+                self.t("runs")
+            )
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -188,7 +196,10 @@ class Store:
                 sql.SQL(
                     "INSERT INTO {} (run_id, ordinal, phase, idx, kind, fingerprint) VALUES (%s, %s, %s, %s, %s, %s)"
                 ).format(self.t("steps")),
-                [(run_id, start + i, s.phase, s.idx, s.kind, s.fingerprint) for i, s in enumerate(steps)],
+                [
+                    (run_id, start + i, s.phase, s.idx, s.kind, s.fingerprint)
+                    for i, s in enumerate(steps)
+                ],
             )
 
     def replace_steps(
@@ -197,7 +208,9 @@ class Store:
         """After `--force` on a changed plan: the new steps, with those at a finished position done."""
         with conn.transaction():
             done = [[s.phase, s.idx] for s in self.steps(conn, run.id) if s.status == "done"]
-            conn.execute(sql.SQL("DELETE FROM {} WHERE run_id = %s").format(self.t("steps")), [run.id])
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE run_id = %s").format(self.t("steps")), [run.id]
+            )
             self._insert_steps(conn, run.id, steps, start=0)
             conn.execute(
                 sql.SQL(
@@ -237,14 +250,27 @@ class Store:
                 " heartbeat = now(), updated_at = now(),"
                 " finished_at = CASE WHEN %s THEN now() END WHERE id = %s"
             ).format(self.t("runs")),
-            [status, phase, waiting_for, status, error, status, direction, socket.gethostname(),
-             os.getpid(), finished, run.id],
+            [
+                status,
+                phase,
+                waiting_for,
+                status,
+                error,
+                status,
+                direction,
+                socket.gethostname(),
+                os.getpid(),
+                finished,
+                run.id,
+            ],
         )
         return self.get_run(conn, run.id)
 
     def set_phase(self, conn: psycopg.Connection[Any], run: Run, phase: str) -> None:
         conn.execute(
-            sql.SQL("UPDATE {} SET phase = %s, updated_at = now() WHERE id = %s").format(self.t("runs")),
+            sql.SQL("UPDATE {} SET phase = %s, updated_at = now() WHERE id = %s").format(
+                self.t("runs")
+            ),
             [phase, run.id],
         )
 
@@ -258,7 +284,8 @@ class Store:
 
     def heartbeat(self, conn: psycopg.Connection[Any], run_id: int) -> None:
         conn.execute(
-            sql.SQL("UPDATE {} SET heartbeat = now() WHERE id = %s").format(self.t("runs")), [run_id]
+            sql.SQL("UPDATE {} SET heartbeat = now() WHERE id = %s").format(self.t("runs")),
+            [run_id],
         )
 
     def request_pause(self, conn: psycopg.Connection[Any], plan: str, pause: bool) -> Run | None:
@@ -310,7 +337,9 @@ class Store:
             [status, run_id, ordinal],
         )
 
-    def step_failed(self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, error: str) -> None:
+    def step_failed(
+        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, error: str
+    ) -> None:
         conn.execute(
             sql.SQL(
                 "UPDATE {} SET status = 'failed', last_error = %s WHERE run_id = %s AND ordinal = %s"
@@ -327,7 +356,11 @@ class Store:
         return rows[0] if rows else None
 
     def backfills(
-        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int | None = None, worker: int | None = None
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinal: int | None = None,
+        worker: int | None = None,
     ) -> list[BackfillRow]:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
@@ -382,7 +415,18 @@ class Store:
                 " batch_size = %s, batches = batches + 1, rate = %s, throttle = %s, done = %s,"
                 " updated_at = clock_timestamp() WHERE run_id = %s AND ordinal = %s AND worker = %s"
             ).format(self.t("backfills")),
-            [_json(last_key), walked, updated, batch_size, rate, throttle, done, run_id, ordinal, worker],
+            [
+                _json(last_key),
+                walked,
+                updated,
+                batch_size,
+                rate,
+                throttle,
+                done,
+                run_id,
+                ordinal,
+                worker,
+            ],
         )
 
     def backfill_state(
@@ -408,21 +452,26 @@ class Store:
     # -- events ------------------------------------------------------------------------------
 
     def event(
-        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int | None, event: str, **detail: Any
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinal: int | None,
+        event: str,
+        **detail: Any,
     ) -> None:
         conn.execute(
-            sql.SQL("INSERT INTO {} (run_id, ordinal, event, detail) VALUES (%s, %s, %s, %s)").format(
-                self.t("events")
-            ),
+            sql.SQL(
+                "INSERT INTO {} (run_id, ordinal, event, detail) VALUES (%s, %s, %s, %s)"
+            ).format(self.t("events")),
             [run_id, ordinal, event, json.dumps(detail, default=str)],
         )
 
     def events(self, conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                sql.SQL("SELECT ordinal, at, event, detail FROM {} WHERE run_id = %s ORDER BY id").format(
-                    self.t("events")
-                ),
+                sql.SQL(
+                    "SELECT ordinal, at, event, detail FROM {} WHERE run_id = %s ORDER BY id"
+                ).format(self.t("events")),
                 [run_id],
             )
             return list(cur.fetchall())
