@@ -311,6 +311,37 @@ def convert(
     raise typer.Exit(convert_command(sql_file, output, sys.stdout))
 
 
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option("--rows", help="Users in the example table.")] = 200_000,
+    compare_naive: Annotated[
+        bool, typer.Option("--compare-naive", help="Also make the change the naive way, and compare.")
+    ] = False,
+    threads: Annotated[int, typer.Option("--threads", help="Application traffic threads.")] = 4,
+) -> None:
+    """Start an embedded PostgreSQL, seed users, run plans/add_phone.yaml under live traffic, report."""
+    from zdm.demo.run import demo_command
+
+    raise typer.Exit(demo_command(rows=rows, compare_naive=compare_naive, threads=threads, out=sys.stdout))
+
+
+@app.command()
+def report(
+    plan: Annotated[str | None, typer.Argument(help="Plan file or name; the latest run if omitted.")] = None,
+    dsn: DsnOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
+    state_schema: StateOpt = "zdm",
+) -> None:
+    """The record of a run to attach to a change ticket."""
+    from zdm.report import report_command
+
+    name = _plan_name(plan) if plan else None
+    raise typer.Exit(
+        guarded(lambda: report_command(resolve_dsn(dsn), name, fmt, sys.stdout, state_schema=state_schema))
+    )
+
+
 def main() -> None:
     app()
 
