@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,17 +105,42 @@ class Runner:
         self.control = Control()
 
     def run(self, *, until: str | None = None, cont: bool = False, force: bool = False) -> Outcome:
+        return self.locked(
+            "run", lambda work, monitor: self._run(work, monitor, until=until, cont=cont, force=force)
+        )
+
+    def locked(
+        self,
+        purpose: str,
+        body: Callable[[psycopg.Connection[Any], psycopg.Connection[Any]], Outcome],
+    ) -> Outcome:
+        """Runs `body(work, monitor)` holding the plan's lock on the monitor connection."""
         name = self.loaded.name
-        monitor = connect(self.dsn, f"run {name}")
+        monitor = connect(self.dsn, f"{purpose} {name}")
         try:
             PlanLock(monitor, name).acquire()
-            work = connect(self.dsn, f"run {name}")
+            work = connect(self.dsn, f"{purpose} {name}")
             try:
-                return self._run(work, monitor, until=until, cont=cont, force=force)
+                return body(work, monitor)
             finally:
                 work.close()
         finally:
             monitor.close()
+
+    def executor(
+        self, work: psycopg.Connection[Any], monitor: psycopg.Connection[Any], run: Run
+    ) -> tuple[Executor, Callable[[int | None], None]]:
+        """The executor of a run, recording events against the step set by the returned setter."""
+        current: list[int | None] = [None]
+
+        def on_event(event: str, **detail: Any) -> None:
+            with contextlib.suppress(psycopg.Error):
+                self.store.event(monitor, run.id, current[0], event, **detail)
+
+        def set_current(ordinal: int | None) -> None:
+            current[0] = ordinal
+
+        return Executor(work, self.plan.settings, monitor=monitor, on_event=on_event), set_current
 
     def _run(
         self,
@@ -139,12 +165,7 @@ class Runner:
             server=work.info.server_version,
         )
         ctx = Context(self.plan.schema_, server_version(work), self.plan, self.loaded.base_dir)
-
-        def on_event(event: str, **detail: Any) -> None:
-            with contextlib.suppress(psycopg.Error):
-                self.store.event(monitor, run.id, current, event, **detail)
-
-        executor = Executor(work, self.plan.settings, monitor=monitor, on_event=on_event)
+        executor, set_current = self.executor(work, monitor, run)
         heartbeat = Heartbeat(monitor, self.store, run.id)
         heartbeat.start()
         self.control.install()
@@ -155,6 +176,7 @@ class Runner:
             phase = None
             for ordinal, (step, row) in enumerate(zip(steps, rows, strict=True)):
                 current = ordinal
+                set_current(ordinal)
                 if row.status == "done":
                     continue
                 if self.control.stop.is_set():
