@@ -29,6 +29,19 @@ def run_plan(
     return Runner(loaded, dsn, state_schema=state_schema).run(until=until, cont=cont, force=force)
 
 
+def rollback(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> Outcome:
+    from zdm.engine.rollback import Rollback
+
+    return Rollback(load_plan(path), dsn, state_schema=state_schema).rollback()
+
+
+def rollback_dry_run(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> str:
+    from zdm.engine.rollback import Rollback
+
+    lines = Rollback(load_plan(path), dsn, state_schema=state_schema).dry_run_lines()
+    return "\n".join(lines) + "\n"
+
+
 def dry_run(path: str | Path, dsn: str | None, *, state_schema: str = "zdm") -> str:
     return dry_run_text(load_plan(path), dsn, state_schema=state_schema)
 
@@ -66,7 +79,8 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
                 "steps": [{**asdict(s), "key": s.key} for s in steps],
                 "backfills": [],
             }
-            current = next((s for s in steps if s.status != "done"), None)
+            unfinished = run.status not in ("completed", "rolled_back")
+            current = next((s for s in steps if s.status != "done"), None) if unfinished else None
             entry["step"] = f"{current.key} {current.kind}" if current else None
             for b in backfills:
                 step = next((s for s in steps if s.ordinal == b.ordinal), None)

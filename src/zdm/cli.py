@@ -284,6 +284,28 @@ def seed(
 
 
 @app.command()
+def rollback(
+    plan: PlanArg,
+    dsn: DsnOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would run; change nothing.")
+    ] = False,
+    state_schema: StateOpt = "zdm",
+) -> None:
+    """Undo a run's completed steps in reverse order; refuses to pass irreversible ones."""
+    if dry_run:
+        text = guarded(
+            lambda: api.rollback_dry_run(plan, resolve_dsn(dsn), state_schema=state_schema)
+        )
+        sys.stdout.write(text)
+        return
+    outcome = guarded(lambda: api.rollback(plan, resolve_dsn(dsn), state_schema=state_schema))
+    color = "green" if outcome.exit_code == 0 else "red"
+    err.print(f"[{color}]{outcome.status}[/{color}]: {_escape(outcome.message)}")
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
 def lint(
     paths: Annotated[
         list[Path], typer.Argument(help="Plan files (.yaml), .sql files or directories.")
@@ -311,24 +333,28 @@ def convert(
     raise typer.Exit(convert_command(sql_file, output, sys.stdout))
 
 
-
 @app.command()
 def demo(
     rows: Annotated[int, typer.Option("--rows", help="Users in the example table.")] = 200_000,
     compare_naive: Annotated[
-        bool, typer.Option("--compare-naive", help="Also make the change the naive way, and compare.")
+        bool,
+        typer.Option("--compare-naive", help="Also make the change the naive way, and compare."),
     ] = False,
     threads: Annotated[int, typer.Option("--threads", help="Application traffic threads.")] = 4,
 ) -> None:
     """Start an embedded PostgreSQL, seed users, run plans/add_phone.yaml under live traffic, report."""
     from zdm.demo.run import demo_command
 
-    raise typer.Exit(demo_command(rows=rows, compare_naive=compare_naive, threads=threads, out=sys.stdout))
+    raise typer.Exit(
+        demo_command(rows=rows, compare_naive=compare_naive, threads=threads, out=sys.stdout)
+    )
 
 
 @app.command()
 def report(
-    plan: Annotated[str | None, typer.Argument(help="Plan file or name; the latest run if omitted.")] = None,
+    plan: Annotated[
+        str | None, typer.Argument(help="Plan file or name; the latest run if omitted.")
+    ] = None,
     dsn: DsnOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
     state_schema: StateOpt = "zdm",
@@ -338,7 +364,11 @@ def report(
 
     name = _plan_name(plan) if plan else None
     raise typer.Exit(
-        guarded(lambda: report_command(resolve_dsn(dsn), name, fmt, sys.stdout, state_schema=state_schema))
+        guarded(
+            lambda: report_command(
+                resolve_dsn(dsn), name, fmt, sys.stdout, state_schema=state_schema
+            )
+        )
     )
 
 

@@ -88,6 +88,9 @@ class DryRun:
             for action in plan_step(step.spec, ctx):
                 yield from self._action(action, conn, s, skipped=step.key in done)
 
+    def action_lines(self, action: Any, conn: psycopg.Connection[Any] | None) -> Iterator[str]:
+        return self._action(action, conn, self.plan.settings, skipped=False)
+
     def _done_steps(self, conn: psycopg.Connection[Any] | None) -> set[str]:
         if conn is None or not self.store.exists(conn):
             return set()
