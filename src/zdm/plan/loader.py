@@ -1,0 +1,156 @@
+"""Load a plan file: YAML, then the models, then the cross-step rules, with every issue located."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from zdm.plan.durations import PLAN_FILE_CONTEXT
+from zdm.plan.errors import PlanError, PlanIssue, describe
+from zdm.plan.messages import Finding, translate
+from zdm.plan.model import Plan, PlanStep
+from zdm.plan.rules import check_plan
+from zdm.plan.steps import Sql
+from zdm.plan.yamlsource import YamlDocument, YamlSyntaxError, read_yaml
+
+
+@dataclass(frozen=True)
+class LoadedPlan:
+    """A validated plan with what a run needs to know about its file."""
+
+    path: Path
+    plan: Plan
+    name: str
+    """The plan's ``name``, else the file name without extension; keys runs and locks."""
+    sha256: str
+    """Hex digest of the file's bytes; a resume refuses a plan whose file changed."""
+    text: str
+    base_dir: Path
+    """Directory that relative ``up_file``/``down_file`` paths are resolved against."""
+    step_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def steps(self) -> list[PlanStep]:
+        """The plan's steps in execution order."""
+        return self.plan.steps()
+
+    def step_line(self, key: str) -> int | None:
+        """The line where step ``key`` (``"cleanup[1]"``) starts, for messages about it."""
+        return self.step_lines.get(key)
+
+    def resolve(self, relative: str) -> Path:
+        """A path written in the plan (``up_file``), relative to the plan's directory."""
+        return self.base_dir / relative
+
+
+def load_plan(path: str | Path) -> LoadedPlan:
+    """Read and validate a plan file; raise PlanError listing every problem found."""
+    path = Path(path)
+    file = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise PlanError(
+            [PlanIssue(file, None, None, "", f"cannot read the plan: {reason}")]
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        message = f"the plan is not UTF-8 text (byte {data[error.start]:#04x})"
+        raise PlanError([PlanIssue(file, line, None, "", message)]) from None
+    return _load(text, file, path, hashlib.sha256(data).hexdigest(), check_files=True)
+
+
+def parse_plan(text: str, filename: str = "<string>") -> LoadedPlan:
+    """Validate plan text; ``filename`` names it in messages and gives the default name."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return _load(text, filename, Path(filename), digest, check_files=False)
+
+
+def _load(text: str, file: str, path: Path, digest: str, *, check_files: bool) -> LoadedPlan:
+    try:
+        document = read_yaml(text)
+    except YamlSyntaxError as error:
+        line, column = error.position or (None, None)
+        raise PlanError([PlanIssue(file, line, column, "", error.message)]) from None
+
+    issues = [
+        _issue(file, document, Finding(item.loc, item.message), item.position)
+        for item in document.issues
+    ]
+    if not isinstance(document.data, dict):
+        shape = "empty" if document.data is None else f"{describe(document.data)}, not a mapping"
+        line, column = document.position(()) or (None, None)
+        message = f"the plan is {shape}; expected a mapping with at least version and phases"
+        raise PlanError([*issues, PlanIssue(file, line, column, "", message)])
+
+    plan: Plan | None = None
+    try:
+        # Files use the YAML keys only: `from` and `schema`, never the Python names.
+        plan = Plan.model_validate(
+            document.data, context={PLAN_FILE_CONTEXT: True}, by_alias=True, by_name=False
+        )
+    except ValidationError as error:
+        findings: Iterable[Finding] = (translate(detail, Plan) for detail in error.errors())
+        issues += (_issue(file, document, finding) for finding in findings)
+    if plan is not None:
+        issues += (_issue(file, document, finding) for finding in check_plan(plan))
+        if check_files:
+            base_dir = path.absolute().parent
+            issues += (
+                _issue(file, document, finding) for finding in _missing_files(plan, base_dir)
+            )
+    if issues or plan is None:
+        raise PlanError(_sorted_unique(issues))
+
+    step_lines = {}
+    for step in plan.steps():
+        position = document.position(("phases", step.phase, step.index))
+        if position is not None:
+            step_lines[step.key] = position[0]
+    return LoadedPlan(
+        path=path,
+        plan=plan,
+        name=plan.name or path.stem,
+        sha256=digest,
+        text=text,
+        base_dir=path.absolute().parent,
+        step_lines=step_lines,
+    )
+
+
+def _missing_files(plan: Plan, base_dir: Path) -> list[Finding]:
+    findings = []
+    for phase, index, spec in plan.iter_steps():
+        if isinstance(spec, Sql):
+            for key in ("up_file", "down_file"):
+                name = getattr(spec, key)
+                if name is not None and not (base_dir / name).is_file():
+                    loc = ("phases", phase, index, spec.kind, key)
+                    findings.append(Finding(loc, f"file not found: {base_dir / name}"))
+    return findings
+
+
+def _issue(
+    file: str,
+    document: YamlDocument,
+    finding: Finding,
+    position: tuple[int, int] | None = None,
+) -> PlanIssue:
+    if position is None:
+        loc = finding.loc[:-1] if finding.at == "parent" else finding.loc
+        position = document.position(loc, at_key=finding.at == "key")
+    line, column = position or (None, None)
+    return PlanIssue(file, line, column, finding.path, finding.message)
+
+
+def _sorted_unique(issues: list[PlanIssue]) -> list[PlanIssue]:
+    unique = list(dict.fromkeys(issues))
+    return sorted(
+        unique, key=lambda issue: (issue.line is None, issue.line or 0, issue.column or 0)
+    )

@@ -1,0 +1,518 @@
+"""Step kinds: one strict, frozen model per kind of step a plan can contain.
+
+The models hold only what the plan says. What a step does to the database is decided by
+``zdm.operations``; checks that need the live schema (a volatile default, a missing column)
+happen there too.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+
+from zdm.plan.durations import Duration
+from zdm.plan.errors import PlanValueError, describe
+from zdm.plan.names import Name, QualifiedName, SqlText, bare_name, truncate_identifier
+
+OnDelete = Literal["no action", "restrict", "cascade", "set null", "set default"]
+IndexMethod = Literal["btree", "hash", "gin", "gist", "brin", "spgist"]
+LockModeName = Literal[
+    "ACCESS SHARE",
+    "ROW SHARE",
+    "ROW EXCLUSIVE",
+    "SHARE UPDATE EXCLUSIVE",
+    "SHARE",
+    "SHARE ROW EXCLUSIVE",
+    "EXCLUSIVE",
+    "ACCESS EXCLUSIVE",
+]
+
+_NOT_NULL_WITHOUT_DEFAULT = (
+    "a NOT NULL column without a default fails on a non-empty table; add it nullable, "
+    "backfill, then set_not_null in cleanup"
+)
+
+
+class PlanModel(BaseModel):
+    """Base of every plan model: unknown keys are errors, values are never coerced."""
+
+    # strict: a YAML 1 is not a string, "yes" is not a boolean; plans say what they mean.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+
+class StepSpec(PlanModel):
+    """One step of a plan, as written under its kind's key."""
+
+    kind: ClassVar[str]
+    """The YAML key that selects this model."""
+    destructive: ClassVar[bool] = False
+    """Destructive steps remove or rename what running code may use: cleanup phase only."""
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+class ColumnRef(PlanModel):
+    """A column-level foreign key: the referenced table and column."""
+
+    table: QualifiedName
+    column: Name = "id"
+    on_delete: OnDelete | None = None
+
+
+class ColumnDef(PlanModel):
+    """A column of a new table."""
+
+    name: Name
+    type: SqlText
+    nullable: bool = True
+    default: SqlText | None = None
+    primary_key: bool = False
+    unique: bool = False
+    references: ColumnRef | None = None
+    check: SqlText | None = None
+
+
+class CreateTable(StepSpec):
+    """Create a table; a new table locks nothing that anyone uses."""
+
+    kind = "create_table"
+
+    table: QualifiedName
+    columns: list[ColumnDef] = Field(min_length=1)
+    primary_key: list[Name] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        seen: set[str] = set()
+        for column in self.columns:
+            if column.name in seen:
+                raise PlanValueError(f"column {column.name!r} is defined twice", "columns")
+            seen.add(column.name)
+        keyed = [column.name for column in self.columns if column.primary_key]
+        if keyed and self.primary_key is not None:
+            raise PlanValueError(
+                f"the primary key is given both here and on column {keyed[0]!r}; keep one of them",
+                "primary_key",
+            )
+        if len(keyed) > 1:
+            raise PlanValueError(
+                f"columns {', '.join(keyed)} are all marked primary_key; list them in the "
+                "table's primary_key for a composite key",
+                "columns",
+            )
+        for name in self.primary_key or []:
+            if name not in seen:
+                raise PlanValueError(
+                    f"primary key column {name!r} is not among the table's columns",
+                    "primary_key",
+                )
+        return self
+
+
+class DropTable(StepSpec):
+    """Drop a table."""
+
+    kind = "drop_table"
+    destructive = True
+
+    table: QualifiedName
+
+
+class RenameTable(StepSpec):
+    """Rename a table (catalog only)."""
+
+    kind = "rename_table"
+    destructive = True
+
+    table: QualifiedName
+    to: Name
+
+
+# --- columns ------------------------------------------------------------------------------
+
+
+class NewColumn(PlanModel):
+    """The column that ``add_column`` adds."""
+
+    name: Name
+    type: SqlText
+    nullable: bool = True
+    default: SqlText | None = None
+
+    @model_validator(mode="after")
+    def _check_not_null(self) -> Self:
+        if not self.nullable and self.default is None:
+            raise PlanValueError(_NOT_NULL_WITHOUT_DEFAULT, "nullable")
+        return self
+
+
+class AddColumn(StepSpec):
+    """Add a column; NOT NULL needs a constant default, else the ALTER fails on existing rows."""
+
+    kind = "add_column"
+
+    table: QualifiedName
+    column: NewColumn
+
+
+class DropColumn(StepSpec):
+    """Drop a column."""
+
+    kind = "drop_column"
+    destructive = True
+
+    table: QualifiedName
+    column: Name
+
+
+class RenameColumn(StepSpec):
+    """Rename a column (catalog only)."""
+
+    kind = "rename_column"
+    destructive = True
+
+    table: QualifiedName
+    column: Name
+    to: Name
+
+
+class SetDefault(StepSpec):
+    """Set a column's default (catalog only)."""
+
+    kind = "set_default"
+
+    table: QualifiedName
+    column: Name
+    default: SqlText
+
+
+class DropDefault(StepSpec):
+    """Drop a column's default (catalog only)."""
+
+    kind = "drop_default"
+    destructive = True
+
+    table: QualifiedName
+    column: Name
+
+
+class SetNotNull(StepSpec):
+    """Make a column NOT NULL through a validated check, so no long scan holds a lock."""
+
+    kind = "set_not_null"
+    destructive = True
+
+    table: QualifiedName
+    column: Name
+
+
+class DropNotNull(StepSpec):
+    """Make a column nullable again (catalog only)."""
+
+    kind = "drop_not_null"
+    destructive = True
+
+    table: QualifiedName
+    column: Name
+
+
+# --- indexes and constraints --------------------------------------------------------------
+
+
+class CreateIndex(StepSpec):
+    """Build an index concurrently, so writes continue while it is built."""
+
+    kind = "create_index"
+
+    table: QualifiedName
+    name: Name
+    columns: list[Name] | None = Field(default=None, min_length=1)
+    expression: SqlText | None = None
+    unique: bool = False
+    where: SqlText | None = None
+    include: list[Name] | None = Field(default=None, min_length=1)
+    method: IndexMethod = "btree"
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Self:
+        if self.columns is None and self.expression is None:
+            raise PlanValueError("give either 'columns' or 'expression'")
+        if self.columns is not None and self.expression is not None:
+            raise PlanValueError("give either 'columns' or 'expression', not both", "expression")
+        if self.unique and self.method != "btree":
+            raise PlanValueError(
+                f"PostgreSQL builds unique indexes only with btree, not {self.method}", "unique"
+            )
+        return self
+
+
+class DropIndex(StepSpec):
+    """Drop an index concurrently."""
+
+    kind = "drop_index"
+    destructive = True
+
+    name: QualifiedName
+
+
+class ForeignRef(PlanModel):
+    """The referenced side of a foreign key."""
+
+    table: QualifiedName
+    columns: list[Name] = Field(min_length=1)
+
+
+# ``validate`` is the plan's key, and BaseModel has a deprecated ``validate`` classmethod that
+# the field replaces on instances; pydantic warns about that shadowing, which is intended here.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
+
+    class AddCheck(StepSpec):
+        """Add a CHECK constraint NOT VALID, then validate it without blocking writes."""
+
+        kind = "add_check"
+
+        table: QualifiedName
+        name: Name
+        check: SqlText
+        validate: bool = True  # type: ignore[assignment]
+
+    class AddForeignKey(StepSpec):
+        """Add a foreign key NOT VALID, then validate it without blocking writes."""
+
+        kind = "add_foreign_key"
+
+        table: QualifiedName
+        name: Name
+        columns: list[Name] = Field(min_length=1)
+        references: ForeignRef
+        on_delete: OnDelete | None = None
+        validate: bool = True  # type: ignore[assignment]
+
+        @model_validator(mode="after")
+        def _check_arity(self) -> Self:
+            if len(self.columns) != len(self.references.columns):
+                raise PlanValueError(
+                    f"{len(self.columns)} column(s) reference {len(self.references.columns)} "
+                    "column(s); give the same number on both sides",
+                    "references",
+                )
+            return self
+
+
+class AddUnique(StepSpec):
+    """Build a unique index concurrently, then attach it as a constraint."""
+
+    kind = "add_unique"
+
+    table: QualifiedName
+    name: Name
+    columns: list[Name] = Field(min_length=1)
+
+
+class ValidateConstraint(StepSpec):
+    """Validate a NOT VALID constraint; reads and writes continue meanwhile."""
+
+    kind = "validate_constraint"
+
+    table: QualifiedName
+    name: Name
+
+
+class DropConstraint(StepSpec):
+    """Drop a constraint."""
+
+    kind = "drop_constraint"
+    destructive = True
+
+    table: QualifiedName
+    name: Name
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def _default_trigger_name(table: str) -> str:
+    return truncate_identifier(f"zdm_dw_{bare_name(table)}")
+
+
+class DualWrite(StepSpec):
+    """A trigger that keeps new columns in step with old ones for every write."""
+
+    kind = "dual_write"
+
+    table: QualifiedName
+    set: dict[Name, SqlText] = Field(min_length=1)
+    reverse: dict[Name, SqlText] = Field(default_factory=dict)
+    name: Name | None = None
+
+    @property
+    def trigger_name(self) -> str:
+        """The trigger (and function) name: ``name``, else ``zdm_dw_<table>``."""
+        return self.name or _default_trigger_name(self.table)
+
+
+class DropDualWrite(StepSpec):
+    """Drop a dual-write trigger and its function together."""
+
+    kind = "drop_dual_write"
+    destructive = True
+
+    table: QualifiedName
+    name: Name | None = None
+
+    @property
+    def trigger_name(self) -> str:
+        """The trigger (and function) name: ``name``, else ``zdm_dw_<table>``."""
+        return self.name or _default_trigger_name(self.table)
+
+
+class BackfillFrom(PlanModel):
+    """Another table joined into the backfill's UPDATE."""
+
+    table: QualifiedName
+    on: SqlText
+
+
+def _validate_batch_size(value: Any) -> int | Literal["auto"]:
+    if value == "auto" and isinstance(value, str):
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 1:
+            return value
+        raise ValueError(f"expected a batch size >= 1 or auto, got {value}")
+    raise ValueError(f"expected a positive integer or auto, got {describe(value)}")
+
+
+BatchSize = Annotated[
+    int | Literal["auto"],
+    PlainValidator(
+        _validate_batch_size,
+        json_schema_input_type=Annotated[int, Field(ge=1)] | Literal["auto"],
+    ),
+]
+
+
+class Backfill(StepSpec):
+    """Bring existing rows to the new shape in small, checkpointed batches."""
+
+    kind = "backfill"
+    model_config = ConfigDict(validate_by_name=True)
+
+    table: QualifiedName
+    set: dict[Name, SqlText] | None = Field(default=None, min_length=1)
+    """Column -> SQL expression; defaults to the table's dual_write mapping."""
+    where: SqlText | None = None
+    """Rows to update; defaults to rows where a mapped column differs from its expression."""
+    from_: BackfillFrom | None = Field(default=None, alias="from")
+    """Another table joined into the UPDATE (``UPDATE ... FROM table WHERE on``)."""
+    batch_size: BatchSize = "auto"
+    """Rows per batch, or auto: sized so that a batch takes about batch_time."""
+    batch_time: Duration = 200
+    """Target duration of one batch when batch_size is auto."""
+    min_batch: int = Field(default=100, ge=1)
+    """Smallest batch that auto sizing shrinks to."""
+    max_batch: int = Field(default=100_000, ge=1)
+    """Largest batch that auto sizing grows to."""
+    workers: int = Field(default=1, ge=1, le=32)
+    """Parallel workers, each walking its own key range."""
+    pause: Duration = 0
+    """Sleep between batches, to leave room for application traffic."""
+    max_replica_lag: Duration | None = None
+    """Wait while any replica lags more than this."""
+    throttle_query: SqlText | None = None
+    """A query run before each batch; the backfill waits while it returns true."""
+    pause_on_autovacuum: bool = False
+    """Wait while autovacuum works on the table."""
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> Self:
+        if self.batch_time <= 0:
+            raise PlanValueError("batch_time must be longer than 0", "batch_time")
+        if self.min_batch > self.max_batch:
+            field = "max_batch" if "max_batch" in self.model_fields_set else "min_batch"
+            raise PlanValueError(
+                f"min_batch ({self.min_batch}) is larger than max_batch ({self.max_batch})", field
+            )
+        return self
+
+
+ExpectValue = int | float | str | bool | None
+
+
+def _validate_expect(value: Any) -> ExpectValue:
+    # A plain validator, not a union: YAML true must stay True and 0 must stay the int 0.
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise ValueError(f"expected a number, string, boolean or null, got {describe(value)}")
+
+
+class Verify(StepSpec):
+    """A read-only query that must return ``expect``; proves data is complete before going on."""
+
+    kind = "verify"
+
+    sql: SqlText
+    expect: Annotated[
+        ExpectValue,
+        PlainValidator(_validate_expect, json_schema_input_type=bool | int | float | str | None),
+    ]
+    name: str | None = None
+
+
+class Sql(StepSpec):
+    """Raw SQL for what no kind covers; ``lock`` declares the strongest lock it takes."""
+
+    kind = "sql"
+
+    up: SqlText | None = None
+    down: SqlText | None = None
+    up_file: str | None = Field(default=None, min_length=1)
+    down_file: str | None = Field(default=None, min_length=1)
+    transactional: bool = True
+    lock: LockModeName | None = None
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> Self:
+        if self.up is None and self.up_file is None:
+            raise PlanValueError("give the SQL to run in 'up' or in a file named by 'up_file'")
+        if self.up is not None and self.up_file is not None:
+            raise PlanValueError("give either 'up' or 'up_file', not both", "up_file")
+        if self.down is not None and self.down_file is not None:
+            raise PlanValueError("give either 'down' or 'down_file', not both", "down_file")
+        return self
+
+
+STEP_KINDS: dict[str, type[StepSpec]] = {
+    cls.kind: cls
+    for cls in (
+        CreateTable,
+        DropTable,
+        RenameTable,
+        AddColumn,
+        DropColumn,
+        RenameColumn,
+        SetDefault,
+        DropDefault,
+        CreateIndex,
+        DropIndex,
+        AddCheck,
+        AddForeignKey,
+        AddUnique,
+        ValidateConstraint,
+        DropConstraint,
+        SetNotNull,
+        DropNotNull,
+        DualWrite,
+        DropDualWrite,
+        Backfill,
+        Verify,
+        Sql,
+    )
+}
+"""Every step kind by its YAML key, in the order of DESIGN.md's table."""
