@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from zdm.ddl import BackfillJob, Check, Txn
+from zdm.ddl import BackfillJob, Check, Table, Txn
+from zdm.ddl import catalog
 from zdm.engine.backfill import (
     INITIAL_AUTO_BATCH,
     Key,
@@ -88,6 +89,11 @@ class DryRun:
             for action in plan_step(step.spec, ctx):
                 yield from self._action(action, conn, s, skipped=step.key in done)
 
+    @staticmethod
+    def _exists(conn: psycopg.Connection[Any], table: Table) -> bool:
+        row = conn.execute(catalog.table_exists(table)).fetchone()
+        return bool(row and row[0])
+
     def action_lines(self, action: Any, conn: psycopg.Connection[Any] | None) -> Iterator[str]:
         return self._action(action, conn, self.plan.settings, skipped=False)
 
@@ -159,7 +165,9 @@ class DryRun:
             else f"batches of {size} rows"
         )
         yield f"-- backfill of {job.table} in primary-key order, {sizing}, workers {opts.workers}"
-        if conn is not None:
+        if conn is not None and not self._exists(conn, job.table):
+            yield f"-- {job.table} does not exist yet: no estimate"
+        elif conn is not None:
             rows = estimate_rows(conn, job.table)
             batches = math.ceil(rows / size) if size else 0
             yield f"-- about {rows:,} rows; about {batches:,} batches at {size} rows"
