@@ -101,6 +101,8 @@ MINIMAL: dict[str, tuple[Phase, str]] = {
     "backfill": ("backfill", "{table: t, set: {c: lower(b)}}"),
     "verify": ("dual_read", "{sql: select 1, expect: 1}"),
     "sql": ("additive", "{up: select 1}"),
+    "expose": ("dual_read", "{schema: app_v2, tables: [{table: t}]}"),
+    "unexpose": ("cleanup", "{schema: app_v2}"),
 }
 
 DESTRUCTIVE = {
@@ -114,6 +116,7 @@ DESTRUCTIVE = {
     "set_not_null",
     "drop_not_null",
     "drop_dual_write",
+    "unexpose",
 }
 
 

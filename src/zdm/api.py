@@ -10,9 +10,11 @@ from typing import Any
 import psycopg
 
 from zdm.engine.dryrun import dry_run_text
+from zdm.engine.migrate import MigrateOutcome, Migrator, load_any
+from zdm.engine.migrate import history as migration_history
 from zdm.engine.runner import Outcome, Runner
 from zdm.engine.session import connect
-from zdm.plan import LoadedPlan, load_plan
+from zdm.plan import LoadedPlan
 from zdm.state import Store
 
 
@@ -25,30 +27,62 @@ def run_plan(
     force: bool = False,
     state_schema: str = "zdm",
 ) -> Outcome:
-    loaded = load_plan(path)
+    loaded = load_any(path)
     return Runner(loaded, dsn, state_schema=state_schema).run(until=until, cont=cont, force=force)
 
 
 def rollback(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> Outcome:
     from zdm.engine.rollback import Rollback
 
-    return Rollback(load_plan(path), dsn, state_schema=state_schema).rollback()
+    return Rollback(load_any(path), dsn, state_schema=state_schema).rollback()
 
 
 def rollback_dry_run(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> str:
     from zdm.engine.rollback import Rollback
 
-    lines = Rollback(load_plan(path), dsn, state_schema=state_schema).dry_run_lines()
+    lines = Rollback(load_any(path), dsn, state_schema=state_schema).dry_run_lines()
     return "\n".join(lines) + "\n"
 
 
 def dry_run(path: str | Path, dsn: str | None, *, state_schema: str = "zdm") -> str:
-    return dry_run_text(load_plan(path), dsn, state_schema=state_schema)
+    return dry_run_text(load_any(path), dsn, state_schema=state_schema)
+
+
+def load(path: str | Path) -> LoadedPlan:
+    """A plan file, or a Flyway-style `V001__name.sql` migration adopted as a one-step plan."""
+    return load_any(path)
+
+
+def migrate(
+    directory: str | Path,
+    dsn: str,
+    *,
+    force: bool = False,
+    cont: bool = False,
+    state_schema: str = "zdm",
+) -> MigrateOutcome:
+    """Applies a directory's plans in version order; stops at a gate or a failure."""
+    return Migrator(directory, dsn, state_schema=state_schema).migrate(force=force, cont=cont)
+
+
+def migrate_dry_run(
+    directory: str | Path, dsn: str | None, *, force: bool = False, state_schema: str = "zdm"
+) -> str:
+    """What `migrate` would apply, with each pending plan's dry-run."""
+    lines = Migrator(directory, dsn, state_schema=state_schema).dry_run_lines(force=force)
+    return "\n".join(lines) + "\n"
+
+
+def history(
+    dsn: str, directory: str | Path | None = None, *, state_schema: str = "zdm"
+) -> list[dict[str, Any]]:
+    """Applied migrations (and, given the directory, the pending ones) in version order."""
+    return migration_history(dsn, directory, state_schema=state_schema)
 
 
 def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list[str]]:
     """Loads the plan (raising PlanError); with a database, checks it against the live schema."""
-    loaded = load_plan(path)
+    loaded = load_any(path)
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems
@@ -84,7 +118,8 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
             entry["step"] = f"{current.key} {current.kind}" if current else None
             for b in backfills:
                 step = next((s for s in steps if s.ordinal == b.ordinal), None)
-                rate = _rate(b.rows_done, b.started_at, b.updated_at) if not b.done else None
+                # The rate each checkpoint records is recent (pauses included); a dead run has none.
+                rate = round(b.rate, 1) if b.rate and alive and not b.done else None
                 remaining = max((b.rows_estimated or 0) - b.rows_done, 0)
                 entry["backfills"].append(
                     {
@@ -94,13 +129,39 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
                         "eta_s": round(remaining / rate) if rate else None,
                     }
                 )
+            entry["backfill_steps"] = _backfill_steps(entry["backfills"])
             out.append(entry)
         return out
 
 
-def _rate(rows: int, start: datetime, end: datetime) -> float | None:
-    seconds = (end - start).total_seconds()
-    return round(rows / seconds, 1) if seconds > 0 and rows else None
+def _backfill_steps(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each backfill step's progress over all its workers: they walk in parallel."""
+    steps: dict[Any, list[dict[str, Any]]] = {}
+    for w in workers:
+        steps.setdefault(w["ordinal"], []).append(w)
+    out = []
+    for rows in steps.values():
+        rates = [w["rows_per_s"] for w in rows if w["rows_per_s"]]
+        etas = [w["eta_s"] for w in rows if w["eta_s"] is not None and not w["done"]]
+        sizes = [w["batch_size"] for w in rows if w["batch_size"] and not w["done"]]
+        out.append(
+            {
+                "ordinal": rows[0]["ordinal"],
+                "step": rows[0]["step"],
+                "workers": len(rows),
+                "workers_done": sum(1 for w in rows if w["done"]),
+                "rows_done": sum(w["rows_done"] for w in rows),
+                "rows_updated": sum(w["rows_updated"] for w in rows),
+                "rows_estimated": sum(w["rows_estimated"] or 0 for w in rows),
+                "rows_per_s": round(sum(rates), 1) if rates else None,
+                "eta_s": max(etas) if etas else None,
+                "batch_size": round(sum(sizes) / len(sizes)) if sizes else None,
+                "batches": sum(w["batches"] for w in rows),
+                "throttle": next((w["throttle"] for w in rows if w["throttle"]), None),
+                "done": all(w["done"] for w in rows),
+            }
+        )
+    return out
 
 
 def _owner_alive(conn: psycopg.Connection[Any], plan: str) -> bool:

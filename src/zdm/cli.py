@@ -19,9 +19,10 @@ from rich.table import Table as RichTable
 
 from zdm import api
 from zdm.engine.runner import PlanChanged, RunRefused
-from zdm.engine.session import ConnectionFailed, redact, resolve_dsn
+from zdm.engine.session import ConnectionFailed, redact
+from zdm.engine.session import resolve_dsn as _resolve_dsn
 from zdm.logs import configure
-from zdm.plan import PHASES, PlanError, load_plan, plan_json_schema
+from zdm.plan import PHASES, PlanError, plan_json_schema
 from zdm.state import LockHeld
 
 app = typer.Typer(
@@ -31,7 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # no hard wraps: messages stay greppable
 out = Console(highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
@@ -94,6 +95,24 @@ def guarded(fn: Callable[[], T]) -> T:
 
 def _escape(text: str) -> str:
     return text.replace("[", "\\[")
+
+
+def resolve_dsn(explicit: str | None) -> str:
+    """The DSN to use (see session.resolve_dsn); exit 2 with a message when libpq cannot parse it."""
+    import re
+
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    dsn = _resolve_dsn(explicit)
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as e:
+        # libpq quotes the offending token, which may be (part of) a password: not shown.
+        reason = re.sub(r'"([^"]*)"', lambda m: m[0] if m[1] == "=" else '"…"', str(e).strip())
+        err.print(f"[red]invalid connection string:[/red] {_escape(reason)}")
+        raise typer.Exit(EXIT_USAGE) from None
+    return dsn
 
 
 @app.command()
@@ -165,8 +184,8 @@ def status(
 
 def _plan_name(plan: str) -> str:
     path = Path(plan)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return guarded(lambda: load_plan(path).name)
+    if path.suffix in (".yaml", ".yml", ".sql") and path.exists():
+        return guarded(lambda: api.load(path).name)
     return plan
 
 
@@ -181,16 +200,13 @@ def _print_run(r: dict[str, Any]) -> None:
     )
     if r["last_error"]:
         out.print(f"  [red]last error:[/red] {_escape(r['last_error'])}")
-    for b in r["backfills"]:
-        est = b["rows_estimated"] or 0
-        pct = f" ({100 * b['rows_done'] / est:.0f}%)" if est else ""
-        rate = f", {b['rows_per_s']:,.0f} rows/s" if b["rows_per_s"] else ""
-        eta = f", ETA {b['eta_s']}s" if b["eta_s"] else ""
-        thr = f", throttled: {b['throttle']}" if b["throttle"] else ""
-        out.print(
-            f"  backfill {b['step']} worker {b['worker']}: {b['rows_done']:,} / ~{est:,} rows{pct}"
-            f"{rate}{eta}, batch {b['batch_size']}{thr}{' done' if b['done'] else ''}"
-        )
+    for b in r.get("backfill_steps", []):
+        workers = f", {b['workers']} workers" if b["workers"] > 1 else ""
+        out.print(f"  backfill {b['step']}{workers}: {_backfill_line(b)}")
+        if b["workers"] > 1:
+            for w in r["backfills"]:
+                if w["ordinal"] == b["ordinal"]:
+                    out.print(f"    worker {w['worker']}: {_backfill_line(w)}")
     table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("step", "kind", "status", "attempts", "error"):
         table.add_column(col)
@@ -199,6 +215,24 @@ def _print_run(r: dict[str, Any]) -> None:
             s["key"], s["kind"], s["status"], str(s["attempts"]), _escape(s["last_error"] or "")
         )
     out.print(table)
+
+
+def _backfill_line(b: dict[str, Any]) -> str:
+    """rows done / estimated, rows/s, ETA, batch size, and what the walk waits for."""
+    est = b["rows_estimated"] or 0
+    pct = f" ({min(100 * b['rows_done'] / est, 100):.0f}%)" if est else ""
+    rate = f", {b['rows_per_s']:,.0f} rows/s" if b["rows_per_s"] else ""
+    eta = f", ETA {_duration(b['eta_s'])}" if b["eta_s"] else ""
+    batch = f", batch {b['batch_size']:,}" if b["batch_size"] and not b["done"] else ""
+    thr = f", [yellow]waiting: {_escape(b['throttle'])}[/yellow]" if b["throttle"] else ""
+    return f"{b['rows_done']:,} / ~{est:,} rows{pct}{rate}{eta}{batch}{thr}" + (
+        ", done" if b["done"] else ""
+    )
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 @app.command()
@@ -303,6 +337,86 @@ def rollback(
     color = "green" if outcome.exit_code == 0 else "red"
     err.print(f"[{color}]{outcome.status}[/{color}]: {_escape(outcome.message)}")
     raise typer.Exit(outcome.exit_code)
+
+
+DirArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Directory of V001__name.yaml / 20250108120000_name.yaml plans and V001__name.sql files.",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def migrate(
+    directory: DirArg,
+    dsn: DsnOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would run; change nothing.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Accept applied files that changed, and files older than applied ones."
+        ),
+    ] = False,
+    cont: Annotated[
+        bool, typer.Option("--continue", help="Pass the gate the next migration waits at.")
+    ] = False,
+    state_schema: StateOpt = "zdm",
+) -> None:
+    """Apply a directory's plans in version order; skip applied ones, stop at a gate or failure."""
+    if dry_run:
+        url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
+        text = guarded(
+            lambda: api.migrate_dry_run(directory, url, force=force, state_schema=state_schema)
+        )
+        sys.stdout.write(text)
+        return
+    outcome = guarded(
+        lambda: api.migrate(
+            directory, resolve_dsn(dsn), force=force, cont=cont, state_schema=state_schema
+        )
+    )
+    for file in outcome.applied:
+        err.print(f"applied {_escape(file)}")
+    color = {"completed": "green", "waiting": "yellow"}.get(outcome.status, "red")
+    err.print(f"[{color}]{outcome.status}[/{color}]: {_escape(outcome.message)}")
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def history(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="Also list this directory's migrations not applied yet."),
+    ] = None,
+    dsn: DsnOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    state_schema: StateOpt = "zdm",
+) -> None:
+    """List the migrations `zdm migrate` applied: version, file, status, run, checksum."""
+    rows = guarded(lambda: api.history(resolve_dsn(dsn), directory, state_schema=state_schema))
+    if as_json:
+        sys.stdout.write(json.dumps(rows, default=str, indent=2) + "\n")
+        return
+    if not rows:
+        out.print("no migrations recorded")
+        return
+    lines = [("version", "file", "status", "run", "applied at", "sha256", "note")]
+    for r in rows:
+        note = "file changed since applied" if r["changed"] else ""
+        note = "file missing" if r["missing"] else note
+        applied_at = r["applied_at"].strftime("%Y-%m-%d %H:%M:%S") if r["applied_at"] else "-"
+        run = str(r["run_id"] or "-")
+        lines.append(
+            (r["version"], r["file"], r["status"], run, applied_at, r["sha256"][:12], note)
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for n, line in enumerate(lines):
+        text = "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        out.print(f"[bold]{text}[/bold]" if n == 0 else _escape(text))
 
 
 @app.command()

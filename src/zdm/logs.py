@@ -16,6 +16,17 @@ def _scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping
     return {k: scrub(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
+class _Stderr:
+    """Whatever sys.stderr is at the time of writing: a live progress bar swaps it for a proxy
+    that prints log lines above the bar instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(fmt: str = "console", level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(default=str)
@@ -30,6 +41,6 @@ def configure(fmt: str = "console", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

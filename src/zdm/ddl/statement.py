@@ -109,6 +109,14 @@ class Check:
 
 
 @dataclass(frozen=True)
+class BackfillSource:
+    """The other table of a cross-table backfill, and the condition joining its rows."""
+
+    table: Table
+    on: str
+
+
+@dataclass(frozen=True)
 class BackfillJob:
     """A batched update the backfill engine runs; the planner resolves defaults, not the catalog."""
 
@@ -116,7 +124,7 @@ class BackfillJob:
     set: dict[str, str]
     where: str | None
     options: Any  # zdm.plan.Backfill: batch sizing and throttles
-    source: Any = None  # zdm.plan.BackfillFrom
+    source: BackfillSource | None = None
     label: str = "backfill"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,12 +1,22 @@
 """The backfill loop: key-range batches, each committed with its checkpoint, resumable after a kill.
 
-Every batch is bounded by a key range (`key > last AND key <= upper`), the upper bound found by an
-index-only scan, so each UPDATE is an index range scan. (An UPDATE joined to a LIMIT subquery of
-keys is planned as a hash join over the whole table and the backfill turns quadratic.)
+A backfill splits its table's key space into one range per worker; each worker walks its range
+on its own connection in batches bounded by `key > last AND key <= upper` (upper found by an
+index-only scan, never past the range's end), and each batch commits together with that
+worker's checkpoint row, so a kill loses at most the batch in flight and a resume continues
+every worker after its last committed key. The main thread supervises: it checks throttles and
+`zdm pause` between batches (workers wait at a gate while one holds), watches for SIGINT or
+SIGTERM (workers stop after their current batch), and shows progress.
+
+`batch_size: auto` sizes each worker's batches to `batch_time`: at most 1.5x larger after a
+fast batch, at once smaller in proportion after a slow one, and a batch that hits its statement
+timeout (5x the target) is rolled back, halved and retried on the same range. The batch's
+duration is how long an application write may wait on one of its row locks.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -16,16 +26,44 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg import errors, sql
+import tenacity
+from psycopg import errors
+from psycopg.conninfo import make_conninfo
 
-from zdm.ddl import BackfillJob, Table, user_sql
+from zdm.ddl import BackfillJob
+from zdm.engine.backfill_sql import (
+    Key,
+    batch_sql,
+    ctid_batch_sql,
+    ctid_unsupported,
+    default_where,
+    estimate_rows,
+    find_key,
+    merge_conflict,
+    predicate,
+    primary_key,
+    remaining_sql,
+    split_keys,
+    table_pages,
+    tid,
+    timeouts_sql,
+    upper_bound_sql,
+)
 from zdm.engine.executor import Executor, StepFailed, _pg_error
+from zdm.engine.progress import RateWindow, Snapshot, View, make_view
 from zdm.engine.retry import CONTENTION, lock_timeout_ms, retrying
-from zdm.state import Store
+from zdm.engine.session import ConnectionFailed, connect, server_version
+from zdm.engine.throttle import Throttles
+from zdm.operations import Context, plan_step
+from zdm.plan import PlanStep, Settings
+from zdm.state import BackfillRow, Store
 
 INITIAL_AUTO_BATCH = 1000
 GROWTH = 1.5
-PROGRESS_EVERY_S = 5.0
+# An auto-sized batch is cancelled at this many times its target duration, then halved.
+TIMEOUT_FACTOR = 5
+MIN_STATEMENT_TIMEOUT_MS = 1000
+PAUSED = "paused by `zdm pause`"
 
 
 class Interrupted(Exception):
@@ -51,95 +89,6 @@ class Control:
         signal.signal(signal.SIGINT, handler)
 
 
-@dataclass(frozen=True)
-class Key:
-    """The columns a backfill walks, in index order."""
-
-    columns: tuple[str, ...]
-
-    def idents(self) -> sql.Composed:
-        return sql.SQL(", ").join(map(sql.Identifier, self.columns))
-
-    def row(self) -> sql.Composed:
-        return sql.SQL("({})").format(self.idents())
-
-    def params(self) -> sql.Composed:
-        return sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(self.columns)))
-
-
-def primary_key(conn: psycopg.Connection[Any], table: Table) -> Key | None:
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_index i"
-        " JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON true"
-        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
-        " WHERE i.indrelid = to_regclass(%s) AND i.indisprimary ORDER BY k.n",
-        [table.ident().as_string(conn)],
-    ).fetchall()
-    return Key(tuple(r[0] for r in rows)) if rows else None
-
-
-def default_where(mapping: dict[str, str]) -> str:
-    """Rows where some mapped column differs from its expression (rows the trigger fixed are not)."""
-    return " OR ".join(
-        f"{sql.Identifier(c).as_string(None)} IS DISTINCT FROM ({e})" for c, e in mapping.items()
-    )
-
-
-def upper_bound_sql(table: Table, key: Key, first: bool) -> sql.Composed:
-    """The last key of the next batch and the batch's row count: an index-only scan."""
-    lower = sql.SQL("") if first else sql.SQL(" WHERE {} > {}").format(key.row(), key.params())
-    # Qualified: a bare name in ORDER BY would mean the ::text output column and sort as text.
-    desc = sql.SQL(", ").join(
-        sql.SQL("{} DESC").format(sql.Identifier("s", c)) for c in key.columns
-    )
-    return sql.SQL(
-        "SELECT {texts}, count(*) OVER () FROM (SELECT {cols} FROM {t}{lower} ORDER BY {cols} LIMIT %s) s"
-        " ORDER BY {desc} LIMIT 1"
-    ).format(
-        texts=sql.SQL(", ").join(
-            sql.SQL("{}::text").format(sql.Identifier("s", c)) for c in key.columns
-        ),
-        cols=key.idents(),
-        t=table.ident(),
-        lower=lower,
-        desc=desc,
-    )
-
-
-def batch_sql(job: BackfillJob, key: Key, where: str, first: bool) -> sql.Composed:
-    """The UPDATE of one batch: a key range, the predicate, the mapping."""
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{} = ({})").format(sql.Identifier(c), user_sql(e)) for c, e in job.set.items()
-    )
-    lower = sql.SQL("") if first else sql.SQL("{} > {} AND ").format(key.row(), key.params())
-    return sql.SQL("UPDATE {t} SET {a} WHERE {lower}{k} <= {p} AND ({w})").format(
-        t=job.table.ident(),
-        a=assignments,
-        lower=lower,
-        k=key.row(),
-        p=key.params(),
-        w=user_sql(where),
-    )
-
-
-def remaining_sql(job: BackfillJob, where: str) -> sql.Composed:
-    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
-        job.table.ident(), user_sql(where)
-    )
-
-
-def estimate_rows(conn: psycopg.Connection[Any], table: Table) -> int:
-    row = conn.execute(
-        "SELECT CASE WHEN reltuples < 0 THEN NULL ELSE reltuples::bigint END FROM pg_class"
-        " WHERE oid = to_regclass(%s)",
-        [table.ident().as_string(conn)],
-    ).fetchone()
-    if row and row[0] is not None:
-        return int(row[0])
-    counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident())).fetchone()
-    return int(counted[0]) if counted else 0
-
-
 @dataclass
 class BatchSizer:
     """Sizes batches to a target duration: grow at most 1.5x, shrink in proportion when slow."""
@@ -150,22 +99,268 @@ class BatchSizer:
     minimum: int
     maximum: int
 
-    def after(self, rows: int, ms: float) -> None:
-        if not self.auto or rows < self.size:
-            return
-        factor = min(GROWTH, self.target_ms / max(ms, 1.0))
-        self.size = max(self.minimum, min(self.maximum, int(self.size * factor)))
+    @classmethod
+    def of(cls, options: Any, resumed: int | None = None) -> BatchSizer:
+        auto = options.batch_size == "auto"
+        if auto:
+            start = resumed or INITIAL_AUTO_BATCH
+            size = max(options.min_batch, min(options.max_batch, start))
+        else:
+            size = int(options.batch_size)
+        return cls(size, auto, float(options.batch_time), options.min_batch, options.max_batch)
 
-    def halve(self) -> None:
-        self.size = max(self.minimum, self.size // 2)
+    def after(self, rows: int, ms: float) -> None:
+        """Learns from a committed batch of `rows` rows that took `ms`."""
+        if not self.auto or rows <= 0:
+            return
+        ideal = rows * self.target_ms / max(ms, 1.0)
+        if rows < self.size and ideal >= self.size:
+            return  # the short last batch of a range says nothing about larger ones
+        self._set(min(ideal, self.size * GROWTH))
+
+    def halve(self) -> bool:
+        """After a statement timeout; False when the batch cannot get any smaller."""
+        if not self.auto or self.size <= self.minimum:
+            return False
+        self._set(self.size / 2)
+        return True
+
+    def _set(self, size: float) -> None:
+        self.size = max(self.minimum, min(self.maximum, int(size)))
 
     @property
     def statement_timeout_ms(self) -> int:
-        """An auto batch that runs 10x over target is cancelled, halved and retried."""
-        return int(max(self.target_ms * 10, 1000)) if self.auto else 0
+        """An auto batch that runs 5x over target is cancelled, halved and retried; 0 = none."""
+        if not self.auto:
+            return 0
+        return int(max(self.target_ms * TIMEOUT_FACTOR, MIN_STATEMENT_TIMEOUT_MS))
+
+
+@dataclass
+class Range:
+    """A worker's share of the table: keys after `last` up to `end` (None: the table's edge)."""
+
+    worker: int
+    last: list[str] | None
+    end: list[str] | None
+    done: bool
+    rows_done: int
+    rows_estimated: int
+    batch_size: int | None
+
+    @classmethod
+    def of(cls, row: BackfillRow) -> Range:
+        return cls(
+            row.worker,
+            row.last_key,
+            row.end_key,
+            row.done,
+            row.rows_done,
+            row.rows_estimated or 0,
+            row.batch_size,
+        )
+
+
+@dataclass
+class Batch:
+    upper: list[str]
+    walked: int
+    updated: int
+    ms: float = 0.0
+
+
+class Shared:
+    """What the supervisor and the workers share: the gate, the stop flags, the statistics."""
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+        self.abort = threading.Event()
+        self.wake = threading.Event()
+        self._cond = threading.Condition()
+        self.reason: str | None = None
+        self.batch_ms: list[float] = []
+
+    def stopping(self) -> bool:
+        return self.control.stop.is_set() or self.abort.is_set()
+
+    def hold(self, reason: str | None) -> None:
+        """Closes the gate with a reason (workers wait before their next batch), or opens it."""
+        with self._cond:
+            self.reason = reason
+            self._cond.notify_all()
+
+    def pass_gate(self) -> bool:
+        """Waits while the gate is closed; False when the walk must stop instead."""
+        with self._cond:
+            while self.reason is not None and not self.stopping():
+                self._cond.wait(0.05)
+        return not self.stopping()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleeps between batches; False when the walk must stop instead."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self.control.stop.wait(min(left, 0.05))
+        return False
+
+
+class Worker(threading.Thread):
+    """Walks one range on its own connection, batch after batch, until its end or a stop."""
+
+    def __init__(self, bf: Backfiller, key: Key, rng: Range, shared: Shared) -> None:
+        super().__init__(daemon=True, name=f"zdm-backfill-{rng.worker}")
+        self.bf = bf
+        self.key = key
+        self.range = rng
+        self.shared = shared
+        self.sizer = BatchSizer.of(bf.options, rng.batch_size)
+        self.settings: Settings = bf.ex.settings
+        self.walked = 0
+        self.batches = 0
+        self.finished = False
+        self.error: BaseException | None = None
+        self.window = RateWindow()
+        self.window.add(0)
+
+    def run(self) -> None:
+        try:
+            conn = connect(self.bf.dsn, f"backfill {self.bf.table.name} w{self.range.worker}")
+            try:
+                self._loop(conn)
+            finally:
+                conn.close()
+        except StepFailed as e:
+            self.error = e
+        except CONTENTION as e:
+            self.error = StepFailed(
+                f"{self.bf.label}: worker {self.range.worker} gave up after"
+                f" {self.settings.lock_retries} attempts: {_pg_error(e)}"
+            )
+        except psycopg.Error as e:
+            self.error = StepFailed(f"{self.bf.label}: {_pg_error(e)}")
+        except ConnectionFailed as e:
+            self.error = StepFailed(f"{self.bf.label}: {e}")
+        except BaseException as e:
+            self.error = e
+        finally:
+            if self.error is not None:
+                self.shared.abort.set()
+            self.shared.wake.set()
+
+    def _loop(self, conn: psycopg.Connection[Any]) -> None:
+        pause_s = self.bf.options.pause / 1000
+        while True:
+            if not self.shared.pass_gate():
+                return
+            batch = self._batch(conn)
+            if batch is None:
+                self.bf.store.backfill_finished(
+                    conn, self.bf.run_id, self.bf.ordinals, self.range.worker
+                )
+                self.finished = True
+                return
+            self.range.last = batch.upper
+            self.walked += batch.walked
+            self.batches += 1
+            self.shared.batch_ms.append(batch.ms)
+            self.sizer.after(batch.walked, batch.ms)
+            if pause_s and not self.shared.sleep(pause_s):
+                return
+
+    def _batch(self, conn: psycopg.Connection[Any]) -> Batch | None:
+        """One batch and its checkpoint in one transaction; None when the range is walked."""
+        while True:
+            size = self.sizer.size
+            try:
+                return self._attempts(conn, size)
+            except errors.QueryCanceled:
+                if not self.sizer.halve():
+                    raise StepFailed(
+                        f"{self.bf.label}: a batch of {size} rows hit its statement timeout"
+                        f" ({self.sizer.statement_timeout_ms}ms) even at the smallest size"
+                    ) from None
+                self.bf.log.warning(
+                    "batch_timeout_shrink",
+                    worker=self.range.worker,
+                    batch_size=self.sizer.size,
+                    statement_timeout_ms=self.sizer.statement_timeout_ms,
+                )
+
+    def _attempts(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+        for attempt in retrying(self.settings, self._before_retry):
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                t0 = time.monotonic()
+                with conn.transaction():
+                    conn.execute(
+                        timeouts_sql(
+                            lock_timeout_ms(self.settings, n), self.sizer.statement_timeout_ms
+                        )
+                    )
+                    batch = (
+                        self._ctid_batch(conn, size)
+                        if self.key.ctid
+                        else self._key_batch(conn, size)
+                    )
+                    if batch is not None:
+                        self.window.add(self.walked + batch.walked)
+                        self.bf.store.checkpoint(
+                            conn,
+                            self.bf.run_id,
+                            self.bf.ordinals,
+                            self.range.worker,
+                            last_key=batch.upper,
+                            walked=batch.walked,
+                            updated=batch.updated,
+                            batch_size=size,
+                            rate=round(self.window.rate(), 1),
+                        )
+                if batch is not None:
+                    batch.ms = (time.monotonic() - t0) * 1000
+                return batch
+        raise AssertionError("unreachable")
+
+    def _key_batch(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+        last, end = self.range.last, self.range.end
+        row = conn.execute(
+            upper_bound_sql(self.bf.table, self.key, lower=last is not None, upper=end is not None),
+            [*(last or []), *(end or []), size],
+        ).fetchone()
+        if row is None:
+            return None
+        upper = [str(v) for v in row[:-1]]
+        cur = conn.execute(
+            batch_sql(self.bf.jobs, self.key, lower=last is not None), [*(last or []), *upper]
+        )
+        return Batch(upper, int(row[-1]), cur.rowcount)
+
+    def _ctid_batch(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+        start = int(self.range.last[0]) if self.range.last else 0
+        end = int(self.range.end[0]) if self.range.end else 0
+        if start >= end:
+            return None
+        stop = min(end, start + max(1, round(size / self.bf.rows_per_page)))
+        row = conn.execute(ctid_batch_sql(self.bf.jobs), [tid(start), tid(stop)] * 2).fetchone()
+        assert row is not None
+        return Batch([str(stop)], int(row[0]), int(row[1]))
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.bf.log.warning(
+            "batch_retry",
+            worker=self.range.worker,
+            attempt=state.attempt_number,
+            of=self.settings.lock_retries,
+            error=type(exc).__name__ if exc else None,
+        )
 
 
 class Backfiller:
+    """One walk over a table for one backfill step, or for several merged ones (`also`)."""
+
     def __init__(
         self,
         executor: Executor,
@@ -175,189 +370,411 @@ class Backfiller:
         job: BackfillJob,
         control: Control,
         log: Any = None,
+        *,
+        dsn: str | None = None,
+        also: Sequence[tuple[int, BackfillJob]] = (),
+        view: str = "auto",
     ) -> None:
         self.ex = executor
         self.conn = executor.conn
         self.store = store
         self.run_id = run_id
-        self.ordinal = ordinal
-        self.job = job
+        self.ordinals = [ordinal, *(o for o, _ in also)]
+        self.jobs = [job, *(j for _, j in also)]
+        self.table = job.table
+        self.options = job.options
+        self.label = job.label
         self.control = control
+        self.dsn = dsn if dsn is not None else conninfo_of(executor.conn)
+        self.view_mode = view
         self.log = log or structlog.get_logger("zdm.backfill")
-        opts = job.options
-        auto = opts.batch_size == "auto"
-        self.sizer = BatchSizer(
-            size=max(opts.min_batch, min(opts.max_batch, INITIAL_AUTO_BATCH))
-            if auto
-            else int(opts.batch_size),
-            auto=auto,
-            target_ms=opts.batch_time,
-            minimum=opts.min_batch,
-            maximum=opts.max_batch,
-        )
-        self.where = job.where or default_where(job.set)
+        self.throttles = Throttles.of(job.table, job.options)
+        self.rows_per_page = 1.0
+        self.batch_ms: list[float] = []
+        self.rows_walked = 0
+        self._throttle: str | None = None
+        self._throttled_at = 0.0
+        self._paused_run = False
+
+    @property
+    def where(self) -> str:
+        """The predicate of the walk, as text (logs)."""
+        return predicate(self.jobs).as_string(None)
 
     def run(self) -> None:
-        if not self.job.set:
-            raise StepFailed(
-                f"{self.job.label}: nothing to set (no `set` and no dual_write on the table)"
-            )
-        key = primary_key(self.conn, self.job.table)
+        for job in self.jobs:
+            if not job.set:
+                raise StepFailed(
+                    f"{job.label}: nothing to set (no `set` and no dual_write on the table)"
+                )
+        key = find_key(self.conn, self.table)
         if key is None:
-            raise StepFailed(f"{self.job.label}: {self.job.table} has no primary key to walk")
-        state = self.store.backfill(self.conn, self.run_id, self.ordinal)
-        if state is None:
-            self.store.backfill_start(
-                self.conn,
-                self.run_id,
-                self.ordinal,
-                0,
-                rows_estimated=estimate_rows(self.conn, self.job.table),
-            )
-            state = self.store.backfill(self.conn, self.run_id, self.ordinal)
-            assert state is not None
-        if state.batch_size and self.sizer.auto:
-            self.sizer.size = state.batch_size
+            raise StepFailed(f"{self.label}: table {self.table} does not exist")
+        if key.ctid:
+            why = ctid_unsupported(server_version(self.conn))
+            if why:
+                raise StepFailed(f"{self.label}: {self.table} {why}")
+            pages = table_pages(self.conn, self.table)
+            self.rows_per_page = max(1.0, estimate_rows(self.conn, self.table) / max(pages, 1))
+        ranges = self._ranges(key)
         self.log.info(
             "backfill_start",
-            table=str(self.job.table),
-            key=list(key.columns),
-            resume_after=state.last_key,
-            rows_done=state.rows_done,
-            rows_estimated=state.rows_estimated,
+            table=str(self.table),
+            key=list(key.columns) or ["ctid"],
+            key_source=key.source,
+            steps=self.ordinals,
+            workers=len(ranges),
+            resume_after=ranges[0].last if len(ranges) == 1 else [r.last for r in ranges],
+            ranges=[
+                {"worker": r.worker, "after": r.last, "end": r.end, "done": r.done} for r in ranges
+            ],
+            rows_done=sum(r.rows_done for r in ranges),
+            rows_estimated=sum(r.rows_estimated for r in ranges),
             where=self.where,
         )
-        self._walk(key, state.last_key, state.rows_done, state.rows_estimated or 0)
-        if self.ex.probe(remaining_sql(self.job, self.where)):
-            # Rows changed behind the walk without the trigger (or before it existed): one more pass.
-            self.log.warning("backfill_second_pass", table=str(self.job.table))
-            self.store.backfill_state(self.conn, self.run_id, self.ordinal, 0, reset=True)
-            self._walk(key, None, 0, 0)
-            if self.ex.probe(remaining_sql(self.job, self.where)):
-                raise StepFailed(
-                    f"{self.job.label}: rows still match `{self.where}` after two passes"
-                )
-
-    def _walk(self, key: Key, last: Sequence[str] | None, done: int, estimated: int) -> None:
         started = time.monotonic()
-        walked_here = 0
-        last_progress = started
-        while True:
-            self._between_batches()
-            first = last is None
-            t0 = time.monotonic()
-            batch = self._batch(key, last)
-            if batch is None:
-                break
-            upper, walked, updated = batch
-            ms = (time.monotonic() - t0) * 1000
-            last = upper
-            done += walked
-            walked_here += walked
-            self.sizer.after(walked, ms)
-            now = time.monotonic()
-            rate = walked_here / max(now - started, 1e-6)
-            if now - last_progress >= PROGRESS_EVERY_S or first:
-                last_progress = now
-                eta = (estimated - done) / rate if rate > 0 and estimated > done else 0
-                self.log.info(
-                    "backfill_progress",
-                    table=str(self.job.table),
-                    rows_done=done,
-                    rows_estimated=estimated,
-                    rows_per_s=round(rate),
-                    eta_s=round(eta),
-                    batch_size=self.sizer.size,
-                    batch_ms=round(ms),
-                )
-            del updated
+        self._walk(key, ranges)
+        if self.ex.probe(remaining_sql(self.jobs)):
+            # Rows changed behind the walk without the trigger (or before it existed): one more pass.
+            self.log.warning("backfill_second_pass", table=str(self.table))
+            last_end = [str(table_pages(self.conn, self.table))] if key.ctid else None
+            self.store.backfill_restart(self.conn, self.run_id, self.ordinals, last_end)
+            self._walk(key, self._load())
+            if self.ex.probe(remaining_sql(self.jobs)):
+                raise StepFailed(f"{self.label}: rows still match `{self.where}` after two passes")
+        seconds = time.monotonic() - started
+        ms = sorted(self.batch_ms)
         self.log.info(
             "backfill_walked",
-            table=str(self.job.table),
-            rows_done=done,
-            seconds=round(time.monotonic() - started, 1),
+            table=str(self.table),
+            rows_walked=self.rows_walked,
+            seconds=round(seconds, 1),
+            rows_per_s=round(self.rows_walked / seconds) if seconds > 0 else None,
+            batches=len(ms),
+            batch_ms_p50=round(percentile(ms, 50)) if ms else None,
+            batch_ms_p99=round(percentile(ms, 99)) if ms else None,
+            batch_ms_max=round(ms[-1]) if ms else None,
         )
 
-    def _batch(self, key: Key, last: Sequence[str] | None) -> tuple[list[str], int, int] | None:
-        """One batch and its checkpoint in one transaction; None when the walk is over."""
-        first = last is None
-        params_last = list(last) if last is not None else []
-        while True:
-            size = self.sizer.size
-            try:
-                return self._batch_attempts(key, first, params_last, size)
-            except errors.QueryCanceled:
-                if not self.sizer.auto or self.sizer.size <= self.sizer.minimum:
-                    raise StepFailed(
-                        f"{self.job.label}: a batch of {size} rows hit the statement timeout"
-                    ) from None
-                self.sizer.halve()
-                self.log.warning("batch_timeout_shrink", batch_size=self.sizer.size)
+    # -- ranges --------------------------------------------------------------------------------
 
-    def _batch_attempts(
-        self, key: Key, first: bool, last: list[str], size: int
-    ) -> tuple[list[str], int, int] | None:
-        settings = self.ex.settings
-        for attempt in retrying(settings, self._before_retry):
-            with attempt:
-                n = attempt.retry_state.attempt_number
-                t0 = time.monotonic()
-                with self.conn.transaction():
-                    self.conn.execute(
-                        sql.SQL(
-                            "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}"
-                        ).format(
-                            sql.Literal(f"{lock_timeout_ms(settings, n)}ms"),
-                            sql.Literal(f"{self.sizer.statement_timeout_ms}ms"),
-                        )
-                    )
-                    row = self.conn.execute(
-                        upper_bound_sql(self.job.table, key, first), [*last, size]
-                    ).fetchone()
-                    if row is None:
-                        return None
-                    upper = [str(v) for v in row[:-1]]
-                    walked = int(row[-1])
-                    cur = self.conn.execute(
-                        batch_sql(self.job, key, self.where, first), [*last, *upper]
-                    )
-                    updated = cur.rowcount
-                    ms = (time.monotonic() - t0) * 1000
-                    self.store.checkpoint(
-                        self.conn,
-                        self.run_id,
-                        self.ordinal,
-                        0,
-                        last_key=upper,
-                        walked=walked,
-                        updated=updated,
-                        batch_size=size,
-                        rate=walked / max(ms / 1000, 1e-6),
-                    )
-                return upper, walked, updated
-        raise AssertionError("unreachable")
+    def _load(self) -> list[Range]:
+        return [Range.of(r) for r in self.store.backfills(self.conn, self.run_id, self.ordinals[0])]
 
-    def _before_retry(self, state: Any) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self.log.warning("batch_retry", attempt=state.attempt_number, error=type(exc).__name__)
+    def _ranges(self, key: Key) -> list[Range]:
+        """The workers' ranges: from the checkpoints of an earlier run, else split now."""
+        ranges = self._load()
+        if ranges:
+            if len(ranges) != self.options.workers:
+                self.log.info(
+                    "backfill_workers_kept", workers=len(ranges), asked=self.options.workers
+                )
+            return ranges
+        rows = estimate_rows(self.conn, self.table)
+        workers = self.options.workers
+        spans: list[tuple[list[str] | None, list[str] | None, int]]
+        if key.ctid:
+            pages = table_pages(self.conn, self.table)
+            cuts = sorted({pages * i // workers for i in range(1, workers)} - {0, pages})
+            starts, ends = [0, *cuts], [*cuts, pages]
+            spans = [
+                (None if s == 0 else [str(s)], [str(e)], round((e - s) * self.rows_per_page))
+                for s, e in zip(starts, ends, strict=True)
+            ]
+        else:
+            bounds = split_keys(self.conn, self.table, key, workers, rows)
+            lasts: list[list[str] | None] = [None, *bounds]
+            ends_k: list[list[str] | None] = [*bounds, None]
+            share = rows // len(lasts)
+            spans = [(s, e, share) for s, e in zip(lasts, ends_k, strict=True)]
+        with self.conn.transaction():
+            self.store.backfill_init(self.conn, self.run_id, self.ordinals, spans)
+        return self._load()
 
-    def _between_batches(self) -> None:
-        if self.control.stop.is_set():
-            raise Interrupted(self.control.signal_name or "stop")
-        pause = self.job.options.pause
-        if pause:
-            time.sleep(pause / 1000)
-        if self.ex.monitor is not None and self.store.pause_requested(self.ex.monitor, self.run_id):
-            self.log.info("backfill_paused", table=str(self.job.table))
-            self.store.backfill_state(
-                self.conn, self.run_id, self.ordinal, 0, throttle="paused by zdm pause"
+    # -- the walk ------------------------------------------------------------------------------
+
+    def _walk(self, key: Key, ranges: list[Range]) -> None:
+        shared = Shared(self.control)
+        todo = [r for r in ranges if not r.done]
+        if not todo:
+            return
+        workers = [Worker(self, key, r, shared) for r in todo]
+        base_done = sum(r.rows_done for r in ranges)
+        estimated = sum(r.rows_estimated for r in ranges)
+        window = RateWindow()
+
+        def snapshot() -> Snapshot:
+            walked = sum(w.walked for w in workers)
+            window.add(walked)
+            alive = [w for w in workers if not w.finished] or workers
+            return Snapshot(
+                table=str(self.table),
+                rows_done=base_done + walked,
+                rows_estimated=estimated,
+                rows_per_s=window.rate(),
+                batch_size=round(sum(w.sizer.size for w in alive) / len(alive)),
+                workers=len(alive),
+                batches=sum(w.batches for w in workers),
+                throttle=self._throttle,
             )
-            while self.store.pause_requested(self.ex.monitor, self.run_id):
-                if self.control.stop.is_set():
-                    raise Interrupted(self.control.signal_name or "stop")
-                time.sleep(0.2)
-            self.store.backfill_state(self.conn, self.run_id, self.ordinal, 0, throttle=None)
-            self.log.info("backfill_resumed", table=str(self.job.table))
+
+        failure: BaseException | None = None
+        # The throttles hold from the first batch on: check them before any worker starts.
+        try:
+            self._check_throttles(shared)
+        except BaseException as e:
+            failure = e
+            shared.abort.set()
+        view: View = make_view(snapshot(), self.log, self.view_mode)
+        if failure is None:
+            for w in workers:
+                w.start()
+        try:
+            if failure is None:
+                self._supervise(workers, shared, view, snapshot)
+        except BaseException as e:
+            failure = e
+            shared.abort.set()
+        finally:
+            for w in workers:
+                while w.is_alive():
+                    w.join(0.1)
+            self.batch_ms.extend(shared.batch_ms)
+            self.rows_walked += sum(w.walked for w in workers)
+            view.close(snapshot())
+            self._release(shared)
+        if failure is not None:
+            raise failure
+        errors_ = [w.error for w in workers if w.error is not None]
+        if errors_:
+            raise errors_[0]
+        if not all(w.finished for w in workers):
+            raise Interrupted(self.control.signal_name or "stop")
+
+    def _supervise(self, workers: list[Worker], shared: Shared, view: View, snapshot: Any) -> None:
+        poll = min(max(self.options.batch_time / 2000, 0.05), 0.25)
+        while any(w.is_alive() for w in workers):
+            if not shared.stopping():
+                self._check_throttles(shared)
+            view.update(snapshot())
+            shared.wake.wait(poll)
+            shared.wake.clear()
+
+    def _check_throttles(self, shared: Shared) -> None:
+        reasons = []
+        if self.store.pause_requested(self.conn, self.run_id):
+            reasons.append(PAUSED)
+        if self.throttles.any:
+            try:
+                reasons += self.throttles.reasons(self.conn)
+            except psycopg.Error as e:
+                raise StepFailed(f"{self.label}: a throttle check failed: {_pg_error(e)}") from None
+        self._set_throttle("; ".join(reasons) or None, shared)
+
+    def _set_throttle(self, reason: str | None, shared: Shared) -> None:
+        if reason == self._throttle:
+            return
+        before, self._throttle = self._throttle, reason
+        shared.hold(reason)
+        self.store.backfill_throttle(self.conn, self.run_id, self.ordinals, reason)
+        now = time.monotonic()
+        if reason is not None and before is None:
+            self._throttled_at = now
+            self.log.info("backfill_throttled", table=str(self.table), reason=reason)
+        elif reason is None:
+            self.log.info(
+                "backfill_unthrottled",
+                table=str(self.table),
+                waited_s=round(now - self._throttled_at, 1),
+            )
+        else:
+            self.log.info("backfill_throttled", table=str(self.table), reason=reason)
+        paused = reason is not None and PAUSED in reason
+        if paused != self._paused_run:
+            self._pause_run(paused)
+
+    def _pause_run(self, paused: bool) -> None:
+        """The run shows `paused` while `zdm pause` holds the walk, `running` again after."""
+        run = self.store.get_run(self.conn, self.run_id)
+        if paused:
+            self.store.transition(self.conn, run, "paused", waiting_for="zdm pause")
+            self.log.info("backfill_paused", table=str(self.table))
+        else:
+            self.store.transition(self.conn, run, "running")
+            self.log.info("backfill_resumed", table=str(self.table))
+        self._paused_run = paused
+
+    def _release(self, shared: Shared) -> None:
+        """Leaves no throttle shown and the run `running`, however the walk ended."""
+        try:
+            self._set_throttle(None, shared)
+        except psycopg.Error as e:
+            self.log.warning("backfill_release_failed", error=_pg_error(e))
 
 
-__all__ = ["CONTENTION", "Backfiller", "Control", "Interrupted", "_pg_error"]
+# -- several backfills of one table in one walk -----------------------------------------------
+
+
+def backfill_followers(
+    steps: Sequence[PlanStep], statuses: Sequence[str], ordinal: int, ctx: Context
+) -> list[tuple[int, BackfillJob]]:
+    """The backfill steps right after `ordinal` that its walk can do in the same pass.
+
+    They must be in the same phase, on the same table, not done yet, and independent of the
+    earlier ones (see `merge_conflict`); the first that is not ends the group.
+    """
+    lead = steps[ordinal]
+    walk = _job_of(lead, ctx)
+    if walk is None:
+        return []
+    jobs = [walk]
+    found: list[tuple[int, BackfillJob]] = []
+    for o in range(ordinal + 1, len(steps)):
+        step = steps[o]
+        if step.phase != lead.phase or statuses[o] == "done":
+            break
+        job = _job_of(step, ctx)
+        if job is None:
+            break
+        why = merge_conflict(jobs, job)
+        if why is not None:
+            if job.table == walk.table:
+                structlog.get_logger("zdm.backfill").info(
+                    "backfill_not_merged", step=step.key, table=str(job.table), reason=why
+                )
+            break
+        jobs.append(job)
+        found.append((o, job))
+    return found
+
+
+def _job_of(step: PlanStep, ctx: Context) -> BackfillJob | None:
+    if step.kind != "backfill":
+        return None
+    actions = plan_step(step.spec, ctx)
+    jobs = [a for a in actions if isinstance(a, BackfillJob)]
+    return jobs[0] if len(jobs) == 1 and len(actions) == 1 else None
+
+
+# -- what --dry-run prints ---------------------------------------------------------------------
+
+
+def walk_lines(
+    jobs: Sequence[BackfillJob],
+    conn: psycopg.Connection[Any] | None,
+    settings: Settings,
+    *,
+    state_schema: str = "zdm",
+    exists: bool = True,
+) -> list[str]:
+    """The statements of a walk as the workers run them, with the facts around them."""
+    job = jobs[0]
+    opts = job.options
+    key = find_key(conn, job.table) if conn is not None and exists else None
+    shown = key or Key(("<primary key>",))
+    sizer = BatchSizer.of(opts)
+    sizing = (
+        f"batches sized to {opts.batch_time}ms (start {sizer.size}, {opts.min_batch}.."
+        f"{opts.max_batch} rows; a batch over {sizer.statement_timeout_ms}ms is cancelled,"
+        " halved and retried)"
+        if sizer.auto
+        else f"batches of {sizer.size} rows"
+    )
+    lines = [f"-- backfill of {job.table} by {shown.describe()}, {sizing}"]
+    if len(jobs) > 1:
+        lines.append(f"-- {len(jobs)} backfill steps of {job.table} in one pass over the table")
+    if opts.workers > 1:
+        lines.append(
+            f"-- {opts.workers} workers, each on its own connection and checkpoint row, walk"
+            " disjoint key ranges split at keys sampled from the table"
+        )
+    if conn is not None and not exists:
+        lines.append(f"-- {job.table} does not exist yet: no estimate")
+    elif conn is not None:
+        rows = estimate_rows(conn, job.table)
+        batches = -(-rows // sizer.size) if sizer.size else 0
+        lines.append(f"-- about {rows:,} rows; about {batches:,} batches at {sizer.size} rows")
+        if key is not None and key.ctid:
+            why = ctid_unsupported(server_version(conn))
+            lines.append(
+                f"-- ERROR: {job.table} {why}"
+                if why
+                else "-- no primary key or unique NOT NULL index: walked by ctid page ranges"
+            )
+    lines += [f"-- {t}" for t in throttle_lines(opts)]
+    lines.append("-- ROW EXCLUSIVE and row locks only (blocks no reads or writes); each batch:")
+    lines.append("BEGIN;")
+    lines.append(
+        timeouts_sql(lock_timeout_ms(settings, 1), sizer.statement_timeout_ms).as_string(conn) + ";"
+    )
+    if shown.ctid:
+        lines.append(ctid_batch_sql(jobs).as_string(conn) + ";")
+    else:
+        lines.append(
+            upper_bound_sql(job.table, shown, lower=True, upper=opts.workers > 1).as_string(conn)
+            + ";"
+        )
+        lines.append(batch_sql(jobs, shown, lower=True).as_string(conn) + ";")
+    lines.append(
+        f"-- checkpoint: UPDATE {state_schema}.backfills SET last_key = <upper>,"
+        " rows_done = rows_done + <rows>, … WHERE <this step and worker>;"
+    )
+    lines.append("COMMIT;")
+    lines.append("-- when the walk is over, proof that no row is left:")
+    lines.append(remaining_sql(jobs).as_string(conn) + ";")
+    return lines
+
+
+def throttle_lines(options: Any) -> list[str]:
+    """The throttles of a backfill step, in words."""
+    found = []
+    if options.pause:
+        found.append(f"pause {options.pause}ms between batches")
+    if options.max_replica_lag is not None:
+        found.append(f"waits while a standby's replay lags over {options.max_replica_lag}ms")
+    if options.throttle_query:
+        found.append(f"waits while the throttle_query returns true: {options.throttle_query}")
+    if options.pause_on_autovacuum:
+        found.append("waits while a vacuum works on the table")
+    found.append("`zdm pause` holds it after the current batch; SIGINT/SIGTERM stop it there")
+    return found
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, min(len(sorted_values), math.ceil(pct / 100 * len(sorted_values))))
+    return float(sorted_values[rank - 1])
+
+
+def conninfo_of(conn: psycopg.Connection[Any]) -> str:
+    """A connection string for more sessions like `conn` (workers), password included."""
+    params = {
+        o.keyword.decode(): o.val.decode()
+        for o in conn.pgconn.info
+        if o.val is not None and o.val != b""
+    }
+    return make_conninfo(**params)
+
+
+__all__ = [
+    "CONTENTION",
+    "INITIAL_AUTO_BATCH",
+    "Backfiller",
+    "BatchSizer",
+    "Control",
+    "Interrupted",
+    "Key",
+    "backfill_followers",
+    "batch_sql",
+    "default_where",
+    "estimate_rows",
+    "percentile",
+    "primary_key",
+    "remaining_sql",
+    "upper_bound_sql",
+]

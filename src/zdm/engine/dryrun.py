@@ -6,7 +6,6 @@ counts, and which steps a run already finished; it never creates zdm's state sch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,16 +14,7 @@ from psycopg import sql
 
 from zdm.ddl import BackfillJob, Check, Table, Txn
 from zdm.ddl import catalog
-from zdm.engine.backfill import (
-    INITIAL_AUTO_BATCH,
-    Key,
-    batch_sql,
-    default_where,
-    estimate_rows,
-    primary_key,
-    remaining_sql,
-    upper_bound_sql,
-)
+from zdm.engine.backfill import backfill_followers, walk_lines
 from zdm.engine.executor import render
 from zdm.engine.retry import lock_timeout_ms
 from zdm.engine.session import connect, redact, server_version
@@ -73,9 +63,19 @@ class DryRun:
             f" {_fmt_ms(s.retry_max_wait)}; statement_timeout {_fmt_ms(s.statement_timeout)}"
         )
         done = self._done_steps(conn)
+        steps = self.plan.steps()
+        if steps and all(step.key in done for step in steps):
+            yield "-- every step is done: `zdm run` has nothing left to execute"
+        # The catalog says what is done only up to the step a run would start with: a later
+        # probe answers for today's catalog, which earlier steps change (a trigger that
+        # drop_dual_write finds missing today is created by dual_write first).
+        pending = next((step.key for step in steps if step.key not in done), None)
         ctx = Context(self.plan.schema_, version, self.plan, self.loaded.base_dir)
         phase = None
-        for step in self.plan.steps():
+        # Backfills of one table in a row walk it once, as the runner groups them.
+        statuses = ["done" if step.key in done else "pending" for step in steps]
+        absorbed: dict[int, str] = {}
+        for ordinal, step in enumerate(steps):
             if step.phase != phase:
                 phase = step.phase
                 yield ""
@@ -86,8 +86,22 @@ class DryRun:
             yield f"-- step {step.key} {step.kind}" + (
                 " — already done by this run: skipped" if step.key in done else ""
             )
+            if ordinal in absorbed:
+                yield f"-- walked in the same pass over the table as step {absorbed[ordinal]}"
+                continue
+            followers = (
+                backfill_followers(steps, statuses, ordinal, ctx) if step.key not in done else []
+            )
+            absorbed.update((o, step.key) for o, _ in followers)
             for action in plan_step(step.spec, ctx):
-                yield from self._action(action, conn, s, skipped=step.key in done)
+                yield from self._action(
+                    action,
+                    conn,
+                    s,
+                    skipped=step.key in done,
+                    probe=step.key == pending,
+                    also=[job for _, job in followers],
+                )
 
     @staticmethod
     def _exists(conn: psycopg.Connection[Any], table: Table) -> bool:
@@ -102,22 +116,41 @@ class DryRun:
             return set()
         run = self.store.unfinished_run(conn, self.loaded.name)
         if run is None:
+            latest = self.store.latest_run(conn, self.loaded.name)
+            if (
+                latest is not None
+                and (latest.status, latest.direction) == ("completed", "forward")
+                and latest.plan_sha256 == self.loaded.sha256
+            ):
+                return {step.key for step in self.plan.steps()}  # `zdm run` does nothing
             return set()
         return {r.key for r in self.store.steps(conn, run.id) if r.status == "done"}
 
     def _action(
-        self, action: Any, conn: psycopg.Connection[Any] | None, s: Settings, *, skipped: bool
+        self,
+        action: Any,
+        conn: psycopg.Connection[Any] | None,
+        s: Settings,
+        *,
+        skipped: bool,
+        probe: bool = True,
+        also: list[BackfillJob] | None = None,
     ) -> Iterator[str]:
         if isinstance(action, Txn):
-            yield from self._txn(action, conn, s, skipped)
+            yield from self._txn(action, conn, s, skipped, probe)
         elif isinstance(action, Check):
             yield f"-- verify (read-only transaction): must return {action.expect!r}"
             yield action.query.as_string(conn) + ";"
         elif isinstance(action, BackfillJob):
-            yield from self._backfill(action, conn, s)
+            yield from self._backfill(action, conn, s, also or [])
 
     def _txn(
-        self, txn: Txn, conn: psycopg.Connection[Any] | None, s: Settings, skipped: bool
+        self,
+        txn: Txn,
+        conn: psycopg.Connection[Any] | None,
+        s: Settings,
+        skipped: bool,
+        probe: bool = True,
     ) -> Iterator[str]:
         for stmt in txn.statements:
             target = f" on {stmt.table}" if stmt.table else ""
@@ -144,47 +177,28 @@ class DryRun:
         already = skipped
         if not skipped and conn is not None and txn.skip_if is not None:
             row = conn.execute(txn.skip_if).fetchone()
-            already = bool(row and row[0])
-            if already:
+            done_now = bool(row and row[0])
+            if done_now and probe:
+                already = True
                 yield "-- the catalog shows this is already done: skipped"
-        prefix = "-- " if already else ""
+            elif done_now:
+                yield "-- skipped if the catalog still shows it done when the run gets here (it does now)"
         for query in render(txn, s):
-            yield prefix + query.as_string(conn) + ";"
+            text = query.as_string(conn) + ";"
+            # Every line of a skipped statement, a function body's too, is a comment.
+            yield "\n".join("-- " + line for line in text.split("\n")) if already else text
 
     def _backfill(
-        self, job: BackfillJob, conn: psycopg.Connection[Any] | None, s: Settings
+        self,
+        job: BackfillJob,
+        conn: psycopg.Connection[Any] | None,
+        s: Settings,
+        also: list[BackfillJob],
     ) -> Iterator[str]:
-        opts = job.options
-        key: Key | None = primary_key(conn, job.table) if conn is not None else None
-        shown = key or Key(("<primary key>",))
-        where = job.where or default_where(job.set)
-        size = INITIAL_AUTO_BATCH if opts.batch_size == "auto" else int(opts.batch_size)
-        sizing = (
-            f"batches sized to {opts.batch_time}ms (start {size}, {opts.min_batch}..{opts.max_batch} rows)"
-            if opts.batch_size == "auto"
-            else f"batches of {size} rows"
+        exists = conn is None or self._exists(conn, job.table)
+        yield from walk_lines(
+            [job, *also], conn, s, state_schema=self.store.schema, exists=exists
         )
-        yield f"-- backfill of {job.table} in primary-key order, {sizing}, workers {opts.workers}"
-        if conn is not None and not self._exists(conn, job.table):
-            yield f"-- {job.table} does not exist yet: no estimate"
-        elif conn is not None:
-            rows = estimate_rows(conn, job.table)
-            batches = math.ceil(rows / size) if size else 0
-            yield f"-- about {rows:,} rows; about {batches:,} batches at {size} rows"
-            if key is None:
-                yield "-- WARNING: the table has no primary key"
-        yield "-- ROW EXCLUSIVE and row locks only (blocks no reads or writes); each batch:"
-        yield "BEGIN;"
-        yield (
-            f"SET LOCAL lock_timeout = '{lock_timeout_ms(s, 1)}ms'; SET LOCAL statement_timeout ="
-            f" '{int(max(opts.batch_time * 10, 1000)) if opts.batch_size == 'auto' else 0}ms';"
-        )
-        yield upper_bound_sql(job.table, shown, first=False).as_string(conn) + ";"
-        yield batch_sql(job, shown, where, first=False).as_string(conn) + ";"
-        yield f"-- checkpoint: UPDATE {self.store.schema}.backfills SET last_key = <upper>, rows_done = … ;"
-        yield "COMMIT;"
-        yield "-- when the walk is over, proof that no row is left:"
-        yield remaining_sql(job, where).as_string(conn) + ";"
 
 
 def dry_run_text(loaded: LoadedPlan, dsn: str | None, *, state_schema: str = "zdm") -> str:

@@ -27,6 +27,9 @@ from zdm.plan import Settings
 # A transaction holding a lock the migration needs for longer than this is not the application's
 # own short statement: wait for it to end instead of queueing behind it.
 LONG_HOLDER_MS = 1000
+# A session idle in its transaction for longer than this waits for its client, not the database:
+# its locks stay until the client's next round trip, so it counts as long whatever its age.
+IDLE_HOLDER_MS = 10
 
 OnCommit = Callable[[psycopg.Connection[Any]], None]
 OnEvent = Callable[..., None]
@@ -86,7 +89,16 @@ class Executor:
         except psycopg.Error as e:
             raise StepFailed(f"{check.label}: the query failed: {_pg_error(e)}") from None
         value = row[0] if row else None
-        if not matches(value, check.expect):
+        ok = matches(value, check.expect)
+        self._event(
+            "verify",
+            label=check.label,
+            sql=_text(check.query, self.conn),
+            expect=check.expect,
+            value=value,
+            ok=ok,
+        )
+        if not ok:
             raise StepFailed(f"{check.label}: expected {check.expect!r}, got {value!r}")
 
     # -- units -------------------------------------------------------------------------------
@@ -101,9 +113,10 @@ class Executor:
             self.log.info("already_done", unit=txn.label)
             return False
         started = time.monotonic()
+        attempts = 1
         try:
             if txn.transactional:
-                self._run_transaction(txn, on_commit)
+                attempts, held_ms = self._run_transaction(txn, on_commit)
             else:
                 for stmt in render(txn, self.settings):
                     self._execute(stmt)
@@ -116,18 +129,31 @@ class Executor:
         except psycopg.Error as e:
             raise StepFailed(f"{txn.label}: {_pg_error(e)}") from None
         ms = round((time.monotonic() - started) * 1000)
-        self.log.info("unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms)
+        if not txn.transactional:
+            held_ms = ms
+        self.log.info("unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms, held_ms=held_ms)
+        # ms spans retries and waits; held_ms is the committed attempt alone, BEGIN to COMMIT
+        # (its lock wait included): the longest the application could queue behind this unit.
         self._event(
-            "unit_done", unit=txn.label, lock=txn.lock.sql_name, ms=ms, blocks_app=txn.blocks_app
+            "unit_done",
+            unit=txn.label,
+            lock=txn.lock.sql_name,
+            ms=ms,
+            held_ms=held_ms,
+            attempts=attempts,
+            blocks_app=txn.blocks_app,
+            sql=[_text(s.sql, self.conn) for s in txn.statements],
         )
         return True
 
-    def _run_transaction(self, txn: Txn, on_commit: OnCommit | None) -> None:
+    def _run_transaction(self, txn: Txn, on_commit: OnCommit | None) -> tuple[int, int]:
+        """Returns the attempts made and the committed attempt's duration in ms."""
         for attempt in retrying(self.settings, self._before_retry(txn)):
             with attempt:
                 n = attempt.retry_state.attempt_number
                 if txn.blocks_app:
                     self.wait_for_long_holders(txn)
+                began = time.monotonic()
                 self._execute(BEGIN)
                 with self.conn.transaction():
                     for stmt in render(txn, self.settings, n)[1:-1]:
@@ -135,6 +161,8 @@ class Executor:
                     if on_commit is not None:
                         on_commit(self.conn)
                 self._execute(COMMIT, run=False)
+                return n, round((time.monotonic() - began) * 1000)
+        raise AssertionError("unreachable")
 
     def _execute(self, stmt: Query, *, run: bool = True) -> None:
         """Executes one statement; BEGIN/COMMIT are logged only (conn.transaction() issues them)."""
@@ -167,7 +195,10 @@ class Executor:
 
     # -- who is in the way -------------------------------------------------------------------
 
-    def _holders(self, txn: Txn, min_age_ms: int) -> list[dict[str, Any]]:
+    def _holders(
+        self, txn: Txn, min_age_ms: int, idle_ms: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Conflicting holders whose transaction is older than `min_age_ms`, or idle in it for `idle_ms`."""
         if self.monitor is None or not txn.tables:
             return []
         rows = self.monitor.execute(
@@ -178,13 +209,17 @@ class Executor:
             " WHERE l.locktype = 'relation' AND l.granted"
             " AND l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) t)"
             " AND l.mode = ANY(%s) AND a.pid <> pg_backend_pid() AND a.pid <> %s"
-            " AND a.xact_start < now() - make_interval(secs => %s / 1000.0)"
+            " AND (a.xact_start < now() - make_interval(secs => %s / 1000.0)"
+            "  OR (%s::int IS NOT NULL AND a.state LIKE 'idle in transaction%%'"
+            "      AND a.state_change < now() - make_interval(secs => %s / 1000.0)))"
             " ORDER BY xact_ms DESC",
             [
                 [t.ident().as_string(self.monitor) for t in txn.tables],
                 list(txn.lock.pg_names),
                 self.conn.info.backend_pid,
                 min_age_ms,
+                idle_ms,
+                idle_ms,
             ],
         ).fetchall()
         keys = ("pid", "mode", "state", "application", "xact_ms", "query")
@@ -207,7 +242,7 @@ class Executor:
         )
         logged = 0.0
         while True:
-            holders = self._holders(txn, LONG_HOLDER_MS)
+            holders = self._holders(txn, LONG_HOLDER_MS, IDLE_HOLDER_MS)
             if not holders:
                 return
             now = time.monotonic()

@@ -14,7 +14,7 @@ import psycopg
 import structlog
 
 from zdm.ddl import BackfillJob, Check, Txn
-from zdm.engine.backfill import Backfiller, Control, Interrupted
+from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
 from zdm.engine.session import connect, scrub, server_version
 from zdm.operations import Context, plan_step
@@ -174,10 +174,11 @@ class Runner:
             rows = self.store.steps(work, run.id)
             gate_passed = False
             phase = None
+            absorbed: set[int] = set()  # backfills walked in the same pass as an earlier one
             for ordinal, (step, row) in enumerate(zip(steps, rows, strict=True)):
                 current = ordinal
                 set_current(ordinal)
-                if row.status == "done":
+                if row.status == "done" or ordinal in absorbed:
                     continue
                 if self.control.stop.is_set():
                     raise Interrupted(self.control.signal_name or "stop")
@@ -213,7 +214,9 @@ class Runner:
                         self.log.info("gate_passed", phase=phase)
                     self.store.set_phase(work, run, phase)
                     self.log.info("phase_start", phase=phase)
-                self._step(work, executor, ctx, run, ordinal, step)
+                followers = backfill_followers(steps, [r.status for r in rows], ordinal, ctx)
+                absorbed.update(o for o, _ in followers)
+                self._step(work, executor, ctx, run, ordinal, step, followers)
             self.store.transition(work, run, "completed")
             self.log.info("run_completed", plan=self.loaded.name, run=run.id)
             return Outcome(
@@ -299,6 +302,7 @@ class Runner:
         run: Run,
         ordinal: int,
         step: PlanStep,
+        followers: list[tuple[int, BackfillJob]] | None = None,
     ) -> None:
         actions = plan_step(step.spec, ctx)
         self.store.step_started(work, run.id, ordinal)
@@ -317,7 +321,20 @@ class Runner:
             elif isinstance(action, Check):
                 executor.check(action)
             elif isinstance(action, BackfillJob):
-                Backfiller(executor, self.store, run.id, ordinal, action, self.control).run()
+                for o, _ in followers or []:
+                    self.store.step_started(work, run.id, o)
+                Backfiller(
+                    executor,
+                    self.store,
+                    run.id,
+                    ordinal,
+                    action,
+                    self.control,
+                    dsn=self.dsn,
+                    also=followers or [],
+                ).run()
+                for o, _ in followers or []:
+                    self.store.step_finished(work, run.id, o)
         if not marked:
             self.store.step_finished(work, run.id, ordinal)
         self.log.info("step_done", step=step.key, kind=step.kind)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from zdm.ddl import Action
-from zdm.operations import columns, constraints, data, dual_write, indexes, tables
+from zdm.operations import columns, constraints, data, dual_write, indexes, tables, views
 from zdm.operations.base import FORWARD, INVERSE, Context, Irreversible
 from zdm.plan import StepSpec
 
-_MODULES = (columns, constraints, data, dual_write, indexes, tables)
+_MODULES = (columns, constraints, data, dual_write, indexes, tables, views)
 
 
 def plan_step(step: StepSpec, ctx: Context) -> list[Action]:

@@ -54,11 +54,26 @@ def undo_add_column(step: AddColumn, ctx: Context) -> list[Action]:
     return drop_column(DropColumn(table=step.table, column=step.column.name), ctx)
 
 
+# A string literal, a quoted name, a bare name, a number, or a dot (the next name belongs to
+# another table).
+_TOKEN = re.compile(
+    r"""'(?:[^']|'')*'|"((?:[^"]|"")*)"|([^\W\d][\w$]*)|\.?\d[\d.]*(?:[eE][+-]?\d+)?|(\.)"""
+)
+
+
 def _mentions(expr: str, column: str) -> bool:
-    return (
-        re.search(rf'(?<![\w$."]){re.escape(column)}(?![\w$"])|"{re.escape(column)}"', expr)
-        is not None
-    )
+    """Whether `expr` names `column`: bare names fold to lower case, string literals do not count."""
+    qualified = False
+    for m in _TOKEN.finditer(expr):
+        quoted, bare, dot = m.groups()
+        if dot is not None:
+            qualified = True
+            continue
+        name = quoted.replace('""', '"') if quoted is not None else bare and bare.lower()
+        if name == column and not qualified:
+            return True
+        qualified = False
+    return False
 
 
 @forward(DropColumn)

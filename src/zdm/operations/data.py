@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zdm.ddl import Action, BackfillJob, Check, LockMode, Statement, Txn, user_sql
+from zdm.ddl import (
+    Action,
+    BackfillJob,
+    BackfillSource,
+    Check,
+    LockMode,
+    Statement,
+    Txn,
+    user_sql,
+)
+from zdm.ddl.sqltext import without_own_transaction
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import Backfill, Sql, Verify
 
@@ -29,7 +39,9 @@ def backfill(step: Backfill, ctx: Context) -> list[Action]:
             set=backfill_mapping(step, ctx),
             where=step.where,
             options=step,
-            source=step.from_,
+            source=BackfillSource(ctx.table(step.from_.table), step.from_.on)
+            if step.from_ is not None
+            else None,
             label=f"backfill {table}",
         )
     ]
@@ -59,6 +71,8 @@ def _sql_text(inline: str | None, file: str | None, base: Path | None) -> str | 
 
 
 def _raw(text: str, step: Sql, label: str) -> list[Action]:
+    if step.transactional:
+        text = without_own_transaction(text)  # the step runs in a transaction of its own
     lock = LockMode.parse(step.lock) if step.lock else LockMode.ACCESS_EXCLUSIVE
     stmt = Statement(
         user_sql(text),

@@ -11,7 +11,7 @@ from psycopg import sql
 from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
-from zdm.operations.base import Context, forward, inverse
+from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import DropDualWrite, DualWrite
 
 
@@ -32,11 +32,14 @@ def trigger_body(set_: dict[str, str], reverse: dict[str, str]) -> str:
     """PL/pgSQL of the trigger function.
 
     INSERT: a mapped column the writer left NULL is computed. UPDATE: a mapped column the writer
-    did not change is recomputed; when the writer changed a new column itself, the old columns of
-    `reverse` that it did not change are derived from it. Writer changes are decided before any
-    assignment, so the trigger's own assignments never count as the writer's.
+    did not change is recomputed; when the writer changed a new column itself, to a value the old
+    columns do not already map to, the old columns of `reverse` that it did not change are
+    derived from it (a backfill writes exactly what they map to: deriving them back through a
+    lossy reverse would rewrite old data). Writer changes are decided before any assignment, so
+    the trigger's own assignments never count as the writer's.
+    `use_column`: a column named like a PL/pgSQL variable (old, new, found) is the column.
     """
-    lines = ["DECLARE", "  zdm_new_changed boolean := false;"]
+    lines = ["#variable_conflict use_column", "DECLARE", "  zdm_new_changed boolean := false;"]
     lines += [f"  zdm_changed_{i} boolean := false;" for i in range(len(set_) + len(reverse))]
     lines += ["BEGIN", "  IF TG_OP = 'INSERT' THEN"]
     for col, expr in reverse.items():
@@ -49,7 +52,10 @@ def trigger_body(set_: dict[str, str], reverse: dict[str, str]) -> str:
     for i, col in enumerate(cols):
         lines.append(f"  zdm_changed_{i} := NEW.{_q(col)} IS DISTINCT FROM OLD.{_q(col)};")
     if reverse:
-        changed_new = " OR ".join(f"zdm_changed_{i}" for i in range(len(set_)))
+        changed_new = " OR ".join(
+            f"(zdm_changed_{i} AND NEW.{_q(col)} IS DISTINCT FROM {_eval(expr)})"
+            for i, (col, expr) in enumerate(set_.items())
+        )
         lines.append(f"  zdm_new_changed := {changed_new};")
         for j, (col, expr) in enumerate(reverse.items(), start=len(set_)):
             lines.append(
@@ -134,7 +140,10 @@ def undo_drop_dual_write(step: DropDualWrite, ctx: Context) -> list[Action]:
     for dw in ctx.dual_writes(table):
         if dw.trigger_name == step.trigger_name:
             return dual_write(dw, ctx)
-    return []
+    # Undoing nothing would leave the new columns silently unmaintained for old writers.
+    raise Irreversible(
+        f"drop_dual_write {step.trigger_name}: the plan has no dual_write step that defines it"
+    )
 
 
 def expression(expr: str) -> sql.Composed:

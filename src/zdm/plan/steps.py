@@ -488,6 +488,93 @@ class Sql(StepSpec):
         return self
 
 
+# --- versioned views ----------------------------------------------------------------------
+
+
+class ExposeTable(PlanModel):
+    """One table's new shape, shown as a simple (auto-updatable) view of it."""
+
+    table: QualifiedName
+    view: Name | None = None
+    """The view's name; defaults to the table's name."""
+    columns: list[Name] | None = Field(default=None, min_length=1)
+    """The table's columns the view shows, in order; defaults to all of them minus ``hide``."""
+    hide: list[Name] = Field(default_factory=list)
+    """Columns the view leaves out (the old shape), when ``columns`` is not given."""
+    rename: dict[Name, Name] = Field(default_factory=dict)
+    """Table column -> the name the view shows it under."""
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> Self:
+        if self.columns is not None and self.hide:
+            raise PlanValueError(
+                "give either 'columns' (what the view shows) or 'hide' (what it leaves out), "
+                "not both",
+                "hide",
+            )
+        for field, names in (("columns", self.columns or []), ("hide", self.hide)):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise PlanValueError(f"column {twice[0]!r} is listed twice", field)
+        for old in self.rename:
+            if self.columns is not None and old not in self.columns:
+                raise PlanValueError(
+                    f"renamed column {old!r} is not among the view's columns", "rename"
+                )
+            if old in self.hide:
+                raise PlanValueError(f"column {old!r} is both hidden and renamed", "rename")
+        shown = [self.rename.get(name, name) for name in self.columns or []]
+        targets = list(self.rename.values())
+        for names in (shown, targets):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise PlanValueError(
+                    f"the view would show two columns named {twice[0]!r}", "rename"
+                )
+        return self
+
+    @property
+    def view_name(self) -> str:
+        """The view's name: ``view``, else the table's own name."""
+        return self.view or bare_name(self.table)
+
+
+class Expose(StepSpec):
+    """A schema of simple views showing each changed table in its new shape.
+
+    A new application version sets ``search_path`` to this schema (then the base schema) and
+    reads and writes through the views, while the old version keeps using the base tables.
+    """
+
+    kind = "expose"
+    model_config = ConfigDict(validate_by_name=True)
+
+    schema_: Name = Field(alias="schema")
+    """The version schema, e.g. ``app_v2``; zdm creates it and owns it."""
+    tables: list[ExposeTable] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_views(self) -> Self:
+        names = [table.view_name for table in self.tables]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise PlanValueError(
+                f"two views would be named {twice[0]!r}; give one of them another 'view' name",
+                "tables",
+            )
+        return self
+
+
+class Unexpose(StepSpec):
+    """Drop a version schema made by ``expose``, with its views."""
+
+    kind = "unexpose"
+    destructive = True
+    model_config = ConfigDict(validate_by_name=True)
+
+    schema_: Name = Field(alias="schema")
+
+
 STEP_KINDS: dict[str, type[StepSpec]] = {
     cls.kind: cls
     for cls in (
@@ -513,6 +600,8 @@ STEP_KINDS: dict[str, type[StepSpec]] = {
         Backfill,
         Verify,
         Sql,
+        Expose,
+        Unexpose,
     )
 }
 """Every step kind by its YAML key, in the order of DESIGN.md's table."""

@@ -78,6 +78,15 @@ CREATE TABLE IF NOT EXISTS {s}.events (
     event text NOT NULL,
     detail jsonb NOT NULL DEFAULT '{{}}'
 );
+CREATE TABLE IF NOT EXISTS {s}.migrations (
+    version text PRIMARY KEY,
+    name text NOT NULL,
+    plan text NOT NULL,
+    file text NOT NULL,
+    sha256 text NOT NULL,
+    run_id bigint REFERENCES {s}.runs ON DELETE SET NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
 """
 
 # Serialises concurrent first runs creating the schema (CREATE … IF NOT EXISTS races otherwise).

@@ -374,31 +374,35 @@ class Store:
             )
             return [BackfillRow(**r) for r in cur.fetchall()]
 
-    def backfill_start(
+    def backfill_init(
         self,
         conn: psycopg.Connection[Any],
         run_id: int,
-        ordinal: int,
-        worker: int,
-        *,
-        rows_estimated: int,
-        last_key: list[str] | None = None,
-        end_key: list[str] | None = None,
+        ordinals: Sequence[int],
+        ranges: Sequence[tuple[list[str] | None, list[str] | None, int]],
     ) -> None:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (run_id, ordinal, worker, rows_estimated, last_key, end_key)"
-                " VALUES (%s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (run_id, ordinal, worker) DO UPDATE SET rows_estimated = excluded.rows_estimated"
-            ).format(self.t("backfills")),
-            [run_id, ordinal, worker, rows_estimated, _json(last_key), _json(end_key)],
-        )
+        """One checkpoint row per worker and step: (start after, end at, rows estimated).
+
+        Call it inside a transaction: a crash must not leave half of the ranges behind.
+        """
+        with conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (run_id, ordinal, worker, last_key, end_key, rows_estimated)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, ordinal, worker) DO NOTHING"
+                ).format(self.t("backfills")),
+                [
+                    (run_id, ordinal, worker, _json(last), _json(end), estimated)
+                    for ordinal in ordinals
+                    for worker, (last, end, estimated) in enumerate(ranges)
+                ],
+            )
 
     def checkpoint(
         self,
         conn: psycopg.Connection[Any],
         run_id: int,
-        ordinal: int,
+        ordinals: Sequence[int],
         worker: int,
         *,
         last_key: list[str] | None,
@@ -406,48 +410,78 @@ class Store:
         updated: int,
         batch_size: int,
         rate: float | None,
-        throttle: str | None = None,
-        done: bool = False,
     ) -> None:
+        """A batch's checkpoint: call it in the batch's own transaction."""
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET last_key = %s, rows_done = rows_done + %s, rows_updated = rows_updated + %s,"
-                " batch_size = %s, batches = batches + 1, rate = %s, throttle = %s, done = %s,"
-                " updated_at = clock_timestamp() WHERE run_id = %s AND ordinal = %s AND worker = %s"
+                "UPDATE {} SET last_key = %s, rows_done = rows_done + %s,"
+                " rows_updated = rows_updated + %s, batch_size = %s, batches = batches + 1,"
+                " rate = %s, updated_at = clock_timestamp()"
+                " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s"
             ).format(self.t("backfills")),
-            [
-                _json(last_key),
-                walked,
-                updated,
-                batch_size,
-                rate,
-                throttle,
-                done,
-                run_id,
-                ordinal,
-                worker,
-            ],
+            [_json(last_key), walked, updated, batch_size, rate, run_id, list(ordinals), worker],
         )
 
-    def backfill_state(
+    def backfill_finished(
+        self, conn: psycopg.Connection[Any], run_id: int, ordinals: Sequence[int], worker: int
+    ) -> None:
+        """A worker walked its whole range."""
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET done = true, rate = NULL, throttle = NULL,"
+                " updated_at = clock_timestamp()"
+                " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s"
+            ).format(self.t("backfills")),
+            [run_id, list(ordinals), worker],
+        )
+
+    def backfill_throttle(
         self,
         conn: psycopg.Connection[Any],
         run_id: int,
-        ordinal: int,
-        worker: int,
-        *,
-        throttle: str | None = None,
-        done: bool | None = None,
-        reset: bool = False,
+        ordinals: Sequence[int],
+        throttle: str | None,
     ) -> None:
+        """Why the walk waits (a throttle, a pause), or None: what `zdm status` shows."""
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET throttle = %s, done = coalesce(%s, done),"
-                " last_key = CASE WHEN %s THEN NULL ELSE last_key END, updated_at = clock_timestamp()"
-                " WHERE run_id = %s AND ordinal = %s AND worker = %s"
+                "UPDATE {} SET throttle = %s, updated_at = clock_timestamp()"
+                " WHERE run_id = %s AND ordinal = ANY(%s) AND NOT done"
             ).format(self.t("backfills")),
-            [throttle, done, reset, run_id, ordinal, worker],
+            [throttle, run_id, list(ordinals)],
         )
+
+    def backfill_restart(
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinals: Sequence[int],
+        last_end: list[str] | None,
+    ) -> None:
+        """Another pass: each worker starts again where the range before its own ends.
+
+        `last_end` replaces the end of the last worker's range when given (a ctid walk ends at
+        the table's size, which may have grown).
+        """
+        with conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {t} b SET last_key = (SELECT p.end_key FROM {t} p"
+                    " WHERE p.run_id = b.run_id AND p.ordinal = b.ordinal AND p.worker = b.worker - 1),"
+                    " done = false, rate = NULL, updated_at = clock_timestamp()"
+                    " WHERE b.run_id = %s AND b.ordinal = ANY(%s)"
+                ).format(t=self.t("backfills")),
+                [run_id, list(ordinals)],
+            )
+            if last_end is not None:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {t} SET end_key = %s WHERE run_id = %s AND ordinal = ANY(%s)"
+                        " AND worker = (SELECT max(worker) FROM {t} WHERE run_id = %s"
+                        " AND ordinal = ANY(%s))"
+                    ).format(t=self.t("backfills")),
+                    [_json(last_end), run_id, list(ordinals), run_id, list(ordinals)],
+                )
 
     # -- events ------------------------------------------------------------------------------
 

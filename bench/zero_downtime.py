@@ -1,0 +1,190 @@
+"""Does the application stall? plans/add_phone.yaml against the naive way, under the same traffic.
+
+Every scenario gets its own copy of one seeded database on one embedded server, and the same
+application traffic (`zdm.traffic`): a baseline (traffic, no migration); the naive statements
+(ADD COLUMN, one big UPDATE, CREATE INDEX, a validated CHECK, SET NOT NULL with its scan); zdm
+running the plan; and both again with a transaction holding ACCESS SHARE on users for
+`--blocker` seconds as the migration starts (the lock-queue hazard).
+
+    python bench/zero_downtime.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from zdm.demo.run import (
+    APP_HEADER,
+    Scenario,
+    app_cells,
+    run_baseline,
+    run_naive,
+    run_zdm,
+    seeded_database,
+    table,
+)
+from zdm.logs import configure
+from zdm.testing import EmbeddedServer
+from zdm.traffic import TrafficReport
+
+SCENARIOS = ("baseline", "naive", "zdm", "zdm+blocker", "naive+blocker")
+
+
+def clone(admin_dsn: str, template: str, name: str) -> str:
+    """A copy of database `template` (a file copy: much faster than seeding again)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    return make_conninfo(admin_dsn, dbname=name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--pause-ms", type=float, default=1.0, help="think time per statement")
+    parser.add_argument("--blocker", type=float, default=5.0, help="seconds the blocker holds")
+    parser.add_argument("--baseline-seconds", type=float, default=3.0)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    configure("console", args.log_level)
+    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(wanted) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+
+    rows_out: list[list[str]] = []
+    detail: dict[str, Any] = {}
+    started = time.monotonic()
+    load = os.getloadavg()
+    with EmbeddedServer(fast=True) as server:
+        with psycopg.connect(server.dsn) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        version = str(row[0]) if row else "?"
+        t = time.monotonic()
+        seeded_database(server.dsn, "template_users", args.rows)
+        print(f"seeded {args.rows:,} users in {time.monotonic() - t:.0f} s", file=sys.stderr)
+        for i, name in enumerate(wanted):
+            db = f"bench_{i}"
+            dsn = clone(server.dsn, "template_users", db)
+            print(f"running {name}", file=sys.stderr)
+            blocker = args.blocker if name.endswith("+blocker") else 0.0
+            common: dict[str, Any] = {
+                "threads": args.threads,
+                "pause_ms": args.pause_ms,
+            }
+            if name == "baseline":
+                report = run_baseline(dsn, max(args.baseline_seconds, 20.0), **common)
+                rows_out.append(_row(name, report, None, "-", ""))
+                detail[name] = {"app": report.as_dict()}
+                continue
+            runner = run_zdm if name.startswith("zdm") else run_naive
+            result = runner(
+                dsn,
+                baseline_s=args.baseline_seconds,
+                blocker_s=blocker,
+                name=name,
+                **common,
+            )
+            assert result.during is not None
+            rows_out.append(
+                _row(name, result.during, result, f"{result.duration_s:.1f} s", _cause(result))
+            )
+            detail[name] = _detail(result)
+            _print_stalls(result)
+    print(
+        f"\nzero_downtime: {args.rows:,} users, PostgreSQL {version}, {args.threads} application"
+        f" threads ({args.pause_ms:g} ms think time), blocker {args.blocker:g} s"
+    )
+    print(
+        table(
+            ["scenario", *APP_HEADER, "migration", "ok", "longest stall during"],
+            rows_out,
+            indent="",
+        )
+    )
+    print(
+        f"\nbench wall time {time.monotonic() - started:.0f} s; load average at the start"
+        f" {load[0]:.1f}, at the end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": args.rows, "version": version, "scenarios": detail}, f, indent=2)
+    return 0
+
+
+def _row(
+    name: str, app: TrafficReport, result: Scenario | None, duration: str, cause: str
+) -> list[str]:
+    ok = "-" if result is None else ("yes" if result.ok else "FAILED")
+    return [name, *app_cells(app), duration, ok, cause]
+
+
+def _cause(result: Scenario) -> str:
+    if not result.stalls:
+        return ""
+    worst = max(result.stalls, key=lambda s: s.ms)
+    return worst.during
+
+
+def _detail(result: Scenario) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "message": result.message,
+        "duration_s": round(result.duration_s, 3),
+        "baseline": result.baseline.as_dict() if result.baseline else None,
+        "during": result.during.as_dict() if result.during else None,
+        "parts": [
+            {
+                "name": p.name,
+                "duration_s": round(p.duration_s, 3),
+                "detail": p.detail,
+                "app": p.app.as_dict(),
+            }
+            for p in result.parts
+        ],
+        "stalls": [
+            {"at_s": round(s.at_s, 3), "kind": s.kind, "ms": round(s.ms, 1), "during": s.during}
+            for s in result.stalls
+        ],
+        "downtime": result.record["downtime"] if result.record else None,
+        "lock_waits": result.record["lock_waits"] if result.record else None,
+    }
+
+
+def _print_stalls(result: Scenario) -> None:
+    print(f"{result.name}: {result.message} in {result.duration_s:.1f} s", file=sys.stderr)
+    print(
+        table(
+            ["part", "duration", *APP_HEADER, ""],
+            [[p.name, f"{p.duration_s:.2f} s", *app_cells(p.app), p.detail] for p in result.parts],
+        ),
+        file=sys.stderr,
+    )
+    for s in sorted(result.stalls, key=lambda s: -s.ms)[:15]:
+        print(
+            f"  stall {s.ms:7.0f} ms {s.kind:6} at {s.at_s:7.2f} s during {s.during}",
+            file=sys.stderr,
+        )
+    if result.record:
+        for w in result.record["lock_waits"]:
+            print(f"  {w['event']} {w.get('unit')} at {w['at']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

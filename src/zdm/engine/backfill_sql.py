@@ -1,0 +1,382 @@
+"""The SQL of a backfill walk: the key it walks, each batch's statements, the split into ranges.
+
+Pure functions of the jobs and the key, so the dry-run prints exactly what the backfill runs;
+plus the few catalog reads that choose the key and split the key space between workers.
+
+Every batch is bounded by a key range, `key > last AND key <= upper`, the upper bound found by
+an index-only scan limited to the batch size (and to the worker's own `end`), so each UPDATE is
+an index range scan. (An UPDATE joined to a LIMIT subquery of keys is planned as a hash join
+over the whole table, and the backfill turns quadratic.) A table without a usable key is
+walked by `ctid` page ranges, a TID range scan on PostgreSQL 14 and later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from zdm.ddl import BackfillJob, Table, user_sql
+
+# Keys sampled to split the key space between workers (TABLESAMPLE SYSTEM reads whole pages).
+SPLIT_SAMPLE_ROWS = 20_000
+# TID range scans (`ctid >= '(p,0)' AND ctid < '(q,0)'`) exist from PostgreSQL 14.
+CTID_MIN_SERVER = 140000
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a backfill walks: key columns in index order, or no columns for a `ctid` walk."""
+
+    columns: tuple[str, ...]
+    source: str = "primary key"
+
+    @property
+    def ctid(self) -> bool:
+        return not self.columns
+
+    def refs(self, table: Table | None = None) -> list[sql.Composable]:
+        """The key columns, qualified by `table` when another table joins the statement."""
+        if table is None:
+            return [sql.Identifier(c) for c in self.columns]
+        return [sql.Identifier(table.schema, table.name, c) for c in self.columns]
+
+    def row(self, table: Table | None = None) -> sql.Composed:
+        return sql.SQL("({})").format(sql.SQL(", ").join(self.refs(table)))
+
+    def params(self) -> sql.Composed:
+        return sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(self.columns)))
+
+    def describe(self) -> str:
+        if self.ctid:
+            return "ctid page ranges"
+        return f"{self.source} ({', '.join(self.columns)})"
+
+
+CTID = Key((), "ctid")
+
+
+def find_key(conn: psycopg.Connection[Any], table: Table) -> Key | None:
+    """The key to walk: the primary key, else the narrowest unique btree index on NOT NULL
+    plain columns; CTID when there is none; None when the table does not exist."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [_name(conn, table)]).fetchone()
+    if not (exists and exists[0]):
+        return None
+    row = conn.execute(
+        "SELECT c.relname, i.indisprimary, array_agg(a.attname::text ORDER BY k.n)"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = c.relam"
+        " CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)"
+        " LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indisvalid AND i.indisready"
+        " AND i.indpred IS NULL AND i.indexprs IS NULL AND am.amname = 'btree'"
+        " AND k.n <= i.indnkeyatts AND 0 = ALL (i.indoption::int2[])"
+        " GROUP BY c.relname, i.indisprimary"
+        " HAVING bool_and(coalesce(a.attnotnull, false))"
+        " ORDER BY i.indisprimary DESC, count(*), c.relname LIMIT 1",
+        [_name(conn, table)],
+    ).fetchone()
+    if row is None:
+        return CTID
+    name, primary, columns = row
+    return Key(tuple(columns), f"primary key {name}" if primary else f"unique index {name}")
+
+
+def primary_key(conn: psycopg.Connection[Any], table: Table) -> Key | None:
+    """The key a backfill of `table` walks (see `find_key`); None for a missing table."""
+    return find_key(conn, table)
+
+
+def ctid_unsupported(server_version: int) -> str | None:
+    """Why a ctid walk cannot run on this server, or None."""
+    if server_version >= CTID_MIN_SERVER:
+        return None
+    return (
+        "has no primary key or unique NOT NULL index, and walking it by ctid page ranges needs"
+        " PostgreSQL 14 or later (TID range scans); add a primary key first"
+    )
+
+
+# -- predicates and assignments ---------------------------------------------------------------
+
+
+def default_where(mapping: dict[str, str], table: Table | None = None) -> str:
+    """Rows where some mapped column differs from its expression (rows the trigger fixed are not).
+
+    Columns are qualified by `table` when another table joins the UPDATE and may have them too.
+    """
+
+    def column(c: str) -> str:
+        ident = sql.Identifier(c) if table is None else sql.Identifier(table.schema, table.name, c)
+        return ident.as_string(None)
+
+    return " OR ".join(f"{column(c)} IS DISTINCT FROM ({e})" for c, e in mapping.items())
+
+
+def job_where(job: BackfillJob) -> str:
+    """The rows a job updates: its `where`, else the rows whose mapped columns differ."""
+    return job.where or default_where(job.set, job.table if job.source is not None else None)
+
+
+def predicate(jobs: Sequence[BackfillJob]) -> sql.Composed:
+    """Rows that some job of the walk updates."""
+    if len(jobs) == 1:
+        return sql.SQL("({})").format(user_sql(job_where(jobs[0])))
+    return sql.SQL("({})").format(
+        sql.SQL(" OR ").join(sql.SQL("({})").format(user_sql(job_where(j))) for j in jobs)
+    )
+
+
+def assignments(jobs: Sequence[BackfillJob]) -> sql.Composed:
+    """The SET list; several jobs in one walk each change only the rows their `where` selects."""
+    if len(jobs) == 1:
+        return sql.SQL(", ").join(
+            sql.SQL("{} = ({})").format(sql.Identifier(c), user_sql(e))
+            for c, e in jobs[0].set.items()
+        )
+    parts = []
+    for job in jobs:
+        for c, e in job.set.items():
+            parts.append(
+                sql.SQL("{c} = CASE WHEN ({w}) THEN ({e}) ELSE {c} END").format(
+                    c=sql.Identifier(c), w=user_sql(job_where(job)), e=user_sql(e)
+                )
+            )
+    return sql.SQL(", ").join(parts)
+
+
+def _source(jobs: Sequence[BackfillJob]) -> tuple[sql.Composable, sql.Composable, Table | None]:
+    """(FROM clause, join condition, table qualifying the key) of a cross-table backfill."""
+    source = jobs[0].source
+    if source is None:
+        return sql.SQL(""), sql.SQL(""), None
+    return (
+        sql.SQL(" FROM {}").format(source.table.ident()),
+        sql.SQL("({}) AND ").format(user_sql(source.on)),
+        jobs[0].table,
+    )
+
+
+# -- one batch --------------------------------------------------------------------------------
+
+
+def timeouts_sql(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.Composed:
+    """Opens a batch's transaction: the batch gives up on a row lock fast, and cannot run long."""
+    return sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+        sql.Literal(f"{lock_timeout_ms}ms"), sql.Literal(f"{statement_timeout_ms}ms")
+    )
+
+
+def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.Composed:
+    """The last key of the next batch and the batch's row count: an index-only scan.
+
+    Parameters: the last key (when `lower`), the worker's end key (when `upper`), the batch size.
+    """
+    conds = []
+    if lower:
+        conds.append(sql.SQL("{} > {}").format(key.row(), key.params()))
+    if upper:
+        conds.append(sql.SQL("{} <= {}").format(key.row(), key.params()))
+    where = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conds)) if conds else sql.SQL("")
+    # Qualified: a bare name in ORDER BY would mean the ::text output column and sort as text.
+    desc = sql.SQL(", ").join(
+        sql.SQL("{} DESC").format(sql.Identifier("s", c)) for c in key.columns
+    )
+    cols = sql.SQL(", ").join(key.refs())
+    return sql.SQL(
+        "SELECT {texts}, count(*) OVER () FROM (SELECT {cols} FROM {t}{where} ORDER BY {cols}"
+        " LIMIT %s) s ORDER BY {desc} LIMIT 1"
+    ).format(
+        texts=sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier("s", c)) for c in key.columns
+        ),
+        cols=cols,
+        t=table.ident(),
+        where=where,
+        desc=desc,
+    )
+
+
+def batch_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Composed:
+    """The UPDATE of one batch: the key range, the join, the predicate, the mapping.
+
+    Parameters: the last key (when `lower`), then the batch's upper key.
+    """
+    table = jobs[0].table
+    from_, on, qualify = _source(jobs)
+    bounds = sql.SQL("{} <= {}").format(key.row(qualify), key.params())
+    if lower:
+        bounds = sql.SQL("{} > {} AND {}").format(key.row(qualify), key.params(), bounds)
+    return sql.SQL("UPDATE {t} SET {a}{from_} WHERE {on}{bounds} AND {w}").format(
+        t=table.ident(),
+        a=assignments(jobs),
+        from_=from_,
+        on=on,
+        bounds=bounds,
+        w=predicate(jobs),
+    )
+
+
+def ctid_batch_sql(jobs: Sequence[BackfillJob]) -> sql.Composed:
+    """One batch of a ctid walk: the rows of a page range (a TID range scan) and the UPDATE.
+
+    Returns (rows in the pages, rows updated); the count sees the snapshot before the UPDATE.
+    Parameters: first page's tid and the tid after the last page, twice.
+    """
+    table = jobs[0].table
+    from_, on, _ = _source(jobs)
+    ctid = sql.Identifier(table.schema, table.name, "ctid")
+    pages = sql.SQL("{c} >= %s::tid AND {c} < %s::tid").format(c=ctid)
+    return sql.SQL(
+        "WITH zdm_batch AS (UPDATE {t} SET {a}{from_} WHERE {on}{pages} AND {w} RETURNING 1)"
+        " SELECT (SELECT count(*) FROM {t} WHERE {pages}), (SELECT count(*) FROM zdm_batch)"
+    ).format(
+        t=table.ident(),
+        a=assignments(jobs),
+        from_=from_,
+        on=on,
+        pages=pages,
+        w=predicate(jobs),
+    )
+
+
+def tid(page: int) -> str:
+    return f"({page},0)"
+
+
+def remaining_sql(jobs: Sequence[BackfillJob] | BackfillJob) -> sql.Composed:
+    """Whether any row still needs the backfill: the proof before the step is marked done."""
+    jobs = [jobs] if isinstance(jobs, BackfillJob) else list(jobs)
+    source = jobs[0].source
+    if source is None:
+        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+            jobs[0].table.ident(), predicate(jobs)
+        )
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {}, {} WHERE ({}) AND {})").format(
+        jobs[0].table.ident(), source.table.ident(), user_sql(source.on), predicate(jobs)
+    )
+
+
+# -- sizes and splits -------------------------------------------------------------------------
+
+
+def estimate_rows(conn: psycopg.Connection[Any], table: Table) -> int:
+    """The planner's row count of `table`; a count(*) when it was never analyzed."""
+    row = conn.execute(
+        "SELECT CASE WHEN reltuples < 0 THEN NULL ELSE reltuples::bigint END FROM pg_class"
+        " WHERE oid = to_regclass(%s)",
+        [_name(conn, table)],
+    ).fetchone()
+    if row and row[0] is not None and (row[0] > 0 or _pages(conn, table) == 0):
+        return int(row[0])
+    counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident())).fetchone()
+    return int(counted[0]) if counted else 0
+
+
+def _pages(conn: psycopg.Connection[Any], table: Table) -> int:
+    row = conn.execute(
+        "SELECT pg_relation_size(to_regclass(%s)) / current_setting('block_size')::int",
+        [_name(conn, table)],
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def table_pages(conn: psycopg.Connection[Any], table: Table) -> int:
+    """The table's size in pages now: where a ctid walk ends."""
+    return _pages(conn, table)
+
+
+def split_sql(table: Table, key: Key, workers: int, percent: float) -> sql.Composed:
+    """The last key of each of `workers` equal slices of a sample of the keys, but the last."""
+    cols = sql.SQL(", ").join(key.refs())
+    desc = sql.SQL(", ").join(
+        sql.SQL("{} DESC").format(sql.Identifier("s", c)) for c in key.columns
+    )
+    sample = (
+        sql.SQL("")
+        if percent >= 100
+        else sql.SQL(" TABLESAMPLE SYSTEM ({})").format(sql.Literal(round(percent, 6)))
+    )
+    return sql.SQL(
+        "SELECT {texts} FROM (SELECT DISTINCT ON (s.zdm_slice) s.* FROM"
+        " (SELECT {cols}, ntile({n}) OVER (ORDER BY {cols}) AS zdm_slice FROM {t}{sample}) s"
+        " ORDER BY s.zdm_slice, {desc}) s WHERE s.zdm_slice < {n} ORDER BY s.zdm_slice"
+    ).format(
+        texts=sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier("s", c)) for c in key.columns
+        ),
+        cols=cols,
+        n=sql.Literal(workers),
+        t=table.ident(),
+        sample=sample,
+        desc=desc,
+    )
+
+
+def split_keys(
+    conn: psycopg.Connection[Any], table: Table, key: Key, workers: int, rows: int
+) -> list[list[str]]:
+    """Boundaries between `workers` key ranges of about equal row counts, from a key sample.
+
+    Range i is (boundary[i-1], boundary[i]]; the first starts at the table's start and the last
+    runs to its end, so keys inserted later are covered. Fewer boundaries come back when the
+    table has fewer distinct keys than workers.
+    """
+    if workers <= 1:
+        return []
+    percent = 100.0 if rows <= SPLIT_SAMPLE_ROWS else 100.0 * SPLIT_SAMPLE_ROWS / rows
+    found = conn.execute(split_sql(table, key, workers, percent)).fetchall()
+    bounds: list[list[str]] = []
+    for r in found:
+        values = [str(v) for v in r]
+        if not bounds or values != bounds[-1]:
+            bounds.append(values)
+    return bounds
+
+
+# -- merging several backfills of one table into one walk -------------------------------------
+
+
+def merge_conflict(walk: Sequence[BackfillJob], job: BackfillJob) -> str | None:
+    """Why `job` cannot join the walk of the earlier `walk` jobs (None when it can).
+
+    One UPDATE evaluates every expression over the row as it was before the batch; run one
+    after the other, a later step would see what an earlier one wrote. So a later job must not
+    set or read a column an earlier one sets; and options, sources must be the same.
+    """
+    first = walk[0]
+    if job.table != first.table:
+        return "another table"
+    if job.source is not None or first.source is not None:
+        return "a cross-table backfill (from) walks alone"
+    if _walk_options(job) != _walk_options(first):
+        return "different batch or throttle options"
+    earlier = {c for j in walk for c in j.set}
+    if earlier & set(job.set):
+        return f"sets {', '.join(sorted(earlier & set(job.set)))} again"
+    text = " ".join([job_where(job), *job.set.values()])
+    read = sorted(c for c in earlier if _mentions(text, c))
+    if read:
+        return f"reads {', '.join(read)}, which an earlier backfill sets"
+    return None
+
+
+def _walk_options(job: BackfillJob) -> dict[str, Any]:
+    opts = job.options
+    if opts is None or not hasattr(opts, "model_dump"):
+        return {}
+    dumped: dict[str, Any] = opts.model_dump(exclude={"table", "set", "where", "from_"})
+    return dumped
+
+
+def _mentions(text: str, column: str) -> bool:
+    """Whether SQL `text` may name `column` (a word match, quoted or not; errs on yes)."""
+    return re.search(rf"(?<![\w$]){re.escape(column)}(?![\w$])", text, re.IGNORECASE) is not None
+
+
+def _name(conn: psycopg.Connection[Any] | None, table: Table) -> str:
+    return table.ident().as_string(conn)

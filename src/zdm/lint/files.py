@@ -1,0 +1,139 @@
+"""Which files `zdm lint` reads, in which order, and how their tool runs them.
+
+A directory is searched recursively for ``.sql`` files and plan files (``.yaml``/``.yml`` with
+``phases``; other YAML such as CI configuration is skipped). Files are read in migration order
+(Flyway ``V<version>__name.sql`` by version, others by name with numbers compared as numbers),
+so that earlier migrations tell later ones what their columns are.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from zdm.lint.context import Wrap
+
+PLAN_SUFFIXES = (".yaml", ".yml")
+_FLYWAY = re.compile(r"^([VUR])(\d+(?:[._]\d+)*)?__", re.IGNORECASE)
+
+
+class LintError(Exception):
+    """A file that cannot be linted (unreadable, not SQL, not a plan): exit code 2."""
+
+    def __init__(self, file: str, message: str, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.file = file
+        self.message = message
+        self.line = line
+        self.column = column
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LintFile:
+    path: Path
+    plan: bool
+
+    @property
+    def undo(self) -> bool:
+        """A Flyway undo migration: it reverses history instead of adding to it."""
+        match = _FLYWAY.match(self.path.name)
+        return bool(match and match.group(1).upper() == "U")
+
+
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part.lower())
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
+def migration_order(path: Path, root: Path) -> tuple[object, ...]:
+    """Versioned files (Flyway ``V2__x``, or a leading number) by version, then the rest
+    (repeatable, undo, plans) by natural name."""
+    name = _natural(str(path.relative_to(root)))
+    match = _FLYWAY.match(path.name)
+    if match:
+        kind = {"V": 0, "R": 1, "U": 2}[match.group(1).upper()]
+        version = tuple(int(p) for p in re.split(r"[._]", match.group(2) or "") if p)
+        return (kind, version, name)
+    number = re.match(r"\d+", path.name)
+    if number:
+        return (0, (int(number.group()),), name)
+    return (1, (), name)
+
+
+def _looks_like_plan(path: Path) -> bool:
+    from zdm.plan.yamlsource import YamlSyntaxError, read_yaml
+
+    try:
+        data = read_yaml(path.read_text(encoding="utf-8")).data
+    except (OSError, UnicodeDecodeError, YamlSyntaxError):
+        return False
+    return isinstance(data, dict) and "phases" in data
+
+
+def discover(paths: list[str]) -> tuple[list[LintFile], list[LintError]]:
+    """The files to lint, in order, and the paths that do not exist."""
+    files: list[LintFile] = []
+    errors: list[LintError] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = [
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in (".sql", *PLAN_SUFFIXES)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
+            for p in sorted(found, key=lambda p: migration_order(p, path)):
+                if p.suffix.lower() in PLAN_SUFFIXES:
+                    if _looks_like_plan(p):
+                        files.append(LintFile(p, True))
+                else:
+                    files.append(LintFile(p, False))
+        elif path.exists():
+            files.append(LintFile(path, path.suffix.lower() in PLAN_SUFFIXES))
+        else:
+            errors.append(LintError(text, "no such file or directory"))
+    return files, errors
+
+
+def wrap_of(path: Path) -> Wrap:
+    """Migration tools run a file in one transaction unless told not to (Flyway: a .conf file)."""
+    conf = path.with_name(path.name + ".conf")
+    if conf.is_file():
+        try:
+            lines = conf.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            lines = []
+        for line in lines:
+            key, _, value = line.partition("=")
+            if key.strip() == "executeInTransaction" and value.strip().lower() == "false":
+                return Wrap.NONE
+    return Wrap.FILE
+
+
+def read_text(path: Path) -> str:
+    """A file's text; LintError (with the line) when it cannot be read or is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise LintError(str(path), f"cannot read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise LintError(
+            str(path), f"not UTF-8 text (byte {data[error.start]:#04x})", line
+        ) from None

@@ -1,0 +1,280 @@
+"""Exact SQL of the column steps and their inverses (no database).
+
+set_not_null has two shapes: PostgreSQL <= 17 proves NOT NULL with a validated CHECK, then sets
+it without a scan; 18 adds the not-null constraint NOT VALID and validates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from ops_support import PG17, PG18, U, all_sql, ctx, plan_of, probes, shape, statement_locks
+
+from zdm.ddl import LockMode
+from zdm.operations import Irreversible, plan_inverse, plan_step
+from zdm.operations.columns import _mentions
+from zdm.plan import (
+    AddColumn,
+    DropColumn,
+    DropDefault,
+    DropNotNull,
+    NewColumn,
+    RenameColumn,
+    SetDefault,
+    SetNotNull,
+    StepSpec,
+)
+
+AE = LockMode.ACCESS_EXCLUSIVE
+SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
+NONE = LockMode.NONE
+
+T = '"public"."users"'
+
+
+def col_exists(column: str, table: str = T) -> str:
+    return (
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+        f"to_regclass('{table}') AND attname = '{column}' AND NOT attisdropped)"
+    )
+
+
+def test_add_column_nullable() -> None:
+    actions = plan_step(
+        AddColumn(table="users", column=NewColumn(name="phone", type="varchar(20)")), ctx()
+    )
+    assert shape(actions) == [U((f'ALTER TABLE {T} ADD COLUMN "phone" varchar(20)',), AE)]
+    assert probes(actions) == [col_exists("phone")]
+
+
+def test_add_column_not_null_with_constant_default() -> None:
+    step = AddColumn(
+        table="users",
+        column=NewColumn(name="active", type="boolean", nullable=False, default="true"),
+    )
+    assert shape(plan_step(step, ctx())) == [
+        U((f'ALTER TABLE {T} ADD COLUMN "active" boolean DEFAULT true NOT NULL',), AE)
+    ]
+
+
+def test_undo_add_column_drops_it() -> None:
+    step = AddColumn(table="users", column=NewColumn(name="phone", type="text"))
+    actions = plan_inverse(step, ctx())
+    assert shape(actions) == [U((f'ALTER TABLE {T} DROP COLUMN IF EXISTS "phone"',), AE)]
+    assert probes(actions) == [f"SELECT NOT ({col_exists('phone')})"]
+
+
+def test_drop_column() -> None:
+    actions = plan_step(DropColumn(table="users", column="legacy"), ctx())
+    assert shape(actions) == [U((f'ALTER TABLE {T} DROP COLUMN IF EXISTS "legacy"',), AE)]
+    assert probes(actions) == [f"SELECT NOT ({col_exists('legacy')})"]
+
+
+DUAL_WRITE_PLAN = """
+additive:
+  - add_column: {table: users, column: {name: email_lower, type: text}}
+dual_write:
+  - dual_write: {table: users, set: {email_lower: "lower(EMAIL)"}}
+  - dual_write: {table: users, name: keep_me, set: {nick: "coalesce(first_name, 'x')"}}
+cleanup:
+  - drop_column: {table: users, column: email}
+"""
+
+
+def test_drop_column_drops_a_dual_write_trigger_reading_it_in_the_same_transaction() -> None:
+    plan = plan_of(DUAL_WRITE_PLAN)
+    actions = plan_step(plan.phases.cleanup[0], ctx(plan=plan))
+    # One transaction: trigger, function, column; the other trigger reads first_name only.
+    assert shape(actions) == [
+        U(
+            (
+                f'DROP TRIGGER IF EXISTS "zdm_dw_users" ON {T}',
+                'DROP FUNCTION IF EXISTS "public"."zdm_dw_users"()',
+                f'ALTER TABLE {T} DROP COLUMN IF EXISTS "email"',
+            ),
+            AE,
+        )
+    ]
+    assert statement_locks(actions) == [[AE, NONE, AE]]
+
+
+@pytest.mark.parametrize(
+    ("column", "dropped"),
+    [
+        ("email_lower", True),  # the column the trigger writes
+        ("first_name", True),  # read by the second trigger
+        ("name", False),  # `first_name` is another column; `'x'` is a string
+        ("x", False),
+    ],
+)
+def test_drop_column_drops_only_the_triggers_that_use_the_column(
+    column: str, dropped: bool
+) -> None:
+    plan = plan_of(DUAL_WRITE_PLAN)
+    actions = plan_step(DropColumn(table="users", column=column), ctx(plan=plan))
+    text = all_sql(actions)
+    assert ("DROP TRIGGER" in text) is dropped
+    if column == "first_name":
+        assert '"keep_me"' in text
+        assert '"zdm_dw_users"' not in text
+
+
+@pytest.mark.parametrize(
+    ("expr", "column", "mentioned"),
+    [
+        ("lower(email)", "email", True),
+        ("LOWER(EMAIL)", "email", True),  # bare names fold to lower case
+        ('lower("Email")', "Email", True),
+        ("lower(Email)", "Email", False),  # that is column email
+        ("contact->>'phone'", "phone", False),  # a string, not a column
+        ("first_name || last_name", "name", False),
+        ("other.name", "name", False),  # another table's column
+        ("1.5 * price", "price", True),
+        ('"a ""q"" b" + 1', 'a "q" b', True),
+        ("coalesce(nick, name)", "name", True),
+    ],
+)
+def test_mentions(expr: str, column: str, mentioned: bool) -> None:
+    assert _mentions(expr, column) is mentioned
+
+
+def test_drop_column_is_irreversible() -> None:
+    with pytest.raises(Irreversible, match=r"drop_column users\.legacy"):
+        plan_inverse(DropColumn(table="users", column="legacy"), ctx())
+
+
+def test_rename_column_and_back() -> None:
+    step = RenameColumn(table="users", column="name", to="full_name")
+    forward = plan_step(step, ctx())
+    assert shape(forward) == [U((f'ALTER TABLE {T} RENAME COLUMN "name" TO "full_name"',), AE)]
+    assert probes(forward) == [f"SELECT ({col_exists('full_name')}) AND NOT ({col_exists('name')})"]
+    back = plan_inverse(step, ctx())
+    assert shape(back) == [U((f'ALTER TABLE {T} RENAME COLUMN "full_name" TO "name"',), AE)]
+
+
+def test_set_default_and_its_inverse() -> None:
+    step = SetDefault(table="users", column="status", default="'new'")
+    # Catalog only and idempotent by itself: no probe needed.
+    assert shape(plan_step(step, ctx())) == [
+        U((f"ALTER TABLE {T} ALTER COLUMN \"status\" SET DEFAULT 'new'",), AE, probe=False)
+    ]
+    assert shape(plan_inverse(step, ctx())) == [
+        U((f'ALTER TABLE {T} ALTER COLUMN "status" DROP DEFAULT',), AE, probe=False)
+    ]
+
+
+def test_drop_default_is_irreversible() -> None:
+    step = DropDefault(table="users", column="status")
+    assert shape(plan_step(step, ctx())) == [
+        U((f'ALTER TABLE {T} ALTER COLUMN "status" DROP DEFAULT',), AE, probe=False)
+    ]
+    with pytest.raises(Irreversible, match=r"drop_default users\.status"):
+        plan_inverse(step, ctx())
+
+
+NOT_NULL = (
+    'SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(\'"public"."users"\')'
+    " AND attname = 'phone' AND attnotnull)"
+)
+NULLABLE = NOT_NULL.replace("SELECT EXISTS", "SELECT NOT EXISTS")
+
+
+def test_set_not_null_pg17_check_validate_set_drop() -> None:
+    actions = plan_step(SetNotNull(table="users", column="phone"), ctx(PG17))
+    check = '"users_phone_zdm_not_null"'
+    assert shape(actions) == [
+        U((f'ALTER TABLE {T} ADD CONSTRAINT {check} CHECK ("phone" IS NOT NULL) NOT VALID',), AE),
+        U((f"ALTER TABLE {T} VALIDATE CONSTRAINT {check}",), SUE),
+        U(
+            (
+                f'ALTER TABLE {T} ALTER COLUMN "phone" SET NOT NULL',
+                f"ALTER TABLE {T} DROP CONSTRAINT IF EXISTS {check}",
+            ),
+            AE,
+        ),
+    ]
+    exists = (
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
+        "to_regclass('\"public\".\"users\"') AND conname = 'users_phone_zdm_not_null'"
+    )
+    assert probes(actions) == [
+        f"SELECT ({NOT_NULL}) OR ({exists}))",
+        f"SELECT ({NOT_NULL}) OR ({exists} AND convalidated))",
+        f"SELECT ({NOT_NULL}) AND (SELECT NOT ({exists})))",
+    ]
+    # Only the VALIDATE scans, and it lets reads and writes continue.
+    assert [[s.scans for s in a.statements] for a in actions] == [[False], [True], [False, False]]  # type: ignore[union-attr]
+
+
+def test_set_not_null_pg18_not_valid_then_validate() -> None:
+    actions = plan_step(SetNotNull(table="users", column="phone"), ctx(PG18))
+    name = '"users_phone_not_null"'
+    assert shape(actions) == [
+        U((f'ALTER TABLE {T} ADD CONSTRAINT {name} NOT NULL "phone" NOT VALID',), AE),
+        U((f"ALTER TABLE {T} VALIDATE CONSTRAINT {name}",), SUE),
+    ]
+    first, second = probes(actions)
+    assert first == NOT_NULL
+    # Validated means: attnotnull and no NOT VALID not-null constraint left on the column.
+    assert second is not None
+    assert "a.attnotnull" in second
+    assert "c.contype = 'n'" in second
+    assert "NOT c.convalidated" in second
+
+
+@pytest.mark.parametrize("version", [150000, PG17])
+def test_undo_set_not_null_pg17_drops_not_null_and_a_leftover_check(version: int) -> None:
+    actions = plan_inverse(SetNotNull(table="users", column="phone"), ctx(version))
+    assert shape(actions) == [
+        U((f'ALTER TABLE {T} ALTER COLUMN "phone" DROP NOT NULL',), AE),
+        U((f'ALTER TABLE {T} DROP CONSTRAINT IF EXISTS "users_phone_zdm_not_null"',), AE),
+    ]
+    assert probes(actions)[0] == NULLABLE
+
+
+def test_undo_set_not_null_pg18_drops_not_null() -> None:
+    # DROP NOT NULL also drops a NOT VALID not-null constraint left by a half-finished run.
+    actions = plan_inverse(SetNotNull(table="users", column="phone"), ctx(PG18))
+    assert shape(actions) == [U((f'ALTER TABLE {T} ALTER COLUMN "phone" DROP NOT NULL',), AE)]
+    assert probes(actions) == [NULLABLE]
+
+
+@pytest.mark.parametrize("version", [PG17, PG18])
+def test_drop_not_null_and_its_inverse(version: int) -> None:
+    step = DropNotNull(table="users", column="phone")
+    assert shape(plan_step(step, ctx(version))) == [
+        U((f'ALTER TABLE {T} ALTER COLUMN "phone" DROP NOT NULL',), AE)
+    ]
+    assert shape(plan_inverse(step, ctx(version))) == shape(
+        plan_step(SetNotNull(table="users", column="phone"), ctx(version))
+    )
+
+
+ODD_T = "Us\"er 's"
+ODD_C = 'Ph"one No'
+STEPS: list[StepSpec] = [
+    AddColumn(table=f"Sch.{ODD_T}", column=NewColumn(name=ODD_C, type="text", default="'x'")),
+    DropColumn(table=f"Sch.{ODD_T}", column=ODD_C),
+    RenameColumn(table=f"Sch.{ODD_T}", column=ODD_C, to=f"{ODD_C} 2"),
+    SetDefault(table=f"Sch.{ODD_T}", column=ODD_C, default="'x'"),
+    DropDefault(table=f"Sch.{ODD_T}", column=ODD_C),
+    SetNotNull(table=f"Sch.{ODD_T}", column=ODD_C),
+    DropNotNull(table=f"Sch.{ODD_T}", column=ODD_C),
+]
+
+
+@pytest.mark.parametrize("version", [PG17, PG18])
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.kind)
+def test_identifiers_are_always_quoted(step: StepSpec, version: int) -> None:
+    actions = plan_step(step, ctx(version))
+    with contextlib.suppress(Irreversible):
+        actions += plan_inverse(step, ctx(version))
+    text = all_sql(actions)
+    assert ODD_T not in text
+    assert ODD_C not in text
+    assert '"Sch"."Us""er \'s"' in text
+    assert '"Ph""one No' in text
+    if isinstance(step, SetNotNull | DropNotNull):
+        suffix = "_zdm_not_null" if version < PG18 else "_not_null"
+        assert f'"Us""er \'s_Ph""one No{suffix}"' in text

@@ -1,0 +1,125 @@
+"""What backfill, verify and sql plan, and their inverses (no database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ops_support import U, ctx, plan_of, shape
+
+from zdm.ddl import BackfillJob, Check, LockMode, Table, Txn
+from zdm.engine.executor import render
+from zdm.operations import Context, Irreversible, plan_inverse, plan_step
+from zdm.plan import Settings, Sql, Verify
+
+PLAN = """
+dual_write:
+  - dual_write: {table: users, set: {phone: "contact->>'phone'"}}
+  - dual_write: {table: users, name: second, set: {email_lower: lower(email)}}
+  - dual_write: {table: orders, set: {total: "qty * price"}}
+backfill:
+  - backfill: {table: users, batch_size: 500}
+  - backfill: {table: users, set: {phone: "'0'"}, where: phone IS NULL, batch_size: auto}
+"""
+
+
+def test_backfill_takes_the_tables_dual_write_mappings() -> None:
+    plan = plan_of(PLAN)
+    (job,) = plan_step(plan.phases.backfill[0], ctx(plan=plan))
+    assert isinstance(job, BackfillJob)
+    assert job.table == Table("public", "users")
+    assert job.set == {"phone": "contact->>'phone'", "email_lower": "lower(email)"}
+    assert job.where is None
+    assert job.options.batch_size == 500
+    assert job.label == "backfill public.users"
+
+
+def test_backfill_with_its_own_set_and_where() -> None:
+    plan = plan_of(PLAN)
+    (job,) = plan_step(plan.phases.backfill[1], ctx(plan=plan))
+    assert isinstance(job, BackfillJob)
+    assert job.set == {"phone": "'0'"}
+    assert job.where == "phone IS NULL"
+
+
+def test_backfill_and_verify_have_nothing_to_undo() -> None:
+    plan = plan_of(PLAN)
+    assert plan_inverse(plan.phases.backfill[0], ctx(plan=plan)) == []
+    assert plan_inverse(Verify(sql="SELECT 1", expect=1), ctx()) == []
+
+
+def test_verify() -> None:
+    (check,) = plan_step(
+        Verify(sql="SELECT count(*) FROM users WHERE phone IS NULL", expect=0, name="all phones"),
+        ctx(),
+    )
+    assert isinstance(check, Check)
+    assert check.query.as_string(None) == "SELECT count(*) FROM users WHERE phone IS NULL"
+    assert check.expect == 0
+    assert check.label == "all phones"
+    (unnamed,) = plan_step(Verify(sql="SELECT true", expect=True), ctx())
+    assert isinstance(unnamed, Check)
+    assert unnamed.label == "verify"
+
+
+def test_sql_with_declared_lock_and_down() -> None:
+    step = Sql(
+        up="ALTER TABLE t ADD COLUMN c int",
+        down="ALTER TABLE t DROP COLUMN c",
+        lock="ACCESS EXCLUSIVE",
+    )
+    up = plan_step(step, ctx())
+    assert shape(up) == [
+        U(("ALTER TABLE t ADD COLUMN c int",), LockMode.ACCESS_EXCLUSIVE, probe=False)
+    ]
+    down = plan_inverse(step, ctx())
+    assert shape(down) == [
+        U(("ALTER TABLE t DROP COLUMN c",), LockMode.ACCESS_EXCLUSIVE, probe=False)
+    ]
+    (txn,) = up
+    assert isinstance(txn, Txn)
+    # The author's SQL runs under the same short lock_timeout as zdm's own statements.
+    assert [q.as_string(None) for q in render(txn, Settings())] == [
+        "BEGIN",
+        "SET LOCAL lock_timeout = '200ms'",
+        "SET LOCAL statement_timeout = '0ms'",
+        "ALTER TABLE t ADD COLUMN c int",
+        "COMMIT",
+    ]
+
+
+def test_sql_without_a_declared_lock_is_treated_as_access_exclusive() -> None:
+    (txn,) = plan_step(Sql(up="UPDATE t SET a = 1"), ctx())
+    assert isinstance(txn, Txn)
+    assert txn.lock is LockMode.ACCESS_EXCLUSIVE
+    assert txn.statements[0].note == "raw SQL; lock not declared, treated as ACCESS EXCLUSIVE"
+
+
+def test_sql_outside_a_transaction() -> None:
+    step = Sql(
+        up="CREATE INDEX CONCURRENTLY i ON t (a)",
+        down="DROP INDEX CONCURRENTLY i",
+        transactional=False,
+        lock="SHARE UPDATE EXCLUSIVE",
+    )
+    sue = LockMode.SHARE_UPDATE_EXCLUSIVE
+    assert shape(plan_step(step, ctx())) == [
+        U(("CREATE INDEX CONCURRENTLY i ON t (a)",), sue, False, False)
+    ]
+    assert shape(plan_inverse(step, ctx())) == [
+        U(("DROP INDEX CONCURRENTLY i",), sue, False, False)
+    ]
+
+
+def test_sql_without_down_is_irreversible() -> None:
+    with pytest.raises(Irreversible, match="no down"):
+        plan_inverse(Sql(up="SELECT 1"), ctx())
+
+
+def test_sql_files_are_read_from_the_plans_directory(tmp_path: Path) -> None:
+    (tmp_path / "up.sql").write_text("CREATE TABLE a (id int)")
+    (tmp_path / "down.sql").write_text("DROP TABLE a")
+    step = Sql(up_file="up.sql", down_file="down.sql", lock="SHARE")
+    context = Context(base_dir=tmp_path)
+    assert shape(plan_step(step, context))[0].sql == ("CREATE TABLE a (id int)",)
+    assert shape(plan_inverse(step, context))[0].sql == ("DROP TABLE a",)

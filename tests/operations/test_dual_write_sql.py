@@ -1,0 +1,182 @@
+"""Exact SQL of dual_write and drop_dual_write (no database).
+
+The trigger and its function are created in one transaction and dropped in one transaction, so
+no write meets half of them; what the function does is proven against PostgreSQL in
+test_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ops_support import U, all_sql, ctx, plan_of, probes, shape, statement_locks
+
+from zdm.ddl import LockMode
+from zdm.operations import Irreversible, plan_inverse, plan_step
+from zdm.operations.dual_write import trigger_body
+from zdm.plan import DropDualWrite, DualWrite
+
+AE = LockMode.ACCESS_EXCLUSIVE
+SRE = LockMode.SHARE_ROW_EXCLUSIVE
+NONE = LockMode.NONE
+T = '"public"."users"'
+
+BODY = """
+#variable_conflict use_column
+DECLARE
+  zdm_new_changed boolean := false;
+  zdm_changed_0 boolean := false;
+  zdm_changed_1 boolean := false;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    IF NEW."name" IS NULL THEN NEW."name" := (SELECT (full_name) FROM (SELECT NEW.*) AS zdm_row); END IF;
+    IF NEW."full_name" IS NULL THEN NEW."full_name" := (SELECT (name) FROM (SELECT NEW.*) AS zdm_row); END IF;
+    RETURN NEW;
+  END IF;
+  zdm_changed_0 := NEW."full_name" IS DISTINCT FROM OLD."full_name";
+  zdm_changed_1 := NEW."name" IS DISTINCT FROM OLD."name";
+  zdm_new_changed := (zdm_changed_0 AND NEW."full_name" IS DISTINCT FROM (SELECT (name) FROM (SELECT NEW.*) AS zdm_row));
+  IF zdm_new_changed AND NOT zdm_changed_1 THEN NEW."name" := (SELECT (full_name) FROM (SELECT NEW.*) AS zdm_row); END IF;
+  IF NOT zdm_changed_0 THEN NEW."full_name" := (SELECT (name) FROM (SELECT NEW.*) AS zdm_row); END IF;
+  RETURN NEW;
+END;
+"""
+
+TRIGGER_EXISTS = (
+    'SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(\'"public"."users"\')'
+    " AND tgname = 'zdm_dw_users')"
+)
+
+
+def test_dual_write_function_and_trigger_in_one_transaction() -> None:
+    step = DualWrite(table="users", set={"full_name": "name"}, reverse={"name": "full_name"})
+    actions = plan_step(step, ctx())
+    assert shape(actions) == [
+        U(
+            (
+                'CREATE OR REPLACE FUNCTION "public"."zdm_dw_users"() RETURNS trigger '
+                f"LANGUAGE plpgsql AS $zdm${BODY}$zdm$",
+                'CREATE TRIGGER "zdm_dw_users" BEFORE INSERT OR UPDATE ON "public"."users" '
+                'FOR EACH ROW EXECUTE FUNCTION "public"."zdm_dw_users"()',
+            ),
+            SRE,
+        )
+    ]
+    assert statement_locks(actions) == [[NONE, SRE]]
+    assert probes(actions) == [TRIGGER_EXISTS]
+
+
+def test_trigger_body_without_reverse() -> None:
+    assert trigger_body({"phone": "contact->>'phone'", "n": "1"}, {}) == (
+        "\n#variable_conflict use_column\n"
+        "DECLARE\n"
+        "  zdm_new_changed boolean := false;\n"
+        "  zdm_changed_0 boolean := false;\n"
+        "  zdm_changed_1 boolean := false;\n"
+        "BEGIN\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        '    IF NEW."phone" IS NULL THEN NEW."phone" := (SELECT (contact->>\'phone\') FROM'
+        " (SELECT NEW.*) AS zdm_row); END IF;\n"
+        '    IF NEW."n" IS NULL THEN NEW."n" := (SELECT (1) FROM (SELECT NEW.*) AS zdm_row);'
+        " END IF;\n"
+        "    RETURN NEW;\n"
+        "  END IF;\n"
+        '  zdm_changed_0 := NEW."phone" IS DISTINCT FROM OLD."phone";\n'
+        '  zdm_changed_1 := NEW."n" IS DISTINCT FROM OLD."n";\n'
+        "  IF NOT zdm_changed_0 THEN NEW.\"phone\" := (SELECT (contact->>'phone') FROM"
+        " (SELECT NEW.*) AS zdm_row); END IF;\n"
+        '  IF NOT zdm_changed_1 THEN NEW."n" := (SELECT (1) FROM (SELECT NEW.*) AS zdm_row);'
+        " END IF;\n"
+        "  RETURN NEW;\n"
+        "END;\n"
+    )
+
+
+def test_named_trigger() -> None:
+    actions = plan_step(DualWrite(table="app.users", name="sync_phone", set={"a": "b"}), ctx())
+    text = all_sql(actions)
+    assert 'CREATE OR REPLACE FUNCTION "app"."sync_phone"()' in text
+    assert (
+        'CREATE TRIGGER "sync_phone" BEFORE INSERT OR UPDATE ON "app"."users" '
+        'FOR EACH ROW EXECUTE FUNCTION "app"."sync_phone"()'
+    ) in text
+
+
+def test_default_trigger_name_fits_an_identifier() -> None:
+    table = "t" * 63
+    step = DualWrite(table=table, set={"a": "b"})
+    assert step.trigger_name == ("zdm_dw_" + table)[:63]
+    assert f'"{step.trigger_name}"' in all_sql(plan_step(step, ctx()))
+
+
+def test_body_dollar_quote_tag_avoids_the_expressions() -> None:
+    step = DualWrite(table="users", set={"a": "'$zdm$' || $zdm1$x$zdm1$"})
+    create_function = shape(plan_step(step, ctx()))[0].sql[0]
+    assert create_function.startswith(
+        'CREATE OR REPLACE FUNCTION "public"."zdm_dw_users"() RETURNS trigger LANGUAGE plpgsql'
+        " AS $zdm2$\n"
+    )
+    assert create_function.endswith("\n$zdm2$")
+
+
+DROP = U(
+    (
+        f'DROP TRIGGER IF EXISTS "zdm_dw_users" ON {T}',
+        'DROP FUNCTION IF EXISTS "public"."zdm_dw_users"()',
+    ),
+    AE,
+)
+DROPPED = (
+    f"SELECT (SELECT NOT ({TRIGGER_EXISTS})) AND "
+    '(SELECT to_regprocedure(\'"public"."zdm_dw_users"()\') IS NULL)'
+)
+
+
+def test_undo_dual_write_drops_trigger_and_function_together() -> None:
+    actions = plan_inverse(DualWrite(table="users", set={"a": "b"}), ctx())
+    assert shape(actions) == [DROP]
+    assert statement_locks(actions) == [[AE, NONE]]
+    assert probes(actions) == [DROPPED]
+
+
+def test_drop_dual_write() -> None:
+    actions = plan_step(DropDualWrite(table="users"), ctx())
+    assert shape(actions) == [DROP]
+    assert probes(actions) == [DROPPED]
+
+
+def test_undo_drop_dual_write_recreates_the_plans_trigger() -> None:
+    plan = plan_of(
+        """
+        dual_write:
+          - dual_write: {table: users, set: {full_name: name}, reverse: {name: full_name}}
+          - dual_write: {table: users, name: other, set: {x: y}}
+        cleanup:
+          - drop_dual_write: {table: users}
+        """
+    )
+    actions = plan_inverse(plan.phases.cleanup[0], ctx(plan=plan))
+    assert actions == plan_step(plan.phases.dual_write[0], ctx(plan=plan))
+
+
+def test_undo_drop_dual_write_of_a_trigger_the_plan_does_not_define_is_refused() -> None:
+    # Undoing nothing would leave old writers' changes unmapped; rollback must stop instead.
+    plan = plan_of("cleanup:\n  - drop_dual_write: {table: users, name: made_elsewhere}\n")
+    with pytest.raises(Irreversible, match="made_elsewhere"):
+        plan_inverse(plan.phases.cleanup[0], ctx(plan=plan))
+
+
+def test_identifiers_are_always_quoted() -> None:
+    step = DualWrite(
+        table="Sch.Us\"er 's",
+        name='Tr"ig x',
+        set={'Ne"w Col': "1"},
+        reverse={'Ol"d Col': "2"},
+    )
+    actions = plan_step(step, ctx()) + plan_inverse(step, ctx())
+    text = all_sql(actions)
+    for raw in ('Us"er', 'Tr"ig x', 'Ne"w Col', 'Ol"d Col'):
+        assert raw not in text
+    assert 'NEW."Ne""w Col" IS NULL' in text
+    assert 'OLD."Ol""d Col"' in text
+    assert 'CREATE TRIGGER "Tr""ig x" BEFORE INSERT OR UPDATE ON "Sch"."Us""er \'s"' in text
+    assert 'DROP FUNCTION IF EXISTS "Sch"."Tr""ig x"()' in text

@@ -1,0 +1,135 @@
+"""Exact SQL of create_index and drop_index (no database).
+
+Every index statement is CONCURRENTLY, outside any transaction, under SHARE UPDATE EXCLUSIVE;
+a build is preceded by the recovery unit that drops an INVALID index of the same name.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ops_support import U, all_sql, ctx, probes, shape
+
+from zdm.ddl import LockMode, Txn
+from zdm.engine.executor import render
+from zdm.operations import Irreversible, plan_inverse, plan_step
+from zdm.plan import CreateIndex, DropIndex, Settings
+
+SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
+
+NOT_INVALID = (
+    "SELECT NOT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = "
+    'to_regclass(\'"public"."{}"\') AND NOT indisvalid)'
+)
+VALID = (
+    "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = "
+    'to_regclass(\'"public"."{}"\') AND indisvalid AND indisready)'
+)
+MISSING = 'SELECT to_regclass(\'"public"."{}"\') IS NULL'
+
+
+def test_create_index_columns() -> None:
+    actions = plan_step(
+        CreateIndex(table="users", name="idx_users_phone", columns=["phone"]), ctx()
+    )
+    assert shape(actions) == [
+        U(('DROP INDEX CONCURRENTLY IF EXISTS "public"."idx_users_phone"',), SUE, False),
+        U(
+            ('CREATE INDEX CONCURRENTLY "idx_users_phone" ON "public"."users" ("phone")',),
+            SUE,
+            False,
+        ),
+    ]
+    # The drop runs only over an INVALID leftover; the build is skipped once a valid index exists.
+    assert probes(actions) == [
+        NOT_INVALID.format("idx_users_phone"),
+        VALID.format("idx_users_phone"),
+    ]
+
+
+def test_create_index_every_option() -> None:
+    step = CreateIndex(
+        table="app.users",
+        name="idx_live_email",
+        columns=["email", "tenant_id"],
+        unique=True,
+        include=["name"],
+        where="deleted_at IS NULL",
+    )
+    assert shape(plan_step(step, ctx()))[1] == U(
+        (
+            'CREATE UNIQUE INDEX CONCURRENTLY "idx_live_email" ON "app"."users" '
+            '("email", "tenant_id") INCLUDE ("name") WHERE deleted_at IS NULL',
+        ),
+        SUE,
+        False,
+    )
+
+
+def test_create_index_expression_and_method() -> None:
+    step = CreateIndex(
+        table="docs", name="idx_docs_body", expression="to_tsvector('simple', body)", method="gin"
+    )
+    assert shape(plan_step(step, ctx()))[1].sql == (
+        'CREATE INDEX CONCURRENTLY "idx_docs_body" ON "public"."docs" USING "gin" '
+        "((to_tsvector('simple', body)))",
+    )
+
+
+def test_create_index_runs_without_lock_or_statement_timeout() -> None:
+    # A lock timeout in the middle of a concurrent build would only leave an INVALID index.
+    _, build = plan_step(CreateIndex(table="users", name="i", columns=["a"]), ctx())
+    assert isinstance(build, Txn)
+    rendered = [q.as_string(None) for q in render(build, Settings())]
+    assert rendered == [
+        "SET lock_timeout = '0'",
+        "SET statement_timeout = '0'",
+        'CREATE INDEX CONCURRENTLY "i" ON "public"."users" ("a")',
+    ]
+
+
+def test_undo_create_index_drops_it_in_the_tables_schema() -> None:
+    step = CreateIndex(table="app.users", name="idx_a", columns=["a"])
+    actions = plan_inverse(step, ctx())
+    assert shape(actions) == [U(('DROP INDEX CONCURRENTLY IF EXISTS "app"."idx_a"',), SUE, False)]
+    assert probes(actions) == ['SELECT to_regclass(\'"app"."idx_a"\') IS NULL']
+
+
+def test_drop_index() -> None:
+    actions = plan_step(DropIndex(name="idx_old"), ctx())
+    assert shape(actions) == [
+        U(('DROP INDEX CONCURRENTLY IF EXISTS "public"."idx_old"',), SUE, False)
+    ]
+    assert probes(actions) == [MISSING.format("idx_old")]
+
+
+def test_drop_index_is_irreversible() -> None:
+    with pytest.raises(Irreversible, match="drop_index idx_old"):
+        plan_inverse(DropIndex(name="idx_old"), ctx())
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        CreateIndex(
+            table='S.Ta"ble x',
+            name='Idx "A" b',
+            columns=['Co"l 1', "Col2"],
+            include=['In"c'],
+        ),
+        DropIndex(name='S.Idx "A" b'),
+    ],
+    ids=lambda s: s.kind,
+)
+def test_identifiers_are_always_quoted(step: CreateIndex | DropIndex) -> None:
+    actions = plan_step(step, ctx())
+    if isinstance(step, CreateIndex):
+        actions += plan_inverse(step, ctx())
+    text = all_sql(actions)
+    for raw in ('Ta"ble x', 'Idx "A" b', 'Co"l 1', 'In"c'):
+        assert raw not in text
+    assert '"S"."Idx ""A"" b"' in text
+    if isinstance(step, CreateIndex):
+        assert (
+            'CREATE INDEX CONCURRENTLY "Idx ""A"" b" ON "S"."Ta""ble x" ("Co""l 1", "Col2")'
+            ' INCLUDE ("In""c")'
+        ) in text
