@@ -53,9 +53,16 @@ def test_add_column_not_null_with_constant_default() -> None:
         table="users",
         column=NewColumn(name="active", type="boolean", nullable=False, default="true"),
     )
-    assert shape(plan_step(step, ctx())) == [
-        U((f'ALTER TABLE {T} ADD COLUMN "active" boolean DEFAULT true NOT NULL',), AE)
-    ]
+    check, add = shape(plan_step(step, ctx()))
+    assert add == U((f'ALTER TABLE {T} ADD COLUMN "active" boolean DEFAULT true NOT NULL',), AE)
+    # First, the same ADD COLUMN on a one-row temporary table proves the default is not volatile.
+    assert check.lock == LockMode.NONE
+    assert check.sql[:3] == (
+        'CREATE TEMPORARY TABLE "pg_temp"."zdm_default_probe" (zdm_row int) ON COMMIT DROP',
+        'INSERT INTO "pg_temp"."zdm_default_probe" VALUES (1)',
+        'ALTER TABLE "pg_temp"."zdm_default_probe" ADD COLUMN probe boolean DEFAULT true',
+    )
+    assert "atthasmissing" in check.sql[3]
 
 
 def test_undo_add_column_drops_it() -> None:

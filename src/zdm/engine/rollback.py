@@ -51,8 +51,8 @@ class Rollback(Runner):
             )
         todo = []
         for row, step in reversed(list(zip(rows, steps, strict=True))):
-            if row.status not in UNDO_STATUSES:
-                continue
+            if row.status not in UNDO_STATUSES or row.adopted:
+                continue  # adopted: the object existed before the run; it is not the run's to drop
             try:
                 todo.append((row, step, plan_inverse(step.spec, ctx)))
             except Irreversible as e:

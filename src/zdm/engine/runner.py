@@ -106,7 +106,8 @@ class Runner:
 
     def run(self, *, until: str | None = None, cont: bool = False, force: bool = False) -> Outcome:
         return self.locked(
-            "run", lambda work, monitor: self._run(work, monitor, until=until, cont=cont, force=force)
+            "run",
+            lambda work, monitor: self._run(work, monitor, until=until, cont=cont, force=force),
         )
 
     def locked(
@@ -117,13 +118,18 @@ class Runner:
         """Runs `body(work, monitor)` holding the plan's lock on the monitor connection."""
         name = self.loaded.name
         monitor = connect(self.dsn, f"{purpose} {name}")
+        lock = PlanLock(monitor, name)
         try:
-            PlanLock(monitor, name).acquire()
+            lock.acquire()
             work = connect(self.dsn, f"{purpose} {name}")
             try:
                 return body(work, monitor)
             finally:
                 work.close()
+                # Released explicitly: the server frees a closed session's locks a moment later,
+                # and a command started right after this one must find the plan free.
+                with contextlib.suppress(psycopg.Error):
+                    lock.release()
         finally:
             monitor.close()
 
@@ -305,9 +311,10 @@ class Runner:
         followers: list[tuple[int, BackfillJob]] | None = None,
     ) -> None:
         actions = plan_step(step.spec, ctx)
-        self.store.step_started(work, run.id, ordinal)
-        self.log.info("step_start", step=step.key, kind=step.kind)
+        attempt = self.store.step_started(work, run.id, ordinal)
+        self.log.info("step_start", step=step.key, kind=step.kind, attempt=attempt)
         marked = False
+        ran = False
 
         def mark_done(conn: psycopg.Connection[Any]) -> None:
             nonlocal marked
@@ -317,10 +324,12 @@ class Runner:
         for i, action in enumerate(actions):
             last = i == len(actions) - 1
             if isinstance(action, Txn):
-                executor.run(action, on_commit=mark_done if last else None)
+                ran = executor.run(action, on_commit=mark_done if last else None) or ran
             elif isinstance(action, Check):
+                ran = True
                 executor.check(action)
             elif isinstance(action, BackfillJob):
+                ran = True
                 for o, _ in followers or []:
                     self.store.step_started(work, run.id, o)
                 Backfiller(
@@ -335,6 +344,11 @@ class Runner:
                 ).run()
                 for o, _ in followers or []:
                     self.store.step_finished(work, run.id, o)
-        if not marked:
+        if not ran and actions and attempt == 1:
+            # Every unit found its effect already there on the step's first attempt: the object
+            # existed before this run, so the run adopts it and rollback must leave it alone.
+            self.log.warning("step_adopted_existing", step=step.key, kind=step.kind)
+            self.store.step_finished(work, run.id, ordinal, "done", adopted=True)
+        elif not marked:
             self.store.step_finished(work, run.id, ordinal)
         self.log.info("step_done", step=step.key, kind=step.kind)

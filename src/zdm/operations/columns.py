@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from psycopg import sql
 
-from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
+from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
+from zdm.ddl.quote import dollar_quoted
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.operations.dual_write import drop_trigger_statements
 from zdm.plan import (
@@ -44,9 +46,55 @@ def add_column(step: AddColumn, ctx: Context) -> list[Action]:
         _alter(table, sql.Composed(clause)),
         AE,
         table,
-        note="catalog only" if col.default is None else "catalog only (constant default)",
+        note="catalog only" if col.default is None else "catalog only (non-volatile default)",
     )
-    return [Txn((stmt,), f"add column {col.name}", skip_if=cat.column_exists(table, col.name))]
+    done = cat.column_exists(table, col.name)
+    add = Txn((stmt,), f"add column {col.name}", skip_if=done)
+    if col.default is None:
+        return [add]
+    return [default_rewrite_check(table, col.name, col.type, col.default, done), add]
+
+
+def default_rewrite_check(
+    table: Table, column: str, type_: str, default: str, skip_if: Query
+) -> Txn:
+    """Refuses a volatile default before it rewrites the table under ACCESS EXCLUSIVE.
+
+    PostgreSQL stores a non-volatile default in the catalog (`atthasmissing`); a volatile one
+    rewrites every row. The same ADD COLUMN on a one-row temporary table tells which it is.
+    """
+    probe = sql.Identifier("pg_temp", "zdm_default_probe")
+    message = (
+        f"the default of column {sql.Identifier(column).as_string(None)} of"
+        f" {table.ident().as_string(None)} ({default}) is volatile: adding the column with it"
+        f" would rewrite the whole table under ACCESS EXCLUSIVE. Add the column without a"
+        f" default, then set_default, backfill and set_not_null"
+    )
+    body = (
+        "\nBEGIN\n  IF NOT (SELECT atthasmissing FROM pg_attribute WHERE attrelid ="
+        " 'pg_temp.zdm_default_probe'::regclass AND attname = 'probe')"
+        " AND EXISTS (SELECT 1 FROM pg_temp.zdm_default_probe WHERE probe IS NOT NULL) THEN\n"
+        f"    RAISE EXCEPTION USING MESSAGE = {sql.Literal(message).as_string(None)};\n"
+        "  END IF;\nEND\n"
+    )
+    statements = (
+        Statement(
+            sql.SQL("CREATE TEMPORARY TABLE {} (zdm_row int) ON COMMIT DROP").format(probe),
+            LockMode.NONE,
+            note="a temporary table; locks nothing",
+        ),
+        Statement(sql.SQL("INSERT INTO {} VALUES (1)").format(probe), LockMode.NONE),
+        Statement(
+            sql.SQL("ALTER TABLE {} ADD COLUMN probe {} DEFAULT {}").format(
+                probe, user_sql(type_), user_sql(default)
+            ),
+            LockMode.NONE,
+        ),
+        Statement(sql.SQL("DO {}").format(dollar_quoted(body)), LockMode.NONE),
+    )
+    return Txn(
+        statements, f"check the default of {column} does not rewrite the table", skip_if=skip_if
+    )
 
 
 @inverse(AddColumn)
@@ -175,16 +223,31 @@ def undo_drop_default(step: DropDefault, ctx: Context) -> list[Action]:
 
 
 def not_null_check_name(table: Table, column: str) -> str:
-    return _truncate(f"{table.name}_{column}_zdm_not_null")
+    return object_name(table.name, column, "zdm_not_null")
 
 
 def not_null_constraint_name(table: Table, column: str) -> str:
-    """PostgreSQL's own name for a column's not-null constraint (18+)."""
-    return _truncate(f"{table.name}_{column}_not_null")
+    """PostgreSQL's own name for a column's not-null constraint (18+), when it fits."""
+    return object_name(table.name, column, "not_null")
 
 
-def _truncate(name: str) -> str:
-    return name.encode()[:63].decode(errors="ignore")
+def object_name(table: str, column: str, suffix: str) -> str:
+    """`table_column_suffix` within 63 bytes, shortening the longer name first, as PostgreSQL does.
+
+    When shortened, a hash of the full names keeps two long columns with one prefix apart.
+    """
+    full = f"{table}_{column}_{suffix}"
+    if len(full.encode()) <= 63:
+        return full
+    suffix = f"{hashlib.sha256(full.encode()).hexdigest()[:6]}_{suffix}"
+    budget = 63 - len(suffix.encode()) - 2
+    t, c = table, column
+    while len(t.encode()) + len(c.encode()) > budget:
+        if len(t.encode()) >= len(c.encode()):
+            t = t[:-1]
+        else:
+            c = c[:-1]
+    return f"{t}_{c}_{suffix}"
 
 
 @forward(SetNotNull)

@@ -50,8 +50,12 @@ CREATE TABLE IF NOT EXISTS {s}.steps (
     started_at timestamptz,
     finished_at timestamptz,
     last_error text,
+    adopted boolean NOT NULL DEFAULT false,
     PRIMARY KEY (run_id, ordinal)
 );
+-- adopted: the step found its effect already in place on its first attempt (the object existed
+-- before the run), so rollback leaves it alone.
+ALTER TABLE {s}.steps ADD COLUMN IF NOT EXISTS adopted boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS {s}.backfills (
     run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,
     ordinal integer NOT NULL,

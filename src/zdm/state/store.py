@@ -77,6 +77,7 @@ class StepRow:
     started_at: datetime | None
     finished_at: datetime | None
     last_error: str | None
+    adopted: bool = False
 
     @property
     def key(self) -> str:
@@ -311,30 +312,39 @@ class Store:
             cur.execute(
                 sql.SQL(
                     "SELECT ordinal, phase, idx, kind, fingerprint, status, attempts, started_at,"
-                    " finished_at, last_error FROM {} WHERE run_id = %s ORDER BY ordinal"
+                    " finished_at, last_error, adopted FROM {} WHERE run_id = %s ORDER BY ordinal"
                 ).format(self.t("steps")),
                 [run_id],
             )
             return [StepRow(**r) for r in cur.fetchall()]
 
-    def step_started(self, conn: psycopg.Connection[Any], run_id: int, ordinal: int) -> None:
-        conn.execute(
+    def step_started(self, conn: psycopg.Connection[Any], run_id: int, ordinal: int) -> int:
+        """Marks the step running; returns its attempt number (1 on its first start)."""
+        row = conn.execute(
             sql.SQL(
                 "UPDATE {} SET status = 'running', attempts = attempts + 1,"
                 " started_at = coalesce(started_at, now()), last_error = NULL"
-                " WHERE run_id = %s AND ordinal = %s"
+                " WHERE run_id = %s AND ordinal = %s RETURNING attempts"
             ).format(self.t("steps")),
             [run_id, ordinal],
-        )
+        ).fetchone()
+        return int(row[0]) if row else 1
 
     def step_finished(
-        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, status: str = "done"
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinal: int,
+        status: str = "done",
+        *,
+        adopted: bool = False,
     ) -> None:
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET status = %s, finished_at = now() WHERE run_id = %s AND ordinal = %s"
+                "UPDATE {} SET status = %s, adopted = %s, finished_at = now()"
+                " WHERE run_id = %s AND ordinal = %s"
             ).format(self.t("steps")),
-            [status, run_id, ordinal],
+            [status, adopted, run_id, ordinal],
         )
 
     def step_failed(
