@@ -15,8 +15,10 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -35,7 +37,7 @@ from zdm.demo.run import (
 )
 from zdm.logs import configure
 from zdm.testing import EmbeddedServer
-from zdm.traffic import TrafficReport
+from zdm.traffic import APPLICATION_NAME, TrafficReport
 
 SCENARIOS = ("baseline", "naive", "zdm", "zdm+blocker", "naive+blocker")
 
@@ -49,6 +51,50 @@ def clone(admin_dsn: str, template: str, name: str) -> str:
             )
         )
     return make_conninfo(admin_dsn, dbname=name)
+
+
+WAITING = sql.SQL(
+    "SELECT a.pid, a.query_start, a.wait_event,"
+    " round(extract(epoch FROM clock_timestamp() - a.query_start) * 1000)::int,"
+    " (SELECT string_agg(b.application_name || ': ' || left(b.query, 70), '; ')"
+    "  FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid)))"
+    " FROM pg_stat_activity a"
+    " WHERE a.application_name = {app} AND a.state = 'active' AND a.wait_event_type = 'Lock'"
+).format(app=sql.Literal(APPLICATION_NAME))
+
+
+@dataclass(frozen=True)
+class LockWait:
+    ms: int
+    wait_event: str
+    blocked_by: str
+
+
+class LockWatcher(threading.Thread):
+    """Samples pg_stat_activity: how long application statements waited for a lock, and on whom.
+
+    Latency alone cannot tell a lock wait from a CPU-starved machine; this can (to the sampling
+    interval: a wait shorter than it may go unseen, a longer one is seen shortened by up to it).
+    """
+
+    def __init__(self, dsn: str, interval_s: float = 0.02) -> None:
+        super().__init__(daemon=True, name="zdm-bench-lock-watcher")
+        self.dsn, self.interval_s = dsn, interval_s
+        self.waits: dict[tuple[int, Any], LockWait] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.wait(self.interval_s):
+                for pid, start, event, ms, by in conn.execute(WAITING).fetchall():
+                    seen = self.waits.get((pid, start))
+                    if seen is None or ms > seen.ms:
+                        self.waits[(pid, start)] = LockWait(ms, event, by or "(ended)")
+
+    def stop(self) -> list[LockWait]:
+        self.stopping.set()
+        self.join()
+        return sorted(self.waits.values(), key=lambda w: -w.ms)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,10 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "threads": args.threads,
                 "pause_ms": args.pause_ms,
             }
+            watcher = LockWatcher(dsn)
+            watcher.start()
             if name == "baseline":
                 report = run_baseline(dsn, max(args.baseline_seconds, 20.0), **common)
-                rows_out.append(_row(name, report, None, "-", ""))
-                detail[name] = {"app": report.as_dict()}
+                waits = watcher.stop()
+                rows_out.append(_row(name, report, None, "-", waits))
+                detail[name] = {"app": report.as_dict(), "lock_waits": _waits(waits)}
                 continue
             runner = run_zdm if name.startswith("zdm") else run_naive
             result = runner(
@@ -101,19 +150,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name=name,
                 **common,
             )
+            waits = watcher.stop()
             assert result.during is not None
-            rows_out.append(
-                _row(name, result.during, result, f"{result.duration_s:.1f} s", _cause(result))
-            )
-            detail[name] = _detail(result)
-            _print_stalls(result)
+            rows_out.append(_row(name, result.during, result, f"{result.duration_s:.1f} s", waits))
+            detail[name] = {**_detail(result), "app_lock_waits": _waits(waits)}
+            _print_stalls(result, waits)
     print(
         f"\nzero_downtime: {args.rows:,} users, PostgreSQL {version}, {args.threads} application"
         f" threads ({args.pause_ms:g} ms think time), blocker {args.blocker:g} s"
     )
     print(
         table(
-            ["scenario", *APP_HEADER, "migration", "ok", "longest stall during"],
+            ["scenario", *APP_HEADER, "migration", "ok", "app lock waits", "longest, on"],
             rows_out,
             indent="",
         )
@@ -129,17 +177,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _row(
-    name: str, app: TrafficReport, result: Scenario | None, duration: str, cause: str
+    name: str, app: TrafficReport, result: Scenario | None, duration: str, waits: list[LockWait]
 ) -> list[str]:
     ok = "-" if result is None else ("yes" if result.ok else "FAILED")
-    return [name, *app_cells(app), duration, ok, cause]
+    worst = f"{waits[0].ms:,} ms, {_who(waits[0].blocked_by)}" if waits else "-"
+    return [name, *app_cells(app), duration, ok, f"{len(waits):,}", worst]
 
 
-def _cause(result: Scenario) -> str:
-    if not result.stalls:
-        return ""
-    worst = max(result.stalls, key=lambda s: s.ms)
-    return worst.during
+def _who(blocked_by: str) -> str:
+    """The blocker's application, shortened for the table (the JSON has its query)."""
+    app = blocked_by.split(":", 1)[0]
+    return app.split(" (", 1)[0] if app.startswith("zdm ") else app
+
+
+def _waits(waits: list[LockWait]) -> list[dict[str, Any]]:
+    return [
+        {"ms": w.ms, "wait_event": w.wait_event, "blocked_by": w.blocked_by} for w in waits[:50]
+    ]
 
 
 def _detail(result: Scenario) -> dict[str, Any]:
@@ -167,7 +221,7 @@ def _detail(result: Scenario) -> dict[str, Any]:
     }
 
 
-def _print_stalls(result: Scenario) -> None:
+def _print_stalls(result: Scenario, waits: list[LockWait]) -> None:
     print(f"{result.name}: {result.message} in {result.duration_s:.1f} s", file=sys.stderr)
     print(
         table(
@@ -184,6 +238,8 @@ def _print_stalls(result: Scenario) -> None:
     if result.record:
         for w in result.record["lock_waits"]:
             print(f"  {w['event']} {w.get('unit')} at {w['at']}", file=sys.stderr)
+    for lw in waits[:10]:
+        print(f"  app lock wait {lw.ms:6} ms on {lw.wait_event}: {lw.blocked_by}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 from psycopg.rows import dict_row
 from zdm_helpers import (
     PHONE_EXPR,
+    Background,
     events,
     mismatched_phones,
     named,
@@ -91,6 +92,15 @@ def committed_as_checkpointed(conn: psycopg.Connection[Any]) -> None:
             )
             == 0
         ), f"worker {w['worker']} has committed rows after its checkpoint"
+
+
+def ended(proc: Background) -> None:
+    """However a test ends, the process is gone and its output files are closed."""
+    if not proc.out.closed:
+        if proc.proc.poll() is None:
+            proc.kill()
+        else:
+            proc.wait()
 
 
 @pytest.fixture
@@ -183,7 +193,7 @@ def test_pause_and_resume_from_another_terminal(
         assert run_row(watcher, "bf")["status"] in ("running", "completed")
         done = proc.wait(60)
     finally:
-        proc.kill() if proc.proc.poll() is None else None
+        ended(proc)
     assert done.returncode == 0, output_of(done)
     names = [e["event"] for e in events(done.stderr)]
     assert "backfill_paused" in names and "backfill_resumed" in names
@@ -196,9 +206,12 @@ def test_sigterm_stops_after_the_current_batch_and_run_resumes(
 ) -> None:
     plan = plan_file(tmp_path)
     proc = start_zdm(*run_args(plan, seeded))
-    wait_for(lambda: rows_done(watcher) >= 3000, 60, "progress", alive=proc)
-    proc.proc.send_signal(signal.SIGTERM)
-    stopped = proc.wait(30)
+    try:
+        wait_for(lambda: rows_done(watcher) >= 3000, 60, "progress", alive=proc)
+        proc.proc.send_signal(signal.SIGTERM)
+        stopped = proc.wait(30)
+    finally:
+        ended(proc)
     assert stopped.returncode == 1, output_of(stopped)
     assert "paused" in stopped.stderr and "zdm run` resumes" in stopped.stderr
     assert named(events(stopped.stderr), "run_interrupted")[0]["signal"] == "SIGTERM"
@@ -222,11 +235,14 @@ def test_sigterm_while_paused_leaves_the_run_paused(
 ) -> None:
     plan = plan_file(tmp_path)
     proc = start_zdm(*run_args(plan, seeded))
-    wait_for(lambda: rows_done(watcher) >= 1000, 60, "progress", alive=proc)
-    assert zdm("pause", plan, "--dsn", seeded).returncode == 0
-    wait_for(lambda: run_row(watcher, "bf")["status"] == "paused", 10, "paused", alive=proc)
-    proc.proc.send_signal(signal.SIGTERM)
-    stopped = proc.wait(30)
+    try:
+        wait_for(lambda: rows_done(watcher) >= 1000, 60, "progress", alive=proc)
+        assert zdm("pause", plan, "--dsn", seeded).returncode == 0
+        wait_for(lambda: run_row(watcher, "bf")["status"] == "paused", 10, "paused", alive=proc)
+        proc.proc.send_signal(signal.SIGTERM)
+        stopped = proc.wait(30)
+    finally:
+        ended(proc)
     assert stopped.returncode == 1, output_of(stopped)
     run = run_row(watcher, "bf")
     assert run["status"] == "paused" and run["waiting_for"] == "interrupted by SIGTERM"

@@ -60,8 +60,11 @@ def standby_of(primary: EmbeddedServer) -> Iterator[str]:
     host = conninfo_to_dict(primary.dsn)["host"]
     try:
         subprocess.run(
-            [_bin("pg_basebackup"), "-D", str(data), "-R", "-X", "stream", "-c", "fast"]
-            + ["-h", str(host), "-U", "postgres"],
+            [
+                _bin("pg_basebackup"),
+                *("-D", str(data), "-R", "-X", "stream", "-c", "fast"),
+                *("-h", str(host), "-U", "postgres"),
+            ],
             user=user,
             check=True,
             timeout=120,
@@ -72,8 +75,11 @@ def standby_of(primary: EmbeddedServer) -> Iterator[str]:
             copied.unlink(missing_ok=True)
         # The server inherits pg_ctl's stdout: files, not pipes, or the call never returns.
         subprocess.run(
-            [_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o", f"-h '' -k {data}"]
-            + ["start"],
+            [
+                _bin("pg_ctl"),
+                *("-D", str(data), "-w", "-l", str(data / "log")),
+                *("-o", f"-h '' -k {data}", "start"),
+            ],
             user=user,
             check=True,
             timeout=60,
@@ -121,7 +127,9 @@ def test_backfill_holds_while_a_standby_does_not_replay(tmp_path: Path) -> None:
             psycopg.connect(standby_dsn, autocommit=True) as standby,
         ):
             wait_for(
-                lambda: scalar(conn, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"),
+                lambda: scalar(
+                    conn, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+                ),
                 30,
                 "the standby to stream",
             )
@@ -132,9 +140,16 @@ def test_backfill_holds_while_a_standby_does_not_replay(tmp_path: Path) -> None:
                     "name": "bf",
                     "phases": {
                         "additive": [
-                            {"add_column": {"table": "users", "column": {"name": "phone", "type": "text"}}}
+                            {
+                                "add_column": {
+                                    "table": "users",
+                                    "column": {"name": "phone", "type": "text"},
+                                }
+                            }
                         ],
-                        "dual_write": [{"dual_write": {"table": "users", "set": {"phone": PHONE_EXPR}}}],
+                        "dual_write": [
+                            {"dual_write": {"table": "users", "set": {"phone": PHONE_EXPR}}}
+                        ],
                         "backfill": [
                             {
                                 "backfill": {
@@ -154,7 +169,9 @@ def test_backfill_holds_while_a_standby_does_not_replay(tmp_path: Path) -> None:
                 wait_for(lambda: rows_done(conn) >= 2000, 60, "progress", alive=proc)
                 standby.execute("SELECT pg_wal_replay_pause()")
                 paused_at = rows_done(conn)
-                reason = wait_for(lambda: throttle(conn), 30, "the replica lag throttle", alive=proc)
+                reason = wait_for(
+                    lambda: throttle(conn), 30, "the replica lag throttle", alive=proc
+                )
                 assert reason == "replica walreceiver replay lag over 1.0s"
                 held = rows_done(conn)
                 time.sleep(2.0)
@@ -166,8 +183,8 @@ def test_backfill_holds_while_a_standby_does_not_replay(tmp_path: Path) -> None:
                 standby.execute("SELECT pg_wal_replay_resume()")
                 done = proc.wait(120)
             finally:
-                if proc.proc.poll() is None:
-                    proc.kill()
+                if not proc.out.closed:
+                    proc.kill() if proc.proc.poll() is None else proc.wait()
             assert done.returncode == 0, output_of(done)
             found = events(done.stderr)
             assert named(found, "backfill_throttled")[0]["reason"] == reason

@@ -38,7 +38,7 @@ def signals_kept() -> Iterator[None]:
 
 def test_add_phone_under_traffic(dsn: str, server_version: int, signals_kept: None) -> None:
     seed(dsn, ROWS)
-    with Traffic(dsn, threads=4, auto_new_app=True) as traffic:
+    with Traffic(dsn, threads=4, auto_new_app=True, pause_ms=1) as traffic:
         time.sleep(0.5)  # a baseline
         t0 = traffic.now()
         outcome = api.run_plan(ADD_PHONE, dsn)

@@ -13,7 +13,18 @@ from zdm.engine.session import scrub
 
 
 def _scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
-    return {k: scrub(v) if isinstance(v, str) else v for k, v in event.items()}
+    return {k: _scrubbed(v) for k, v in event.items()}
+
+
+def _scrubbed(value: Any) -> Any:
+    """Strings anywhere in the value (blockers' query texts sit in nested lists and dicts)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v) for v in value]
+    return value
 
 
 class _Stderr:

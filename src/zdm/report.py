@@ -86,7 +86,7 @@ def collect(
     events = store.events(conn, run.id)
     backfills = store.backfills(conn, run.id)
     key_of = {s.ordinal: s.key for s in steps}
-    specs = _plan_specs(run.plan_path, run.plan_sha256)
+    specs, description = _plan_file(run.plan_path, run.plan_sha256)
 
     statements = [
         {
@@ -108,7 +108,7 @@ def collect(
             "step": key_of.get(e["ordinal"]),
             "event": e["event"],
             "at": _iso(e["at"]),
-            **{k: v for k, v in e["detail"].items()},
+            **e["detail"],
         }
         for e in events
         if e["event"] in ("lock_retry", "long_holder_wait")
@@ -124,7 +124,7 @@ def collect(
             "path": run.plan_path,
             "sha256": run.plan_sha256,
             "file_now": _file_state(run.plan_path, run.plan_sha256),
-            "description": specs.get("_description"),
+            "description": description,
         },
         "run": {
             "id": run.id,
@@ -167,20 +167,19 @@ def collect(
     }
 
 
-def _plan_specs(path: str | None, sha256: str) -> dict[str, Any]:
-    """Each step's fields by key, when the plan file is still there and unchanged."""
+def _plan_file(path: str | None, sha256: str) -> tuple[dict[str, Any], str | None]:
+    """Each step's fields by key, and the description, when the plan file is still unchanged."""
     if not path or _file_state(path, sha256) != "unchanged":
-        return {}
+        return {}, None
     try:
         loaded = load_plan(path)
     except PlanError:
-        return {}
-    specs: dict[str, Any] = {
+        return {}, None
+    specs = {
         s.key: s.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         for s in loaded.steps()
     }
-    specs["_description"] = (loaded.plan.description or "").strip() or None
-    return specs
+    return specs, (loaded.plan.description or "").strip() or None
 
 
 def _file_state(path: str | None, sha256: str) -> str:

@@ -12,8 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from zdm.ddl import BackfillJob, Check, Table, Txn
-from zdm.ddl import catalog
+from zdm.ddl import BackfillJob, Check, Table, Txn, catalog
 from zdm.engine.backfill import backfill_followers, walk_lines
 from zdm.engine.executor import render
 from zdm.engine.retry import lock_timeout_ms
@@ -196,9 +195,7 @@ class DryRun:
         also: list[BackfillJob],
     ) -> Iterator[str]:
         exists = conn is None or self._exists(conn, job.table)
-        yield from walk_lines(
-            [job, *also], conn, s, state_schema=self.store.schema, exists=exists
-        )
+        yield from walk_lines([job, *also], conn, s, state_schema=self.store.schema, exists=exists)
 
 
 def dry_run_text(loaded: LoadedPlan, dsn: str | None, *, state_schema: str = "zdm") -> str:

@@ -47,7 +47,15 @@ def connect(dsn: str, purpose: str, *, autocommit: bool = True) -> psycopg.Conne
     except psycopg.OperationalError as e:
         where = redact(dsn) or "the PG* environment"
         raise ConnectionFailed(f"cannot connect to {where}: {scrub(str(e)).strip()}") from None
+    except psycopg.ProgrammingError as e:
+        raise ConnectionFailed(f"invalid connection string: {scrub(str(e)).strip()}") from None
     conn.prepare_threshold = None
+    if conn.info.server_version >= 140000:
+        # A killed zdm must not leave its statement running on the server (a concurrent index
+        # build would race the resumed run): the server checks the client is still there.
+        conn.execute("SET client_connection_check_interval = '2s'")
+        if not autocommit:
+            conn.commit()
     return conn
 
 

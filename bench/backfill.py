@@ -1,0 +1,259 @@
+"""How fast does zdm backfill, against one plain UPDATE of the same rows?
+
+For each size, one `users` table is seeded (`zdm.demo.seed`), given a `phone` column and the
+dual-write trigger of plans/add_phone.yaml, vacuumed and checkpointed; every method then gets
+its own file copy of that database on the same server:
+
+- UPDATE: `UPDATE users SET phone = <expression>` (one statement, one transaction);
+- zdm: `zdm run` of a plan whose one step is the backfill (`batch_size: auto`, `batch_time`
+  200ms) with 1 worker, then with N workers. Its time is the whole run: the key split, every
+  batch with its checkpoint, the final proof that no row is left.
+
+    python bench/backfill.py                      # 100k, 1M and 5M rows: about 25 minutes
+    python bench/backfill.py --sizes 1M --workers 2 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from structlog.testing import capture_logs
+
+from zdm import api
+from zdm.ddl.quote import dollar_quoted
+from zdm.demo.seed import create_schema, phone_expression, seed_users
+from zdm.operations.dual_write import trigger_body
+from zdm.testing import EmbeddedServer
+
+SHOWN_SETTINGS = ("shared_buffers", "max_wal_size", "synchronous_commit", "fsync", "wal_level")
+
+
+@dataclass
+class Result:
+    rows: int
+    method: str
+    seconds: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / statistics.median(self.seconds)
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower().replace("_", "")
+    for suffix, factor in (("k", 1_000), ("m", 1_000_000)):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
+
+
+def template(admin: str, name: str, rows: int) -> None:
+    """The seeded table in the state a backfill finds it in: new column, dual-write trigger."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(make_conninfo(admin, dbname=name), autocommit=True) as conn:
+        create_schema(conn)
+        seed_users(conn, rows)
+        conn.execute("ALTER TABLE users ADD COLUMN phone varchar(20)")
+        body = trigger_body({"phone": phone_expression()}, {})
+        conn.execute(
+            sql.SQL("CREATE FUNCTION zdm_dw_users() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+                dollar_quoted(body)
+            )
+        )
+        conn.execute(
+            "CREATE TRIGGER zdm_dw_users BEFORE INSERT OR UPDATE ON users"
+            " FOR EACH ROW EXECUTE FUNCTION zdm_dw_users()"
+        )
+        conn.execute("VACUUM ANALYZE users")
+
+
+@contextmanager
+def copy_of(admin: str, source: str, name: str) -> Iterator[str]:
+    """A file copy of database `source`, checkpointed so no trial pays for another's writes."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        version = conn.info.server_version
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        strategy = sql.SQL(" STRATEGY FILE_COPY") if version >= 150000 else sql.SQL("")
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+                sql.Identifier(name), sql.Identifier(source), strategy
+            )
+        )
+        conn.execute("CHECKPOINT")
+    try:
+        yield make_conninfo(admin, dbname=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def plain_update(dsn: str, rows: int) -> float:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.monotonic()
+        updated = conn.execute(
+            sql.SQL("UPDATE users SET phone = {}").format(sql.SQL(phone_expression()))
+        ).rowcount
+        seconds = time.monotonic() - started
+    assert updated == rows, updated
+    return seconds
+
+
+def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path) -> dict[str, Any]:
+    plan = work / f"bench_backfill_{workers}.yaml"
+    plan.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "name": plan.stem,
+                "phases": {
+                    "backfill": [
+                        {
+                            "backfill": {
+                                "table": "users",
+                                "set": {"phone": phone_expression()},
+                                "batch_size": "auto",
+                                "batch_time": batch_time,
+                                "workers": workers,
+                            }
+                        }
+                    ]
+                },
+            }
+        )
+    )
+    with capture_logs() as logs:
+        started = time.monotonic()
+        outcome = api.run_plan(plan, dsn)
+        seconds = time.monotonic() - started
+    assert outcome.status == "completed", outcome.message
+    walked = next(e for e in logs if e["event"] == "backfill_walked")
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM users WHERE phone IS DISTINCT FROM ({})").format(
+                sql.SQL(phone_expression())
+            )
+        ).fetchone()
+    assert row is not None and row[0] == 0, "the backfill left rows behind"
+    assert walked["rows_walked"] == rows, walked
+    return {
+        "seconds": seconds,
+        "p50": walked["batch_ms_p50"],
+        "p99": walked["batch_ms_p99"],
+        "batches": walked["batches"],
+    }
+
+
+def fmt_rows(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+def table(results: Sequence[Result]) -> str:
+    head = ("rows", "method", "seconds", "rows/s", "vs UPDATE", "batches", "p50 ms", "p99 ms")
+    lines = []
+    baseline: dict[int, float] = {}
+    for r in results:
+        if r.method == "UPDATE":
+            baseline[r.rows] = r.rate
+        ratio = f"{r.rate / baseline[r.rows]:.2f}x" if r.rows in baseline else "-"
+        lines.append(
+            (
+                fmt_rows(r.rows),
+                r.method,
+                f"{statistics.median(r.seconds):.1f}",
+                f"{r.rate:,.0f}",
+                ratio,
+                str(round(statistics.median(r.batches))) if r.batches else "1",
+                f"{statistics.median(r.p50):.0f}" if r.p50 else "-",
+                f"{statistics.median(r.p99):.0f}" if r.p99 else "-",
+            )
+        )
+    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
+
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [row(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [row(cells) for cells in lines]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100k,1M,5M", help="comma-separated row counts")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the parallel run")
+    parser.add_argument("--batch-time", default="200ms", help="batch_time of the plan")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each method (median)")
+    parser.add_argument("--dsn", help="a server to use instead of an embedded one (superuser)")
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+
+    with contextmanager(lambda: server(args.dsn))() as admin, tempfile.TemporaryDirectory() as tmp:
+        with psycopg.connect(admin) as conn:
+            shown = ", ".join(
+                f"{name}={conn.execute(sql.SQL('SHOW {}').format(sql.Identifier(name))).fetchone()[0]}"  # type: ignore[index]
+                for name in SHOWN_SETTINGS
+            )
+            print(f"PostgreSQL {conn.info.server_version}; {shown}", file=sys.stderr)
+        results: list[Result] = []
+        for rows in sizes:
+            print(f"seeding {rows:,} rows...", file=sys.stderr)
+            template(admin, "bench_backfill_tpl", rows)
+            methods = ["UPDATE", "zdm, 1 worker", f"zdm, {args.workers} workers"]
+            found = {m: Result(rows, m) for m in methods}
+            for i in range(args.repeat):
+                for m in methods:
+                    with copy_of(admin, "bench_backfill_tpl", "bench_backfill_run") as dsn:
+                        if m == "UPDATE":
+                            found[m].seconds.append(plain_update(dsn, rows))
+                        else:
+                            n = 1 if m.endswith("1 worker") else args.workers
+                            got = zdm_backfill(dsn, rows, n, args.batch_time, Path(tmp))
+                            found[m].seconds.append(got["seconds"])
+                            found[m].p50.append(got["p50"])
+                            found[m].p99.append(got["p99"])
+                            found[m].batches.append(got["batches"])
+                    r = found[m]
+                    print(
+                        f"  {fmt_rows(rows)} {m} (run {i + 1}): {r.seconds[-1]:.1f}s,"
+                        f" {rows / r.seconds[-1]:,.0f} rows/s",
+                        file=sys.stderr,
+                    )
+            results += found.values()
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute("DROP DATABASE bench_backfill_tpl")
+        print(table(results))
+    return 0
+
+
+def server(dsn: str | None) -> Iterator[str]:
+    if dsn:
+        yield dsn
+        return
+    with EmbeddedServer() as embedded:
+        yield embedded.dsn
+
+
+if __name__ == "__main__":
+    sys.exit(main())
