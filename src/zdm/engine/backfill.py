@@ -76,6 +76,7 @@ class Control:
 
     stop: threading.Event = field(default_factory=threading.Event)
     signal_name: str | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -85,8 +86,14 @@ class Control:
             self.signal_name = signal.Signals(signum).name
             self.stop.set()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.previous[signum] = signal.signal(signum, handler)
+
+    def restore(self) -> None:
+        """Gives a library caller its own handlers back when the run ends."""
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous.clear()
 
 
 @dataclass

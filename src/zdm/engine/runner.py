@@ -255,6 +255,7 @@ class Runner:
             )
         finally:
             heartbeat.stop()
+            self.control.restore()
 
     def _start_or_resume(
         self, work: psycopg.Connection[Any], steps: list[PlanStep], force: bool
@@ -281,7 +282,7 @@ class Runner:
                         f"plan {name} was completed by run {latest.id} and its file has changed since;"
                         " give a new change its own plan, or pass --force to run this one again"
                     )
-            return self.store.create_run(work, name, sha, str(self.loaded.path), wanted)
+            return self.store.create_run(work, name, sha, str(self.loaded.path.resolve()), wanted)
         if run.direction == "rollback":
             raise RunRefused(
                 f"a rollback of plan {name} is unfinished (run {run.id}); finish it with"
