@@ -4,10 +4,14 @@ For each size, one `users` table is seeded (`zdm.demo.seed`), given a `phone` co
 dual-write trigger of plans/add_phone.yaml, vacuumed and checkpointed; every method then gets
 its own file copy of that database on the same server:
 
-- UPDATE: `UPDATE users SET phone = <expression>` (one statement, one transaction);
+- UPDATE: `UPDATE users SET phone = <expression>` (one statement, one transaction): the
+  baseline every ratio is against;
+- UPDATE WHERE: the same with zdm's predicate, `WHERE phone IS DISTINCT FROM <expression>`
+  (which evaluates the expression twice a row): what zdm's batches do, in one statement;
 - zdm: `zdm run` of a plan whose one step is the backfill (`batch_size: auto`, `batch_time`
   200ms) with 1 worker, then with N workers. Its time is the whole run: the key split, every
-  batch with its checkpoint, the final proof that no row is left.
+  batch with its checkpoint, the final proof that no row is left (a parallel count over the
+  whole table, shown apart as "proof s").
 
     python bench/backfill.py                      # 100k, 1M and 5M rows: about 25 minutes
     python bench/backfill.py --sizes 1M --workers 2 --repeat 3
@@ -38,7 +42,14 @@ from zdm.demo.seed import create_schema, phone_expression, seed_users
 from zdm.operations.dual_write import trigger_body
 from zdm.testing import EmbeddedServer
 
-SHOWN_SETTINGS = ("shared_buffers", "max_wal_size", "synchronous_commit", "fsync", "wal_level")
+SHOWN_SETTINGS = (
+    "shared_buffers",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "synchronous_commit",
+    "fsync",
+    "max_parallel_workers_per_gather",
+)
 
 
 @dataclass
@@ -49,6 +60,7 @@ class Result:
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
+    proof: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -105,12 +117,14 @@ def copy_of(admin: str, source: str, name: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def plain_update(dsn: str, rows: int) -> float:
+def plain_update(dsn: str, rows: int, where: bool = False) -> float:
+    expr = sql.SQL(phone_expression())
+    query = sql.SQL("UPDATE users SET phone = {}").format(expr)
+    if where:
+        query += sql.SQL(" WHERE phone IS DISTINCT FROM ({})").format(expr)
     with psycopg.connect(dsn, autocommit=True) as conn:
         started = time.monotonic()
-        updated = conn.execute(
-            sql.SQL("UPDATE users SET phone = {}").format(sql.SQL(phone_expression()))
-        ).rowcount
+        updated = conn.execute(query).rowcount
         seconds = time.monotonic() - started
     assert updated == rows, updated
     return seconds
@@ -145,6 +159,7 @@ def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path)
         seconds = time.monotonic() - started
     assert outcome.status == "completed", outcome.message
     walked = next(e for e in logs if e["event"] == "backfill_walked")
+    proof = sum(e["ms"] for e in logs if e["event"] == "backfill_proof") / 1000
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             sql.SQL("SELECT count(*) FROM users WHERE phone IS DISTINCT FROM ({})").format(
@@ -158,6 +173,7 @@ def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path)
         "p50": walked["batch_ms_p50"],
         "p99": walked["batch_ms_p99"],
         "batches": walked["batches"],
+        "proof": proof,
     }
 
 
@@ -170,7 +186,17 @@ def fmt_rows(n: int) -> str:
 
 
 def table(results: Sequence[Result]) -> str:
-    head = ("rows", "method", "seconds", "rows/s", "vs UPDATE", "batches", "p50 ms", "p99 ms")
+    head = (
+        "rows",
+        "method",
+        "seconds",
+        "rows/s",
+        "vs UPDATE",
+        "proof s",
+        "batches",
+        "p50 ms",
+        "p99 ms",
+    )
     lines = []
     baseline: dict[int, float] = {}
     for r in results:
@@ -184,6 +210,7 @@ def table(results: Sequence[Result]) -> str:
                 f"{statistics.median(r.seconds):.1f}",
                 f"{r.rate:,.0f}",
                 ratio,
+                f"{statistics.median(r.proof):.1f}" if r.proof else "-",
                 str(round(statistics.median(r.batches))) if r.batches else "1",
                 f"{statistics.median(r.p50):.0f}" if r.p50 else "-",
                 f"{statistics.median(r.p99):.0f}" if r.p99 else "-",
@@ -206,10 +233,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-time", default="200ms", help="batch_time of the plan")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each method (median)")
     parser.add_argument("--dsn", help="a server to use instead of an embedded one (superuser)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a reloadable server setting of the embedded server, e.g. max_wal_size=4GB",
+    )
     args = parser.parse_args(argv)
+    settings = dict(s.split("=", 1) for s in args.setting)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
 
-    with contextmanager(lambda: server(args.dsn))() as admin, tempfile.TemporaryDirectory() as tmp:
+    with (
+        contextmanager(lambda: server(args.dsn, settings))() as admin,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         with psycopg.connect(admin) as conn:
             shown = ", ".join(
                 f"{name}={conn.execute(sql.SQL('SHOW {}').format(sql.Identifier(name))).fetchone()[0]}"  # type: ignore[index]
@@ -220,13 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rows in sizes:
             print(f"seeding {rows:,} rows...", file=sys.stderr)
             template(admin, "bench_backfill_tpl", rows)
-            methods = ["UPDATE", "zdm, 1 worker", f"zdm, {args.workers} workers"]
+            methods = ["UPDATE", "UPDATE WHERE", "zdm, 1 worker", f"zdm, {args.workers} workers"]
             found = {m: Result(rows, m) for m in methods}
             for i in range(args.repeat):
                 for m in methods:
                     with copy_of(admin, "bench_backfill_tpl", "bench_backfill_run") as dsn:
-                        if m == "UPDATE":
-                            found[m].seconds.append(plain_update(dsn, rows))
+                        if m.startswith("UPDATE"):
+                            found[m].seconds.append(plain_update(dsn, rows, m != "UPDATE"))
                         else:
                             n = 1 if m.endswith("1 worker") else args.workers
                             got = zdm_backfill(dsn, rows, n, args.batch_time, Path(tmp))
@@ -234,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             found[m].p50.append(got["p50"])
                             found[m].p99.append(got["p99"])
                             found[m].batches.append(got["batches"])
+                            found[m].proof.append(got["proof"])
                     r = found[m]
                     print(
                         f"  {fmt_rows(rows)} {m} (run {i + 1}): {r.seconds[-1]:.1f}s,"
@@ -247,11 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def server(dsn: str | None) -> Iterator[str]:
+def server(dsn: str | None, settings: dict[str, str]) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    with EmbeddedServer() as embedded:
+    with EmbeddedServer(settings=settings) as embedded:
         yield embedded.dsn
 
 

@@ -162,7 +162,8 @@ def test_sigkill_with_two_workers_then_run_again(
 def test_pause_and_resume_from_another_terminal(
     seeded: str, watcher: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    plan = plan_file(tmp_path)
+    # Slow enough that the walk is still going when a second `zdm` process starts on a busy host.
+    plan = plan_file(tmp_path, pause="100ms")
     proc = start_zdm(*run_args(plan, seeded))
     try:
         wait_for(lambda: rows_done(watcher) >= 2000, 60, "progress", alive=proc)
@@ -233,7 +234,8 @@ def test_sigterm_stops_after_the_current_batch_and_run_resumes(
 def test_sigterm_while_paused_leaves_the_run_paused(
     seeded: str, watcher: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    plan = plan_file(tmp_path)
+    # Slow enough that the walk is still going when a second `zdm` process starts on a busy host.
+    plan = plan_file(tmp_path, pause="100ms")
     proc = start_zdm(*run_args(plan, seeded))
     try:
         wait_for(lambda: rows_done(watcher) >= 1000, 60, "progress", alive=proc)

@@ -86,9 +86,9 @@ def test_cross_table_batch_qualifies_the_key_and_joins() -> None:
         ' AND ("public"."users"."plan" IS DISTINCT FROM (accounts.plan))'
     )
     assert text(remaining_sql([j])) == (
-        'SELECT EXISTS (SELECT 1 FROM "public"."users", "billing"."accounts"'
+        'SELECT count(*) FROM "public"."users", "billing"."accounts"'
         " WHERE (accounts.user_id = users.id)"
-        ' AND ("public"."users"."plan" IS DISTINCT FROM (accounts.plan)))'
+        ' AND ("public"."users"."plan" IS DISTINCT FROM (accounts.plan))'
     )
 
 
@@ -112,8 +112,8 @@ def test_merged_jobs_update_each_column_only_where_its_predicate_holds() -> None
         f' AND (("phone" IS DISTINCT FROM ({PHONE})) OR (email_domain IS NULL))'
     )
     assert text(remaining_sql(jobs)) == (
-        'SELECT EXISTS (SELECT 1 FROM "public"."users" WHERE'
-        f' (("phone" IS DISTINCT FROM ({PHONE})) OR (email_domain IS NULL)))'
+        'SELECT count(*) FROM "public"."users" WHERE'
+        f' (("phone" IS DISTINCT FROM ({PHONE})) OR (email_domain IS NULL))'
     )
 
 
@@ -127,9 +127,10 @@ def test_split_samples_keys_and_keeps_the_last_of_each_slice() -> None:
     assert "TABLESAMPLE" not in text(split_sql(USERS, AB, 3, 100))
 
 
-def test_batch_transaction_sets_its_timeouts() -> None:
+def test_batch_transaction_sets_its_timeouts_and_does_not_wait_for_the_flush() -> None:
     assert text(timeouts_sql(200, 1000)) == (
-        "SET LOCAL lock_timeout = '200ms'; SET LOCAL statement_timeout = '1000ms'"
+        "SET LOCAL lock_timeout = '200ms'; SET LOCAL statement_timeout = '1000ms';"
+        " SET LOCAL synchronous_commit = off"
     )
 
 
@@ -160,7 +161,19 @@ def test_auto_batches_shrink_in_proportion_at_once() -> None:
     s.after(1000, 800)  # 4x over target
     assert s.size == 250
     s.after(250, 190)  # close to target: stays close
-    assert s.size == 263
+    assert s.size == 256
+
+
+def test_one_fast_batch_does_not_double_the_next() -> None:
+    s = sizer(batch_time="200ms")
+    s.after(1000, 200)  # on target
+    assert s.size == 1000
+    s.after(1000, 50)  # a lucky batch: the cost estimate only halves toward it
+    assert s.size == 1500  # (1600 by the estimate, capped at 1.5x)
+    s.after(1500, 150)  # 0.1ms a row: the estimate goes half way, to 0.1125ms
+    assert s.size == 1777  # not the 2000 this one batch alone would suggest
+    s.after(1777, 400)  # slow: the estimate jumps to the slow batch's cost at once
+    assert s.size == 888
 
 
 def test_auto_batches_stay_within_min_and_max() -> None:

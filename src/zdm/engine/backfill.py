@@ -98,13 +98,19 @@ class Control:
 
 @dataclass
 class BatchSizer:
-    """Sizes batches to a target duration: grow at most 1.5x, shrink in proportion when slow."""
+    """Sizes batches to a target duration: grow at most 1.5x, shrink in proportion when slow.
+
+    The size follows an estimate of the cost of one row: a slow batch raises it at once (the
+    next batch is smaller in proportion), fast batches lower it by halves, so one lucky batch
+    does not make the next one overshoot.
+    """
 
     size: int
     auto: bool
     target_ms: float
     minimum: int
     maximum: int
+    ms_per_row: float | None = None
 
     @classmethod
     def of(cls, options: Any, resumed: int | None = None) -> BatchSizer:
@@ -120,10 +126,14 @@ class BatchSizer:
         """Learns from a committed batch of `rows` rows that took `ms`."""
         if not self.auto or rows <= 0:
             return
-        ideal = rows * self.target_ms / max(ms, 1.0)
-        if rows < self.size and ideal >= self.size:
+        cost = max(ms, 1.0) / rows
+        if rows < self.size and cost * self.size <= self.target_ms:
             return  # the short last batch of a range says nothing about larger ones
-        self._set(min(ideal, self.size * GROWTH))
+        if self.ms_per_row is None or cost >= self.ms_per_row:
+            self.ms_per_row = cost
+        else:
+            self.ms_per_row = (self.ms_per_row + cost) / 2
+        self._set(min(self.target_ms / self.ms_per_row, self.size * GROWTH))
 
     def halve(self) -> bool:
         """After a statement timeout; False when the batch cannot get any smaller."""
@@ -441,14 +451,18 @@ class Backfiller:
         )
         started = time.monotonic()
         self._walk(key, ranges)
-        if self.ex.probe(remaining_sql(self.jobs)):
+        left = self._left()
+        if left:
             # Rows changed behind the walk without the trigger (or before it existed): one more pass.
-            self.log.warning("backfill_second_pass", table=str(self.table))
+            self.log.warning("backfill_second_pass", table=str(self.table), rows_left=left)
             last_end = [str(table_pages(self.conn, self.table))] if key.ctid else None
             self.store.backfill_restart(self.conn, self.run_id, self.ordinals, last_end)
             self._walk(key, self._load())
-            if self.ex.probe(remaining_sql(self.jobs)):
-                raise StepFailed(f"{self.label}: rows still match `{self.where}` after two passes")
+            left = self._left()
+            if left:
+                raise StepFailed(
+                    f"{self.label}: {left} rows still match `{self.where}` after two passes"
+                )
         seconds = time.monotonic() - started
         ms = sorted(self.batch_ms)
         self.log.info(
@@ -462,6 +476,19 @@ class Backfiller:
             batch_ms_p99=round(percentile(ms, 99)) if ms else None,
             batch_ms_max=round(ms[-1]) if ms else None,
         )
+
+    def _left(self) -> int:
+        """Rows that still match the predicate, counted over the whole table."""
+        t0 = time.monotonic()
+        row = self.conn.execute(remaining_sql(self.jobs)).fetchone()
+        left = int(row[0]) if row else 0
+        self.log.info(
+            "backfill_proof",
+            table=str(self.table),
+            rows_left=left,
+            ms=round((time.monotonic() - t0) * 1000),
+        )
+        return left
 
     # -- ranges --------------------------------------------------------------------------------
 

@@ -165,10 +165,17 @@ def _source(jobs: Sequence[BackfillJob]) -> tuple[sql.Composable, sql.Composable
 
 
 def timeouts_sql(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.Composed:
-    """Opens a batch's transaction: the batch gives up on a row lock fast, and cannot run long."""
-    return sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
-        sql.Literal(f"{lock_timeout_ms}ms"), sql.Literal(f"{statement_timeout_ms}ms")
-    )
+    """Opens a batch's transaction: it gives up on a row lock fast and cannot run long.
+
+    Its commit does not wait for the WAL flush: a batch and its checkpoint commit together, so
+    a server crash can lose only the last batches *with* their checkpoints, and the resume does
+    them again; waiting for the flush of every batch would cost the walk about a tenth of its
+    speed.
+    """
+    return sql.SQL(
+        "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {};"
+        " SET LOCAL synchronous_commit = off"
+    ).format(sql.Literal(f"{lock_timeout_ms}ms"), sql.Literal(f"{statement_timeout_ms}ms"))
 
 
 def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.Composed:
@@ -249,14 +256,18 @@ def tid(page: int) -> str:
 
 
 def remaining_sql(jobs: Sequence[BackfillJob] | BackfillJob) -> sql.Composed:
-    """Whether any row still needs the backfill: the proof before the step is marked done."""
+    """How many rows still need the backfill: the proof before the step is marked done.
+
+    A count, not EXISTS: when no row is left (the normal case) both read the whole table, but
+    the count gets a parallel scan, while EXISTS, expecting an early match, never does.
+    """
     jobs = [jobs] if isinstance(jobs, BackfillJob) else list(jobs)
     source = jobs[0].source
     if source is None:
-        return sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+        return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
             jobs[0].table.ident(), predicate(jobs)
         )
-    return sql.SQL("SELECT EXISTS (SELECT 1 FROM {}, {} WHERE ({}) AND {})").format(
+    return sql.SQL("SELECT count(*) FROM {}, {} WHERE ({}) AND {}").format(
         jobs[0].table.ident(), source.table.ident(), user_sql(source.on), predicate(jobs)
     )
 
