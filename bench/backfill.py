@@ -14,7 +14,8 @@ its own file copy of that database on the same server:
   whole table, shown apart as "proof s").
 
     python bench/backfill.py                      # 100k, 1M and 5M rows: about 25 minutes
-    python bench/backfill.py --sizes 1M --workers 2 --repeat 3
+    python bench/backfill.py --sizes 1M --repeat 3    # medians of 3
+    python bench/backfill.py --sizes 5M --methods zdm,zdm-workers --setting max_wal_size=4GB
 """
 
 from __future__ import annotations
@@ -232,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers of the parallel run")
     parser.add_argument("--batch-time", default="200ms", help="batch_time of the plan")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each method (median)")
+    parser.add_argument(
+        "--methods",
+        default="update,update-where,zdm,zdm-workers",
+        help="which of update, update-where, zdm (1 worker), zdm-workers to run",
+    )
     parser.add_argument("--dsn", help="a server to use instead of an embedded one (superuser)")
     parser.add_argument(
         "--setting",
@@ -258,7 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rows in sizes:
             print(f"seeding {rows:,} rows...", file=sys.stderr)
             template(admin, "bench_backfill_tpl", rows)
-            methods = ["UPDATE", "UPDATE WHERE", "zdm, 1 worker", f"zdm, {args.workers} workers"]
+            names = {
+                "update": "UPDATE",
+                "update-where": "UPDATE WHERE",
+                "zdm": "zdm, 1 worker",
+                "zdm-workers": f"zdm, {args.workers} workers",
+            }
+            methods = [names[m.strip()] for m in args.methods.split(",")]
             found = {m: Result(rows, m) for m in methods}
             for i in range(args.repeat):
                 for m in methods:

@@ -56,6 +56,7 @@ class ReplicaLag:
 
     limit_ms: float
     standbys: dict[int, _Standby] = field(default_factory=dict)
+    warned: bool = False
 
     def reason(self, conn: psycopg.Connection[Any]) -> str | None:
         now = time.monotonic()
@@ -65,7 +66,15 @@ class ReplicaLag:
             REPLICAS_SQL
         ).fetchall():
             if flush is None or replay is None:
-                continue  # no privilege to see positions (needs pg_monitor), or not streaming
+                if not self.warned:  # positions are hidden from roles without pg_monitor
+                    self.warned = True
+                    structlog.get_logger("zdm.backfill").warning(
+                        "replica_lag_unknown",
+                        replica=app or addr,
+                        hint="grant pg_monitor to the role zdm connects as, or the lag of"
+                        " this standby cannot be seen and does not hold the backfill",
+                    )
+                continue
             seen.add(pid)
             st = self.standbys.setdefault(pid, _Standby())
             if not st.flushed or flush > st.flushed[-1][1]:
