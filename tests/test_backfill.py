@@ -488,6 +488,40 @@ def test_backfills_of_one_table_in_a_row_walk_it_once(
     assert [s["status"] for s in steps] == ["done", "done", "done"]
 
 
+def test_rows_whose_expression_is_null_are_walked_once_and_proven_done(
+    users: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The walk takes every NULL column without evaluating its expression (one evaluation a
+    row, not two); the proof keeps the exact predicate, so a NULL result is not a row left."""
+    conn.execute("ALTER TABLE users ADD COLUMN phone text")
+    conn.execute("UPDATE users SET contact = contact - 'phone' WHERE id % 10 = 0")
+    no_phone = scalar(conn, "SELECT count(*) FROM users WHERE NOT contact ? 'phone'")
+    assert no_phone == 500
+    path = write_plan(
+        tmp_path,
+        {"backfill": [{"backfill": {"table": "users", "set": {"phone": PHONE_EXPR}}}]},
+    )
+    with capture_logs() as logs:
+        run(path, users)
+    events = [e["event"] for e in logs]
+    assert "backfill_second_pass" not in events
+    assert [e["rows_left"] for e in logs if e["event"] == "backfill_proof"] == [0]
+    assert mismatched_phones(conn) == 0
+    assert scalar(conn, "SELECT count(*) FROM users WHERE phone IS NULL") == no_phone
+    # A second walk of the same table (a rerun) changes only what is wrong: the NULL rows again.
+    conn.execute("UPDATE users SET phone = 'stale' WHERE id <= 10")
+    # The 10 stale rows, and the NULL rows but id 10 (which has no phone and is now stale).
+    expected = 10 + no_phone - 1
+    again = write_plan(
+        tmp_path,
+        {"backfill": [{"backfill": {"table": "users", "set": {"phone": PHONE_EXPR}}}]},
+        name="bf2",
+    )
+    run(again, users)
+    assert mismatched_phones(conn) == 0
+    assert [r["rows_updated"] for r in backfills(conn) if r["run_id"] == 2] == [expected]
+
+
 # -- status and dry-run -------------------------------------------------------------------------
 
 

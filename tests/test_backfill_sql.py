@@ -60,7 +60,11 @@ def test_batch_is_bounded_by_a_key_range_and_the_predicate() -> None:
     assert text(batch_sql([job()], ID, lower=True)) == (
         f'UPDATE "public"."users" SET "phone" = ({PHONE})'
         ' WHERE ("id") > (%s) AND ("id") <= (%s)'
-        f' AND ("phone" IS DISTINCT FROM ({PHONE}))'
+        f' AND ("phone" IS NULL OR "phone" IS DISTINCT FROM ({PHONE}))'
+    )
+    # The proof keeps the exact predicate: a row whose expression is NULL is done.
+    assert text(remaining_sql([job()])) == (
+        f'SELECT count(*) FROM "public"."users" WHERE ("phone" IS DISTINCT FROM ({PHONE}))'
     )
 
 
@@ -83,7 +87,8 @@ def test_cross_table_batch_qualifies_the_key_and_joins() -> None:
         'UPDATE "public"."users" SET "plan" = (accounts.plan) FROM "billing"."accounts"'
         ' WHERE (accounts.user_id = users.id) AND ("public"."users"."id") > (%s)'
         ' AND ("public"."users"."id") <= (%s)'
-        ' AND ("public"."users"."plan" IS DISTINCT FROM (accounts.plan))'
+        ' AND ("public"."users"."plan" IS NULL'
+        ' OR "public"."users"."plan" IS DISTINCT FROM (accounts.plan))'
     )
     assert text(remaining_sql([j])) == (
         'SELECT count(*) FROM "public"."users", "billing"."accounts"'
@@ -105,11 +110,12 @@ def test_ctid_batch_is_a_page_range() -> None:
 def test_merged_jobs_update_each_column_only_where_its_predicate_holds() -> None:
     jobs = [job(), job({"email_domain": "split_part(email, '@', 2)"}, "email_domain IS NULL")]
     assert text(batch_sql(jobs, ID, lower=True)) == (
-        f'UPDATE "public"."users" SET "phone" = CASE WHEN ("phone" IS DISTINCT FROM ({PHONE}))'
+        'UPDATE "public"."users" SET "phone" = CASE WHEN'
+        f' ("phone" IS NULL OR "phone" IS DISTINCT FROM ({PHONE}))'
         f' THEN ({PHONE}) ELSE "phone" END, "email_domain" = CASE WHEN (email_domain IS NULL)'
         " THEN (split_part(email, '@', 2)) ELSE \"email_domain\" END"
         ' WHERE ("id") > (%s) AND ("id") <= (%s)'
-        f' AND (("phone" IS DISTINCT FROM ({PHONE})) OR (email_domain IS NULL))'
+        f' AND (("phone" IS NULL OR "phone" IS DISTINCT FROM ({PHONE})) OR (email_domain IS NULL))'
     )
     assert text(remaining_sql(jobs)) == (
         'SELECT count(*) FROM "public"."users" WHERE'

@@ -104,30 +104,43 @@ def ctid_unsupported(server_version: int) -> str | None:
 # -- predicates and assignments ---------------------------------------------------------------
 
 
-def default_where(mapping: dict[str, str], table: Table | None = None) -> str:
+def default_where(
+    mapping: dict[str, str], table: Table | None = None, *, walk: bool = False
+) -> str:
     """Rows where some mapped column differs from its expression (rows the trigger fixed are not).
 
     Columns are qualified by `table` when another table joins the UPDATE and may have them too.
+    The `walk`'s form takes every NULL column without evaluating its expression: the batch then
+    evaluates it once, in the SET, instead of twice (a new column is NULL on every row not yet
+    written). It also takes rows whose expression is NULL too; writing NULL over NULL changes
+    nothing, and the proof keeps the exact form.
     """
 
     def column(c: str) -> str:
         ident = sql.Identifier(c) if table is None else sql.Identifier(table.schema, table.name, c)
         return ident.as_string(None)
 
+    if walk:
+        return " OR ".join(
+            f"{column(c)} IS NULL OR {column(c)} IS DISTINCT FROM ({e})" for c, e in mapping.items()
+        )
     return " OR ".join(f"{column(c)} IS DISTINCT FROM ({e})" for c, e in mapping.items())
 
 
-def job_where(job: BackfillJob) -> str:
+def job_where(job: BackfillJob, *, walk: bool = False) -> str:
     """The rows a job updates: its `where`, else the rows whose mapped columns differ."""
-    return job.where or default_where(job.set, job.table if job.source is not None else None)
+    table = job.table if job.source is not None else None
+    return job.where or default_where(job.set, table, walk=walk)
 
 
-def predicate(jobs: Sequence[BackfillJob]) -> sql.Composed:
-    """Rows that some job of the walk updates."""
+def predicate(jobs: Sequence[BackfillJob], *, walk: bool = False) -> sql.Composed:
+    """Rows that some job of the walk updates (`walk`), or that the proof counts."""
     if len(jobs) == 1:
-        return sql.SQL("({})").format(user_sql(job_where(jobs[0])))
+        return sql.SQL("({})").format(user_sql(job_where(jobs[0], walk=walk)))
     return sql.SQL("({})").format(
-        sql.SQL(" OR ").join(sql.SQL("({})").format(user_sql(job_where(j))) for j in jobs)
+        sql.SQL(" OR ").join(
+            sql.SQL("({})").format(user_sql(job_where(j, walk=walk))) for j in jobs
+        )
     )
 
 
@@ -143,7 +156,7 @@ def assignments(jobs: Sequence[BackfillJob]) -> sql.Composed:
         for c, e in job.set.items():
             parts.append(
                 sql.SQL("{c} = CASE WHEN ({w}) THEN ({e}) ELSE {c} END").format(
-                    c=sql.Identifier(c), w=user_sql(job_where(job)), e=user_sql(e)
+                    c=sql.Identifier(c), w=user_sql(job_where(job, walk=True)), e=user_sql(e)
                 )
             )
     return sql.SQL(", ").join(parts)
@@ -224,7 +237,7 @@ def batch_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Comp
         from_=from_,
         on=on,
         bounds=bounds,
-        w=predicate(jobs),
+        w=predicate(jobs, walk=True),
     )
 
 
@@ -247,7 +260,7 @@ def ctid_batch_sql(jobs: Sequence[BackfillJob]) -> sql.Composed:
         from_=from_,
         on=on,
         pages=pages,
-        w=predicate(jobs),
+        w=predicate(jobs, walk=True),
     )
 
 
