@@ -386,3 +386,74 @@ def test_kill_at_random_moment_of_cleanup(
     print(f"killed {delay * 1000:.0f}ms into cleanup: steps {landed}; constraints {helpers}")
     finish(plan, small)
     assert_all_correct(watcher, server_version, CLEANUP_ROWS)
+
+
+DEFAULTS_PLAN = """\
+version: 1
+name: defaults
+settings: {lock_timeout: 100ms, lock_timeout_max: 500ms, retry_max_wait: 200ms}
+phases:
+  additive:
+    - set_default: {table: t, column: v, default: '42'}
+"""
+
+
+def test_kill_before_set_default_keeps_the_default_it_replaces(
+    dsn: str, watcher: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The default a step replaces is recorded once, before its first attempt, and a resume
+    never records another: not even when it finds the step's own default in place."""
+    watcher.execute("CREATE TABLE t (id int PRIMARY KEY, v int DEFAULT 7)")
+    plan = tmp_path / "defaults.yaml"
+    plan.write_text(DEFAULTS_PLAN)
+    # A transaction of the application sits on the table: zdm waits for it to end before it
+    # takes its lock (it never queues behind one), its record already made. It is killed there.
+    with psycopg.connect(dsn) as app:
+        app.execute("SELECT * FROM t").fetchall()
+        proc = start_zdm("--log-format", "json", "run", plan, "--dsn", dsn)
+        try:
+            wait_for(
+                lambda: (
+                    scalar(watcher, "SELECT to_regclass('zdm.events') IS NOT NULL")
+                    and scalar(
+                        watcher,
+                        "SELECT EXISTS (SELECT 1 FROM zdm.events WHERE event = 'long_holder_wait')",
+                    )
+                ),
+                60,
+                "zdm to wait for the application's transaction",
+                alive=proc,
+            )
+        finally:
+            proc.kill()
+        wait_gone(watcher, proc.pid)
+        app.rollback()
+
+    def default() -> Any:
+        return scalar(
+            watcher,
+            "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 't'::regclass",
+        )
+
+    step = run_row(watcher, "defaults")["steps"]["additive[0]"]
+    assert (step["status"], step["attempts"], step["remembered"]) == (
+        "running",
+        1,
+        {"default": "7"},
+    )
+    assert default() == "7"
+
+    # As if the step's statement had committed and the process died before its bookkeeping:
+    # the resume finds the new default in place, and must not take it for the old one.
+    watcher.execute("ALTER TABLE t ALTER COLUMN v SET DEFAULT 42")
+    finish_defaults = zdm("run", plan, "--dsn", dsn)
+    assert finish_defaults.returncode == 0, output_of(finish_defaults)
+    step = run_row(watcher, "defaults")["steps"]["additive[0]"]
+    assert (step["status"], step["attempts"], step["remembered"]) == ("done", 2, {"default": "7"})
+
+    shown = zdm("rollback", plan, "--dry-run", "--dsn", dsn)
+    assert shown.returncode == 0, output_of(shown)
+    assert 'ALTER TABLE "public"."t" ALTER COLUMN "v" SET DEFAULT 7;' in shown.stdout
+    undone = zdm("rollback", plan, "--dsn", dsn)
+    assert undone.returncode == 0, output_of(undone)
+    assert default() == "7"

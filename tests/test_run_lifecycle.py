@@ -159,7 +159,11 @@ def test_changed_plan_file_is_refused_unless_forced(
     assert "completed" in done.stderr
     assert_completed(watcher, server_version)
     assert scalar(watcher, "SELECT to_regclass('public.idx_users_email2') IS NOT NULL")
-    assert run_row(watcher)["steps"]["additive[0]"]["attempts"] == 1  # kept, not redone
+    kept = run_row(watcher)["steps"]["additive[0]"]
+    assert (kept["status"], kept["attempts"]) == ("done", 1)  # kept, not redone
+    # Not taken for a column that existed before the run: rollback still drops it.
+    assert kept["adopted"] is False
+    assert "step_adopted_existing" not in done.stderr
 
 
 def test_failing_verify_fails_the_run_and_resumes_once_the_data_is_fixed(

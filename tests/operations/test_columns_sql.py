@@ -12,7 +12,7 @@ import pytest
 from ops_support import PG17, PG18, U, all_sql, ctx, plan_of, probes, shape, statement_locks
 
 from zdm.ddl import LockMode
-from zdm.operations import Irreversible, plan_inverse, plan_step
+from zdm.operations import Irreversible, plan_inverse, plan_memo, plan_step
 from zdm.operations.columns import _mentions
 from zdm.plan import (
     AddColumn,
@@ -160,24 +160,51 @@ def test_rename_column_and_back() -> None:
     assert shape(back) == [U((f'ALTER TABLE {T} RENAME COLUMN "full_name" TO "name"',), AE)]
 
 
-def test_set_default_and_its_inverse() -> None:
-    step = SetDefault(table="users", column="status", default="'new'")
-    # Catalog only and idempotent by itself: no probe needed.
-    assert shape(plan_step(step, ctx())) == [
+DEFAULT_OF_STATUS = (
+    "SELECT jsonb_build_object('default', (SELECT pg_get_expr(d.adbin, d.adrelid)"
+    " FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
+    f" WHERE d.adrelid = to_regclass('{T}') AND a.attname = 'status' AND NOT a.attisdropped"
+    " AND a.attgenerated = ''))"
+)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        SetDefault(table="users", column="status", default="'new'"),
+        DropDefault(table="users", column="status"),
+    ],
+    ids=["set_default", "drop_default"],
+)
+def test_default_steps_remember_the_default_they_replace(step: StepSpec) -> None:
+    memo = plan_memo(step, ctx())
+    assert memo is not None
+    assert memo.as_string(None) == DEFAULT_OF_STATUS
+    # Its inverse restores what the run recorded: the old default, or none at all.
+    assert shape(plan_inverse(step, ctx(), {"default": "'old'::text"})) == [
+        U((f"ALTER TABLE {T} ALTER COLUMN \"status\" SET DEFAULT 'old'::text",), AE, probe=False)
+    ]
+    assert shape(plan_inverse(step, ctx(), {"default": None})) == [
+        U((f'ALTER TABLE {T} ALTER COLUMN "status" DROP DEFAULT',), AE, probe=False)
+    ]
+    # Nothing recorded (a step run by an older zdm): the old default is unknown.
+    with pytest.raises(Irreversible, match=rf"{step.kind} users\.status: .*no record"):
+        plan_inverse(step, ctx())
+
+
+def test_set_default_and_drop_default() -> None:
+    # Catalog only and idempotent by themselves: no probe needed.
+    assert shape(plan_step(SetDefault(table="users", column="status", default="'new'"), ctx())) == [
         U((f"ALTER TABLE {T} ALTER COLUMN \"status\" SET DEFAULT 'new'",), AE, probe=False)
     ]
-    assert shape(plan_inverse(step, ctx())) == [
+    assert shape(plan_step(DropDefault(table="users", column="status"), ctx())) == [
         U((f'ALTER TABLE {T} ALTER COLUMN "status" DROP DEFAULT',), AE, probe=False)
     ]
 
 
-def test_drop_default_is_irreversible() -> None:
-    step = DropDefault(table="users", column="status")
-    assert shape(plan_step(step, ctx())) == [
-        U((f'ALTER TABLE {T} ALTER COLUMN "status" DROP DEFAULT',), AE, probe=False)
-    ]
-    with pytest.raises(Irreversible, match=r"drop_default users\.status"):
-        plan_inverse(step, ctx())
+def test_other_column_steps_remember_nothing() -> None:
+    assert plan_memo(RenameColumn(table="users", column="a", to="b"), ctx()) is None
+    assert plan_memo(SetNotNull(table="users", column="a"), ctx()) is None
 
 
 NOT_NULL = (

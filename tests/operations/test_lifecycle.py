@@ -34,7 +34,7 @@ from zdm import api
 from zdm.ddl import Action, BackfillJob, Check, Txn
 from zdm.engine.executor import Executor
 from zdm.engine.runner import RunRefused, new_steps
-from zdm.operations import Context, plan_step
+from zdm.operations import Context, plan_memo, plan_step
 from zdm.plan import PlanError, Settings, load_plan
 from zdm.state import Store
 
@@ -167,6 +167,13 @@ def set_note_default(conn: Conn, writer: Writer, version: int) -> None:
     assert column(conn, "items", "note") == ("text", False, "'n/a'::text")
     rows = accepts(conn, "INSERT INTO items (id, name) VALUES (900001, 'x') RETURNING note")
     assert rows == [("n/a",)]
+
+
+def set_qty_default(conn: Conn, writer: Writer, version: int) -> None:
+    assert column(conn, "items", "qty") == ("integer", True, "1")
+    assert accepts(conn, "INSERT INTO items (id, name) VALUES (900001, 'x') RETURNING qty") == [
+        (1,)
+    ]
 
 
 def dropped_qty_default(conn: Conn, writer: Writer, version: int) -> None:
@@ -357,10 +364,14 @@ CASES = [
         set_note_default,
     ),
     Case(
+        "set_default_over_a_default",
+        "additive:\n  - set_default: {table: items, column: qty, default: '1'}\n",
+        set_qty_default,
+    ),
+    Case(
         "drop_default",
         "cleanup:\n  - drop_default: {table: items, column: qty}\n",
         dropped_qty_default,
-        irreversible="cleanup[0] drop_default",
     ),
     Case(
         "set_not_null", "cleanup:\n  - set_not_null: {table: items, column: note}\n", note_not_null
@@ -652,10 +663,22 @@ def forward_units(plan: Path, server_version: int) -> list[tuple[int, Action]]:
 
 
 def crash_after(conn: Conn, plan: Path, units: list[tuple[int, Action]]) -> None:
-    """Does the work of `units`, then leaves the state a process killed right after leaves: the
-    run recorded, the steps it had started `running`, none of their bookkeeping done."""
+    """Does the work of `units` as a run does, then leaves the state a process killed right after
+    leaves: the run recorded, the steps it had started `running` with what they remembered before
+    their work, none of their bookkeeping done."""
+    loaded = load_plan(plan)
+    ctx = Context(loaded.plan.schema_, conn.info.server_version, loaded.plan, loaded.base_dir)
+    steps = loaded.plan.steps()
+    store = Store()
+    store.ensure(conn)
+    run = store.create_run(conn, loaded.name, loaded.sha256, str(plan), new_steps(steps))
     executor = Executor(conn, Settings())
-    for _, unit in units:
+    started: set[int] = set()
+    for ordinal, unit in units:
+        if ordinal not in started:
+            started.add(ordinal)
+            memo = plan_memo(steps[ordinal].spec, ctx)
+            store.step_started(conn, run.id, ordinal, remember=memo)
         if isinstance(unit, Txn):
             executor.run(unit)
         else:
@@ -669,14 +692,6 @@ def crash_after(conn: Conn, plan: Path, units: list[tuple[int, Action]]) -> None
                     ),
                 )
             )
-    loaded = load_plan(plan)
-    store = Store()
-    store.ensure(conn)
-    run = store.create_run(
-        conn, loaded.name, loaded.sha256, str(plan), new_steps(loaded.plan.steps())
-    )
-    for ordinal in sorted({o for o, _ in units}):
-        store.step_started(conn, run.id, ordinal)
 
 
 # sql steps have no catalog probe: the author's SQL runs again on resume, so it must be
@@ -878,3 +893,100 @@ def test_rollback_never_drops_what_the_run_did_not_create(
         with contextlib.suppress(RunRefused):
             api.rollback(plan, dsn)
     assert snapshot(conn) == before
+
+
+# --- what a step remembers for its inverse ---------------------------------------------------
+
+
+def remembered(conn: Conn, plan: str = "lifecycle") -> list[Any]:
+    """`zdm.steps.remembered` of each step of the plan's latest run."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT s.remembered FROM zdm.steps s WHERE s.run_id ="
+            " (SELECT max(id) FROM zdm.runs WHERE plan = %s) ORDER BY s.ordinal",
+            [plan],
+        ).fetchall()
+    ]
+
+
+def test_rollback_restores_the_default_a_step_replaced(
+    base: Conn, dsn: str, tmp_path: Path
+) -> None:
+    conn = base
+    conn.execute(
+        "CREATE SEQUENCE note_seq;"
+        " ALTER TABLE items ALTER COLUMN note SET DEFAULT 'n' || nextval('note_seq')"
+    )
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        """
+        additive:
+          - set_default: {table: items, column: qty, default: '5'}
+        cleanup:
+          - drop_default: {table: items, column: note}
+        """,
+    )
+    before = snapshot(conn)
+    first = api.run_plan(plan, dsn)
+    assert first.status == "completed", first.message
+    # Recorded under an empty search_path: the sequence's schema is named, so the restored
+    # default means the same whatever search_path the rollback's session has.
+    old_note = "('n'::text || nextval('public.note_seq'::regclass))"
+    assert remembered(conn) == [{"default": "0"}, {"default": old_note}]
+
+    shown = api.rollback_dry_run(plan, dsn)
+    assert f'ALTER TABLE "public"."items" ALTER COLUMN "note" SET DEFAULT {old_note};' in shown, (
+        shown
+    )
+    assert 'ALTER TABLE "public"."items" ALTER COLUMN "qty" SET DEFAULT 0;' in shown, shown
+    assert shown.index('"note" SET DEFAULT') < shown.index('"qty" SET DEFAULT')  # reverse order
+
+    undone = api.rollback(plan, dsn)
+    assert (undone.status, undone.exit_code) == ("rolled_back", 0), undone.message
+    assert snapshot(conn) == before
+    assert column(conn, "items", "note") == (
+        "text",
+        False,
+        "('n'::text || nextval('note_seq'::regclass))",
+    )
+
+
+def test_rollback_without_a_record_refuses_and_names_the_step(
+    base: Conn, dsn: str, tmp_path: Path
+) -> None:
+    conn = base
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        """
+        additive:
+          - add_column: {table: items, column: {name: extra, type: text}}
+        cleanup:
+          - drop_default: {table: items, column: qty}
+        """,
+    )
+    out = api.run_plan(plan, dsn)
+    assert out.status == "completed", out.message
+    # The state as a zdm from before `remembered` left it: no such column, no record.
+    conn.execute("ALTER TABLE zdm.steps DROP COLUMN remembered")
+    after = snapshot(conn)
+    assert api.status(dsn, "lifecycle")[0]["status"] == "completed"  # read-only: no upgrade
+
+    with pytest.raises(RunRefused, match=re.escape("cleanup[0] drop_default")) as shown:
+        api.rollback_dry_run(plan, dsn)
+    assert "no record of the default" in str(shown.value)
+    assert not scalar(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'zdm.steps'::regclass"
+        " AND attname = 'remembered' AND NOT attisdropped)",
+    )
+
+    with pytest.raises(RunRefused) as refused:
+        api.rollback(plan, dsn)
+    message = str(refused.value)
+    assert "cannot roll back past step cleanup[0] drop_default" in message
+    assert "items.qty" in message and "no record of the default" in message
+    assert "nothing was undone" in message
+    assert snapshot(conn) == after
+    # The rollback upgraded the state schema; the step still has no record.
+    assert remembered(conn) == [None, None]

@@ -46,6 +46,16 @@ def column_renamed(table: Table, old: str, new: str) -> sql.Composed:
     )
 
 
+def column_default(table: Table, column: str) -> sql.Composed:
+    """`{"default": …}`: the column's default as pg_get_expr gives it, null when it has none."""
+    return sql.SQL(
+        "SELECT jsonb_build_object('default', (SELECT pg_get_expr(d.adbin, d.adrelid)"
+        " FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
+        " WHERE d.adrelid = {rel} AND a.attname = {col} AND NOT a.attisdropped"
+        " AND a.attgenerated = ''))"
+    ).format(rel=_rel(table), col=_lit(column))
+
+
 def column_not_null(table: Table, column: str) -> sql.Composed:
     return sql.SQL(
         "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {rel} AND attname = {col}"

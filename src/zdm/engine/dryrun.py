@@ -17,7 +17,7 @@ from zdm.engine.backfill import backfill_followers, walk_lines
 from zdm.engine.executor import render
 from zdm.engine.retry import lock_timeout_ms
 from zdm.engine.session import connect, redact, server_version
-from zdm.operations import Context, plan_step
+from zdm.operations import Context, plan_memo, plan_step
 from zdm.operations.base import LATEST_SERVER_VERSION
 from zdm.plan import LoadedPlan, Settings
 from zdm.state import Store
@@ -92,6 +92,12 @@ class DryRun:
                 backfill_followers(steps, statuses, ordinal, ctx) if step.key not in done else []
             )
             absorbed.update((o, step.key) for o, _ in followers)
+            memo = plan_memo(step.spec, ctx)
+            if memo is not None and step.key not in done:
+                yield (
+                    "-- before its first attempt, recorded in zdm's state for rollback: "
+                    + memo.as_string(conn)
+                )
             for action in plan_step(step.spec, ctx):
                 yield from self._action(
                     action,

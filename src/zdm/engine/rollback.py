@@ -54,7 +54,7 @@ class Rollback(Runner):
             if row.status not in UNDO_STATUSES or row.adopted:
                 continue  # adopted: the object existed before the run; it is not the run's to drop
             try:
-                todo.append((row, step, plan_inverse(step.spec, ctx)))
+                todo.append((row, step, plan_inverse(step.spec, ctx, row.remembered)))
             except Irreversible as e:
                 raise RunRefused(
                     f"cannot roll back past step {step.key} {step.kind}: {e}; nothing was undone"
@@ -65,6 +65,7 @@ class Rollback(Runner):
         run = self._target(work)
         if run is None:
             raise RunRefused(f"plan {self.loaded.name} has no run to roll back")
+        self.store.ensure(work)  # a state schema of an older zdm gains the newest columns
         ctx = Context(self.plan.schema_, server_version(work), self.plan, self.loaded.base_dir)
         todo = self._undo_list(self.store.steps(work, run.id), ctx)
         run = self.store.transition(work, run, "running", direction="rollback")

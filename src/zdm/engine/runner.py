@@ -17,7 +17,7 @@ from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
 from zdm.engine.session import connect, scrub, server_version
-from zdm.operations import Context, plan_step
+from zdm.operations import Context, plan_memo, plan_step
 from zdm.plan import PHASES, LoadedPlan, PlanStep, StepSpec
 from zdm.state import NewStep, PlanLock, Run, Store
 
@@ -312,7 +312,7 @@ class Runner:
         followers: list[tuple[int, BackfillJob]] | None = None,
     ) -> None:
         actions = plan_step(step.spec, ctx)
-        attempt = self.store.step_started(work, run.id, ordinal)
+        attempt = self.store.step_started(work, run.id, ordinal, remember=plan_memo(step.spec, ctx))
         self.log.info("step_start", step=step.key, kind=step.kind, attempt=attempt)
         marked = False
         ran = False

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from zdm.ddl import Action
+from dataclasses import replace
+from typing import Any
+
+from zdm.ddl import Action, Query
 from zdm.operations import columns, constraints, data, dual_write, indexes, tables, views
-from zdm.operations.base import FORWARD, INVERSE, Context, Irreversible
+from zdm.operations.base import FORWARD, INVERSE, MEMO, Context, Irreversible
 from zdm.plan import StepSpec
 
 _MODULES = (columns, constraints, data, dual_write, indexes, tables, views)
@@ -15,9 +18,19 @@ def plan_step(step: StepSpec, ctx: Context) -> list[Action]:
     return FORWARD[type(step)](step, ctx)
 
 
-def plan_inverse(step: StepSpec, ctx: Context) -> list[Action]:
-    """The actions that undo `step`; raises Irreversible for a drop of data."""
-    return INVERSE[type(step)](step, ctx)
+def plan_memo(step: StepSpec, ctx: Context) -> Query | None:
+    """The catalog query whose value the run records right before `step` first runs, for its
+    inverse; None when the plan alone says how to undo it."""
+    memo = MEMO.get(type(step))
+    return None if memo is None else memo(step, ctx)
 
 
-__all__ = ["Context", "Irreversible", "plan_inverse", "plan_step"]
+def plan_inverse(
+    step: StepSpec, ctx: Context, remembered: dict[str, Any] | None = None
+) -> list[Action]:
+    """The actions that undo `step`, given what it remembered; raises Irreversible for a drop of
+    data, or when the inverse needs a record that is missing."""
+    return INVERSE[type(step)](step, replace(ctx, remembered=remembered))
+
+
+__all__ = ["Context", "Irreversible", "plan_inverse", "plan_memo", "plan_step"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from zdm.ddl import Action, Table
+from zdm.ddl import Action, Query, Table
 from zdm.plan import DualWrite, Plan, StepSpec
 
 LATEST_SERVER_VERSION = 180000
@@ -25,6 +25,9 @@ class Context:
     server_version: int = LATEST_SERVER_VERSION
     plan: Plan | None = None
     base_dir: Path | None = None
+    remembered: dict[str, Any] | None = None
+    """For an inverse planner: what its step recorded before its first attempt (its memo
+    query's value), or None when nothing was recorded (a step run by an older zdm)."""
 
     def table(self, name: str) -> Table:
         return Table.parse(name, self.schema)
@@ -41,10 +44,12 @@ class Context:
 
 
 Planner = Callable[[Any, Context], list[Action]]
+MemoPlanner = Callable[[Any, Context], Query]
 _S = TypeVar("_S", bound=StepSpec)
 
 FORWARD: dict[type[StepSpec], Planner] = {}
 INVERSE: dict[type[StepSpec], Planner] = {}
+MEMO: dict[type[StepSpec], MemoPlanner] = {}
 
 
 def forward(kind: type[_S]) -> Callable[[Callable[[_S, Context], list[Action]]], Planner]:
@@ -58,6 +63,17 @@ def forward(kind: type[_S]) -> Callable[[Callable[[_S, Context], list[Action]]],
 def inverse(kind: type[_S]) -> Callable[[Callable[[_S, Context], list[Action]]], Planner]:
     def register(fn: Callable[[_S, Context], list[Action]]) -> Planner:
         INVERSE[kind] = fn
+        return fn
+
+    return register
+
+
+def remembers(kind: type[_S]) -> Callable[[Callable[[_S, Context], Query]], MemoPlanner]:
+    """Registers the catalog query (one jsonb value) whose answer right before the step's first
+    attempt the inverse needs: the value the step replaces, which the plan does not say."""
+
+    def register(fn: Callable[[_S, Context], Query]) -> MemoPlanner:
+        MEMO[kind] = fn
         return fn
 
     return register

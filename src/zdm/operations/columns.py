@@ -10,7 +10,7 @@ from psycopg import sql
 from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
-from zdm.operations.base import Context, Irreversible, forward, inverse
+from zdm.operations.base import Context, Irreversible, forward, inverse, remembers
 from zdm.operations.dual_write import drop_trigger_statements
 from zdm.plan import (
     AddColumn,
@@ -200,9 +200,27 @@ def set_default(step: SetDefault, ctx: Context) -> list[Action]:
     return [Txn((stmt,), f"set default of {step.column}")]
 
 
+@remembers(SetDefault)
+@remembers(DropDefault)
+def remember_default(step: SetDefault | DropDefault, ctx: Context) -> Query:
+    return cat.column_default(ctx.table(step.table), step.column)
+
+
 @inverse(SetDefault)
-def undo_set_default(step: SetDefault, ctx: Context) -> list[Action]:
-    return drop_default(DropDefault(table=step.table, column=step.column), ctx)
+@inverse(DropDefault)
+def restore_default(step: SetDefault | DropDefault, ctx: Context) -> list[Action]:
+    """The default the column had before the step, as the run recorded it: set it again, or drop
+    the step's own when there was none."""
+    if ctx.remembered is None:
+        raise Irreversible(
+            f"{step.kind} {step.table}.{step.column}: zdm's state has no record of the default"
+            " it replaced (a step run by an older zdm has none)"
+        )
+    old = ctx.remembered.get("default")
+    if old is None:
+        return drop_default(DropDefault(table=step.table, column=step.column), ctx)
+    # SQL text that pg_get_expr gave and the run recorded in zdm's state: trusted as the plan is.
+    return set_default(SetDefault(table=step.table, column=step.column, default=old), ctx)
 
 
 @forward(DropDefault)
@@ -215,11 +233,6 @@ def drop_default(step: DropDefault, ctx: Context) -> list[Action]:
         note="catalog only",
     )
     return [Txn((stmt,), f"drop default of {step.column}")]
-
-
-@inverse(DropDefault)
-def undo_drop_default(step: DropDefault, ctx: Context) -> list[Action]:
-    raise Irreversible(f"drop_default {step.table}.{step.column} does not know the old default")
 
 
 def not_null_check_name(table: Table, column: str) -> str:

@@ -51,11 +51,15 @@ CREATE TABLE IF NOT EXISTS {s}.steps (
     finished_at timestamptz,
     last_error text,
     adopted boolean NOT NULL DEFAULT false,
+    remembered jsonb,
     PRIMARY KEY (run_id, ordinal)
 );
 -- adopted: the step found its effect already in place on its first attempt (the object existed
 -- before the run), so rollback leaves it alone.
 ALTER TABLE {s}.steps ADD COLUMN IF NOT EXISTS adopted boolean NOT NULL DEFAULT false;
+-- remembered: what the step read from the catalog right before its first attempt (the default
+-- it replaces), for its inverse; NULL when it remembers nothing or ran under an older zdm.
+ALTER TABLE {s}.steps ADD COLUMN IF NOT EXISTS remembered jsonb;
 CREATE TABLE IF NOT EXISTS {s}.backfills (
     run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,
     ordinal integer NOT NULL,

@@ -10,14 +10,16 @@ import json
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
+from zdm.ddl import Query
 from zdm.state.schema import SCHEMA_LOCK_KEY, schema_ddl
 
 # Allowed run transitions: (from, to). A transition not listed raises IllegalTransition.
@@ -78,10 +80,15 @@ class StepRow:
     finished_at: datetime | None
     last_error: str | None
     adopted: bool = False
+    remembered: dict[str, Any] | None = None
+    """What the step read from the catalog before its first attempt, for its inverse."""
 
     @property
     def key(self) -> str:
         return f"{self.phase}[{self.idx}]"
+
+
+_STEP_COLUMNS = frozenset(f.name for f in fields(StepRow))
 
 
 @dataclass(frozen=True)
@@ -206,20 +213,52 @@ class Store:
     def replace_steps(
         self, conn: psycopg.Connection[Any], run: Run, steps: Sequence[NewStep], sha256: str
     ) -> None:
-        """After `--force` on a changed plan: the new steps, with those at a finished position done."""
+        """After `--force` on a changed plan: the new steps, with those at a finished position done.
+
+        A step that did not change keeps its whole record (attempts, adopted, remembered): its
+        inverse still needs what it remembered before it first ran.
+        """
         with conn.transaction():
-            done = [[s.phase, s.idx] for s in self.steps(conn, run.id) if s.status == "done"]
+            old = {(s.phase, s.idx): s for s in self.steps(conn, run.id)}
             conn.execute(
                 sql.SQL("DELETE FROM {} WHERE run_id = %s").format(self.t("steps")), [run.id]
             )
             self._insert_steps(conn, run.id, steps, start=0)
-            conn.execute(
-                sql.SQL(
-                    "UPDATE {} SET status = 'done', finished_at = now() WHERE run_id = %s"
-                    " AND jsonb_build_array(phase, idx) <@ %s::jsonb"
-                ).format(self.t("steps")),
-                [run.id, json.dumps(done)],
-            )
+            kept = []
+            for ordinal, new in enumerate(steps):
+                prev = old.get((new.phase, new.idx))
+                if prev is None:
+                    continue
+                same = (prev.kind, prev.fingerprint) == (new.kind, new.fingerprint)
+                if not same and prev.status != "done":
+                    continue
+                kept.append(
+                    {
+                        "run_id": run.id,
+                        "ordinal": ordinal,
+                        "status": prev.status if same else "done",
+                        "attempts": prev.attempts if same else 0,
+                        "started_at": prev.started_at if same else None,
+                        "finished_at": prev.finished_at if same else None,
+                        "last_error": prev.last_error if same else None,
+                        "adopted": prev.adopted and same,
+                        "remembered": (
+                            Jsonb(prev.remembered) if same and prev.remembered is not None else None
+                        ),
+                    }
+                )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    sql.SQL(
+                        "UPDATE {} SET status = %(status)s, attempts = %(attempts)s,"
+                        " started_at = %(started_at)s, finished_at = CASE WHEN %(status)s = 'done'"
+                        " THEN coalesce(%(finished_at)s, now()) ELSE %(finished_at)s END,"
+                        " last_error = %(last_error)s, adopted = %(adopted)s,"
+                        " remembered = %(remembered)s WHERE run_id = %(run_id)s"
+                        " AND ordinal = %(ordinal)s"
+                    ).format(self.t("steps")),
+                    kept,
+                )
             conn.execute(
                 sql.SQL("UPDATE {} SET plan_sha256 = %s, updated_at = now() WHERE id = %s").format(
                     self.t("runs")
@@ -308,26 +347,53 @@ class Store:
     # -- steps -------------------------------------------------------------------------------
 
     def steps(self, conn: psycopg.Connection[Any], run_id: int) -> list[StepRow]:
+        # Every column StepRow knows of: a state schema that `zdm run` or `zdm rollback` has not
+        # upgraded yet lacks the newest, which then keep their defaults (read-only commands,
+        # such as status and the dry-runs, never upgrade it).
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                sql.SQL(
-                    "SELECT ordinal, phase, idx, kind, fingerprint, status, attempts, started_at,"
-                    " finished_at, last_error, adopted FROM {} WHERE run_id = %s ORDER BY ordinal"
-                ).format(self.t("steps")),
+                sql.SQL("SELECT * FROM {} WHERE run_id = %s ORDER BY ordinal").format(
+                    self.t("steps")
+                ),
                 [run_id],
             )
-            return [StepRow(**r) for r in cur.fetchall()]
+            return [
+                StepRow(**{k: v for k, v in r.items() if k in _STEP_COLUMNS})
+                for r in cur.fetchall()
+            ]
 
-    def step_started(self, conn: psycopg.Connection[Any], run_id: int, ordinal: int) -> int:
-        """Marks the step running; returns its attempt number (1 on its first start)."""
-        row = conn.execute(
-            sql.SQL(
-                "UPDATE {} SET status = 'running', attempts = attempts + 1,"
-                " started_at = coalesce(started_at, now()), last_error = NULL"
-                " WHERE run_id = %s AND ordinal = %s RETURNING attempts"
-            ).format(self.t("steps")),
-            [run_id, ordinal],
-        ).fetchone()
+    def step_started(
+        self,
+        conn: psycopg.Connection[Any],
+        run_id: int,
+        ordinal: int,
+        remember: Query | None = None,
+    ) -> int:
+        """Marks the step running; returns its attempt number (1 on its first start).
+
+        `remember` is the step's catalog query (`zdm.operations.plan_memo`). On the first attempt
+        its value is recorded by the same statement that marks the step running, before any of
+        the step's work: a step never runs without its record, and a resume, which may find the
+        step's own effect in the catalog, never replaces it.
+        """
+        record: sql.Composable = sql.SQL("")
+        if remember is not None:
+            record = sql.SQL(
+                ", remembered = coalesce(remembered, CASE WHEN attempts = 0 THEN ({}) END)"
+            ).format(remember)
+        with conn.transaction():
+            if remember is not None:
+                # Names in remembered SQL come out schema-qualified: the inverse then means the
+                # same thing under whatever search_path the rollback's session has.
+                conn.execute("SELECT set_config('search_path', '', true)")
+            row = conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET status = 'running', attempts = attempts + 1,"
+                    " started_at = coalesce(started_at, now()), last_error = NULL{}"
+                    " WHERE run_id = %s AND ordinal = %s RETURNING attempts"
+                ).format(self.t("steps"), record),
+                [run_id, ordinal],
+            ).fetchone()
         return int(row[0]) if row else 1
 
     def step_finished(
