@@ -14,6 +14,7 @@ lets the test start a blocker at a known moment before zdm reaches the ALTER.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 from zdm_helpers import (
     events,
     named,
@@ -35,6 +37,8 @@ from zdm_helpers import (
     zdm,
 )
 
+from zdm import api
+from zdm.testing import TEST_DSN_ENV, EmbeddedServer, create_database
 from zdm.traffic import Traffic
 
 GATE = 7007
@@ -274,3 +278,53 @@ def test_a_second_run_of_the_same_plan_exits_3_naming_the_holder(
     assert done.returncode == 0, output_of(done)
     assert scalar(watcher, "SELECT count(*) FROM zdm.runs") == 1
     assert run_row(watcher, "locks")["status"] == "completed"
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get(TEST_DSN_ENV)),
+    reason=f"needs a server of its own with a short autovacuum_naptime ({TEST_DSN_ENV} is set)",
+)
+def test_an_autovacuum_in_the_way_is_cancelled_not_waited_for(tmp_path: Path) -> None:
+    """Autovacuum holds SHARE UPDATE EXCLUSIVE for as long as it works on a table (hours on a big
+    one) and gives way to a lock request after deadlock_timeout; zdm cancels it at once instead
+    of queueing behind it for a lock_timeout on every attempt, or waiting for it to finish."""
+    with EmbeddedServer(fast=True, settings={"autovacuum_naptime": "1s"}) as server:
+        dsn = create_database(server.dsn, "zdm_autovacuum")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # A vacuum of this table sleeps 100 ms for every page it reads: it works for a minute.
+            conn.execute(
+                "CREATE TABLE users (id int PRIMARY KEY, v text) WITH"
+                " (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,"
+                " autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)"
+            )
+            conn.execute(
+                "INSERT INTO users SELECT i, repeat('x', 100) FROM generate_series(1, 50000) i"
+            )
+            conn.execute("DELETE FROM users WHERE id % 2 = 0")
+            worker = wait_for(
+                lambda: scalar(
+                    conn,
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                    " AND query LIKE '%users%'",
+                ),
+                60,
+                "autovacuum to work on users",
+            )
+            column = {"table": "users", "column": {"name": "phone", "type": "text"}}
+            plan = write_plan(
+                tmp_path / "av.yaml",
+                {"version": 1, "name": "av", "phases": {"additive": [{"add_column": column}]}},
+            )
+            with capture_logs() as logs:
+                outcome = api.run_plan(plan, dsn)
+            assert outcome.status == "completed", outcome.message
+            cancelled = [e for e in logs if e["event"] == "autovacuum_cancelled"]
+            assert [e["holder"]["pid"] for e in cancelled] == [worker], logs
+            assert not [e for e in logs if e["event"] == "lock_retry"], logs
+            assert (
+                scalar(conn, "SELECT count(*) FROM zdm.events WHERE event = 'autovacuum_cancelled'")
+                == 1
+            )
+        shown = zdm("report", "av", "--dsn", dsn)
+        assert shown.returncode == 0, output_of(shown)
+        assert "cancelled an autovacuum in the way" in shown.stdout

@@ -20,6 +20,10 @@ from zdm.engine.session import connect, redact
 from zdm.plan import PHASES, PlanError, load_plan
 from zdm.state import Store
 
+# Events of zdm.events that the report lists under lock waits and retries.
+WAIT_EVENTS = ("lock_retry", "long_holder_wait", "autovacuum_cancelled", "autovacuum_not_cancelled")
+
+
 FORMATS = ("markdown", "json")
 
 EXIT_OK, EXIT_NO_RUN = 0, 2
@@ -111,7 +115,7 @@ def collect(
             **e["detail"],
         }
         for e in events
-        if e["event"] in ("lock_retry", "long_holder_wait")
+        if e["event"] in WAIT_EVENTS
     ]
     verifies = [
         {"step": key_of.get(e["ordinal"]), **e["detail"]} for e in events if e["event"] == "verify"
@@ -407,12 +411,8 @@ def markdown(r: dict[str, Any]) -> str:
                     w["at"],
                     w["step"],
                     w.get("unit"),
-                    (
-                        f"retry after attempt {w.get('attempt')} ({w.get('error')})"
-                        if w["event"] == "lock_retry"
-                        else "waited for a long transaction (without queueing)"
-                    ),
-                    _sessions(w.get("blockers") or w.get("holders") or []),
+                    _wait_what(w),
+                    _sessions(w.get("blockers") or w.get("holders") or [w.get("holder") or {}]),
                 ]
                 for w in r["lock_waits"]
             ],
@@ -488,6 +488,16 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["None recorded.", ""]
     lines.append(f"_Generated {r['generated_at']} by `zdm report`._")
     return "\n".join(lines) + "\n"
+
+
+def _wait_what(w: dict[str, Any]) -> str:
+    if w["event"] == "lock_retry":
+        return f"retry after attempt {w.get('attempt')} ({w.get('error')})"
+    if w["event"] == "autovacuum_cancelled":
+        return "cancelled an autovacuum in the way (it comes back later)"
+    if w["event"] == "autovacuum_not_cancelled":
+        return f"could not cancel an autovacuum in the way ({w.get('error')}); waited for it"
+    return "waited for a long transaction (without queueing)"
 
 
 def _sessions(sessions: list[dict[str, Any]]) -> str:

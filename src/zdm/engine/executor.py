@@ -198,20 +198,22 @@ class Executor:
     def _holders(
         self, txn: Txn, min_age_ms: int, idle_ms: int | None = None
     ) -> list[dict[str, Any]]:
-        """Conflicting holders whose transaction is older than `min_age_ms`, or idle in it for `idle_ms`."""
+        """Conflicting holders whose transaction is older than `min_age_ms`; with `idle_ms`, also
+        those idle in it for that long, and autovacuum workers of any age."""
         if self.monitor is None or not txn.tables:
             return []
         rows = self.monitor.execute(
             "SELECT DISTINCT a.pid, l.mode, a.state, a.application_name,"
             " round(extract(epoch FROM now() - a.xact_start) * 1000)::bigint AS xact_ms,"
-            " left(a.query, 200) AS query"
+            " left(a.query, 200) AS query, a.backend_type = 'autovacuum worker' AS autovacuum"
             " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'relation' AND l.granted"
             " AND l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) t)"
             " AND l.mode = ANY(%s) AND a.pid <> pg_backend_pid() AND a.pid <> %s"
             " AND (a.xact_start < now() - make_interval(secs => %s / 1000.0)"
-            "  OR (%s::int IS NOT NULL AND a.state LIKE 'idle in transaction%%'"
-            "      AND a.state_change < now() - make_interval(secs => %s / 1000.0)))"
+            "  OR (%s::int IS NOT NULL AND (a.backend_type = 'autovacuum worker'"
+            "      OR a.state LIKE 'idle in transaction%%'"
+            "      AND a.state_change < now() - make_interval(secs => %s / 1000.0))))"
             " ORDER BY xact_ms DESC",
             [
                 [t.ident().as_string(self.monitor) for t in txn.tables],
@@ -222,7 +224,7 @@ class Executor:
                 idle_ms,
             ],
         ).fetchall()
-        keys = ("pid", "mode", "state", "application", "xact_ms", "query")
+        keys = ("pid", "mode", "state", "application", "xact_ms", "query", "autovacuum")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def blockers(self, txn: Txn) -> list[dict[str, Any]]:
@@ -241,8 +243,13 @@ class Executor:
             time.monotonic() + self.settings.lock_retries * self.settings.retry_max_wait / 1000
         )
         logged = 0.0
+        signalled: set[int] = set()  # autovacuums told to give way (or that would not be)
         while True:
             holders = self._holders(txn, LONG_HOLDER_MS, IDLE_HOLDER_MS)
+            for h in holders:
+                if h["pid"] not in signalled and yields(h):
+                    signalled.add(h["pid"])
+                    self._cancel_autovacuum(txn, h)
             if not holders:
                 return
             now = time.monotonic()
@@ -256,9 +263,39 @@ class Executor:
                 )
             time.sleep(0.1)
 
+    def _cancel_autovacuum(self, txn: Txn, holder: dict[str, Any]) -> None:
+        """Cancels an autovacuum in the way, as the server itself does for a waiting lock request
+        after `deadlock_timeout`; autovacuum comes back to the table later. Without the right to
+        (superuser, or pg_signal_autovacuum_worker on PostgreSQL 18), zdm waits for it to end.
+
+        Either way the wait goes on until it is gone: a cancel takes a moment to land."""
+        assert self.monitor is not None
+        try:
+            row = self.monitor.execute("SELECT pg_cancel_backend(%s)", [holder["pid"]]).fetchone()
+            ok, error = bool(row and row[0]), None
+        except psycopg.Error as e:
+            ok, error = False, _pg_error(e)
+        self.log.warning(
+            "autovacuum_cancelled" if ok else "autovacuum_not_cancelled",
+            unit=txn.label,
+            holder=holder,
+            error=error,
+        )
+        self._event(
+            "autovacuum_cancelled" if ok else "autovacuum_not_cancelled",
+            unit=txn.label,
+            holder=holder,
+            error=error,
+        )
+
     def _event(self, name: str, **detail: Any) -> None:
         if self.on_event is not None:
             self.on_event(name, **detail)
+
+
+def yields(holder: dict[str, Any]) -> bool:
+    """An autovacuum that gives way to a lock request: not one that prevents wraparound."""
+    return bool(holder["autovacuum"]) and "to prevent wraparound" not in (holder["query"] or "")
 
 
 def matches(value: Any, expect: Any) -> bool:
