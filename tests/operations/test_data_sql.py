@@ -123,3 +123,21 @@ def test_sql_files_are_read_from_the_plans_directory(tmp_path: Path) -> None:
     context = Context(base_dir=tmp_path)
     assert shape(plan_step(step, context))[0].sql == ("CREATE TABLE a (id int)",)
     assert shape(plan_inverse(step, context))[0].sql == ("DROP TABLE a",)
+
+
+def test_sql_outside_a_transaction_runs_each_statement_as_a_unit_of_its_own() -> None:
+    step = Sql(
+        up="CREATE INDEX CONCURRENTLY i ON t (a);\n-- the second\nCREATE INDEX CONCURRENTLY j ON t (b);\n",
+        down="DROP INDEX CONCURRENTLY j; DROP INDEX CONCURRENTLY i;",
+        transactional=False,
+        lock="SHARE UPDATE EXCLUSIVE",
+    )
+    sue = LockMode.SHARE_UPDATE_EXCLUSIVE
+    assert shape(plan_step(step, ctx())) == [
+        U(("CREATE INDEX CONCURRENTLY i ON t (a)",), sue, False, False),
+        U(("-- the second\nCREATE INDEX CONCURRENTLY j ON t (b)",), sue, False, False),
+    ]
+    assert [a.label for a in plan_inverse(step, ctx()) if isinstance(a, Txn)] == [
+        "sql down (1/2)",
+        "sql down (2/2)",
+    ]

@@ -41,3 +41,95 @@ def without_own_transaction(text: str) -> str:
     if commit is None or not _without_trailing_comments(body[: commit.start()]).endswith(";"):
         return text
     return text[:start] + body[: commit.start()].rstrip() + "\n"
+
+
+# Where scanning a statement stops to look: a quote, a comment, a dollar quote, a word, a `;`.
+_TOKEN = re.compile(
+    r"""(?P<q>[Ee]')|(?P<s>')|(?P<d>")|(?P<line>--)|(?P<block>/\*)"""
+    r"""|(?P<dollar>\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$)"""
+    r"""|(?P<word>[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*)|(?P<semi>;)"""
+)
+_ROUTINE = re.compile(r"\A\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\b", re.I)
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of `text`, split at each `;` that is not in a quote, a comment or a
+    dollar-quoted body, nor in the `BEGIN ATOMIC … END` body of a SQL-standard routine.
+
+    For a `sql` step that runs outside a transaction: PostgreSQL runs a multi-statement string
+    as one implicit transaction, in which CREATE INDEX CONCURRENTLY and the like are refused.
+    Statements that hold only comments are left out.
+    """
+    statements: list[str] = []
+    start = pos = 0
+    depth = 0  # BEGIN … END nesting in a routine body
+    while True:
+        m = _TOKEN.search(text, pos)
+        if m is None:
+            break
+        kind = m.lastgroup
+        if kind == "q":
+            pos = _end_of_quote(text, m.end(), backslashes=True)
+        elif kind == "s":
+            pos = _end_of_quote(text, m.end(), backslashes=False)
+        elif kind == "d":
+            end = text.find('"', m.end())
+            while end != -1 and text.startswith('""', end):
+                end = text.find('"', end + 2)
+            pos = len(text) if end == -1 else end + 1
+        elif kind == "line":
+            end = text.find("\n", m.end())
+            pos = len(text) if end == -1 else end + 1
+        elif kind == "block":
+            pos = _end_of_block_comment(text, m.end())
+        elif kind == "dollar":
+            end = text.find(m.group(), m.end())
+            pos = len(text) if end == -1 else end + len(m.group())
+        elif kind == "word":
+            pos = m.end()
+            word = m.group().upper()
+            if word in ("BEGIN", "CASE") and (
+                depth or (word == "BEGIN" and _ROUTINE.match(text, start))
+            ):
+                depth += 1
+            elif word == "END" and depth:
+                depth -= 1
+        else:  # ;
+            pos = m.end()
+            if depth == 0:
+                statements.append(text[start : m.start()])
+                start = pos
+    statements.append(text[start:])
+    return [s.strip() for s in statements if _has_code(s)]
+
+
+def _end_of_quote(text: str, pos: int, *, backslashes: bool) -> int:
+    while pos < len(text):
+        c = text[pos]
+        if backslashes and c == "\\":
+            pos += 2
+        elif c == "'":
+            if text.startswith("''", pos):
+                pos += 2
+            else:
+                return pos + 1
+        else:
+            pos += 1
+    return len(text)
+
+
+def _end_of_block_comment(text: str, pos: int) -> int:
+    nesting = 1
+    while nesting and pos < len(text):
+        if text.startswith("/*", pos):
+            nesting, pos = nesting + 1, pos + 2
+        elif text.startswith("*/", pos):
+            nesting, pos = nesting - 1, pos + 2
+        else:
+            pos += 1
+    return pos
+
+
+def _has_code(statement: str) -> bool:
+    rest = _LEADING.match(statement)
+    return bool(statement[rest.end() if rest else 0 :].strip())

@@ -14,7 +14,7 @@ from zdm.ddl import (
     Txn,
     user_sql,
 )
-from zdm.ddl.sqltext import without_own_transaction
+from zdm.ddl.sqltext import split_statements, without_own_transaction
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import Backfill, Sql, Verify
 
@@ -71,18 +71,23 @@ def _sql_text(inline: str | None, file: str | None, base: Path | None) -> str | 
 
 
 def _raw(text: str, step: Sql, label: str) -> list[Action]:
-    if step.transactional:
-        text = without_own_transaction(text)  # the step runs in a transaction of its own
+    """The step's SQL: one string in the step's transaction or, outside a transaction, a unit for
+    each statement (a multi-statement string would run as one implicit transaction)."""
+    # A transactional step runs in a transaction of its own: the file's BEGIN/COMMIT go.
+    texts = [without_own_transaction(text)] if step.transactional else split_statements(text)
     lock = LockMode.parse(step.lock) if step.lock else LockMode.ACCESS_EXCLUSIVE
-    stmt = Statement(
-        user_sql(text),
-        lock,
-        None,
-        note=f"raw SQL; declared lock {lock.sql_name}"
+    note = (
+        f"raw SQL; declared lock {lock.sql_name}"
         if step.lock
-        else "raw SQL; lock not declared, treated as ACCESS EXCLUSIVE",
+        else "raw SQL; lock not declared, treated as ACCESS EXCLUSIVE"
     )
-    return [Txn((stmt,), label, transactional=step.transactional)]
+    stmts = [Statement(user_sql(t), lock, None, note=note) for t in texts]
+    if step.transactional or len(stmts) == 1:
+        return [Txn(tuple(stmts), label, transactional=step.transactional)]
+    return [
+        Txn((stmt,), f"{label} ({i}/{len(stmts)})", transactional=False)
+        for i, stmt in enumerate(stmts, start=1)
+    ]
 
 
 @forward(Sql)
