@@ -280,6 +280,36 @@ def test_a_second_run_of_the_same_plan_exits_3_naming_the_holder(
     assert run_row(watcher, "locks")["status"] == "completed"
 
 
+def test_a_sql_step_waits_for_long_holders_of_the_tables_it_names(
+    seeded: str, watcher: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    sql_step = {"up": "ALTER TABLE users ADD COLUMN note text", "tables": ["users"]}
+    plan = write_plan(
+        tmp_path / "sql.yaml",
+        {"version": 1, "name": "sqltables", "phases": {"additive": [{"sql": sql_step}]}},
+    )
+    blocker = Blocker(seeded).hold()  # idle in its transaction, holding ACCESS SHARE
+    outcome: list[Any] = []
+    with capture_logs() as logs:
+        running = threading.Thread(target=lambda: outcome.append(api.run_plan(plan, seeded)))
+        running.start()
+        wait_for(
+            lambda: any(e["event"] == "waiting_for_long_transaction" for e in logs),
+            60,
+            "zdm to wait for the blocker",
+        )
+        blocker.released.set()
+        running.join(60)
+    assert outcome and outcome[0].status == "completed", outcome
+    waits = [e for e in logs if e["event"] == "waiting_for_long_transaction"]
+    assert blocker.pid in {h["pid"] for h in waits[0]["holders"]}
+    assert not [e for e in logs if e["event"] == "lock_retry"]  # it never queued
+    assert scalar(
+        watcher,
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass AND attname = 'note'",
+    )
+
+
 @pytest.mark.skipif(
     bool(os.environ.get(TEST_DSN_ENV)),
     reason=f"needs a server of its own with a short autovacuum_naptime ({TEST_DSN_ENV} is set)",

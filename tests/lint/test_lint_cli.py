@@ -145,6 +145,7 @@ phases:
     # zdm-lint: ignore index-before-backfill
     - create_index: {table: users, name: users_phone_idx, columns: [phone]}
     - sql:
+        tables: [users]
         up: |
           SELECT 1;
           CREATE INDEX users_email_idx ON users (email);
@@ -160,7 +161,7 @@ def test_plan_findings_point_into_the_yaml(tmp_path: Path) -> None:
     code, out, _ = lint("--format", "json", str(path))
     assert code == 1
     assert [(f["rule"], f["line"], f["column"]) for f in json.loads(out)] == [
-        ("index-not-concurrent", 10, 11)
+        ("index-not-concurrent", 11, 11)
     ]
 
 

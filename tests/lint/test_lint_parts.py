@@ -107,6 +107,21 @@ def test_unknown_function_default_is_a_warning(tmp_path: Path) -> None:
     ]
 
 
+UNDECLARED = "sql-tables-undeclared"
+
+
+def test_sql_steps_name_the_tables_they_lock(tmp_path: Path) -> None:
+    plan = (
+        "version: 1\nphases:\n  additive:\n"
+        "    - sql: {up: 'ALTER TABLE users ADD a int; ALTER TABLE s.items ADD b int'}\n"
+        "    - sql: {up: 'ALTER TABLE users ADD c int', tables: [public.users]}\n"
+        "    - sql: {up: 'CREATE INDEX CONCURRENTLY i ON users (a)', transactional: false,"
+        " lock: SHARE UPDATE EXCLUSIVE}\n"
+    )
+    findings = [f for f in lint_plan_text(tmp_path, plan) if f.rule == UNDECLARED]
+    assert [(f.line, f.fix) for f in findings] == [(4, "add tables: [s.items, users]")]
+
+
 def test_sql_step_positions_in_the_yaml(tmp_path: Path) -> None:
     plan = (
         "version: 1\nphases:\n  additive:\n"
@@ -117,13 +132,13 @@ def test_sql_step_positions_in_the_yaml(tmp_path: Path) -> None:
         "            ALTER TABLE users DROP COLUMN a;\n"
         "          ALTER TABLE users RENAME COLUMN b TO c;\n"
     )
-    findings = lint_plan_text(tmp_path, plan)
+    findings = [f for f in lint_plan_text(tmp_path, plan) if f.rule != UNDECLARED]
     assert [(f.rule, f.line, f.column) for f in findings] == [
         ("index-not-concurrent", 4, 18),
         ("index-not-concurrent", 7, 14),
     ]
     destructive = plan.replace("  cleanup:", "  dual_read:")
-    findings = lint_plan_text(tmp_path, destructive)
+    findings = [f for f in lint_plan_text(tmp_path, destructive) if f.rule != UNDECLARED]
     assert [(f.rule, f.line, f.column) for f in findings][2:] == [
         ("drop-column", 13, 13),
         ("rename-column", 14, 11),
@@ -135,6 +150,7 @@ def test_sql_step_understating_its_lock(tmp_path: Path) -> None:
         "version: 1\nphases:\n  additive:\n    - sql:\n"
         "        up: ALTER TABLE users ALTER COLUMN a SET DEFAULT 1\n"
         "        lock: ROW EXCLUSIVE\n"
+        "        tables: [users]\n"
     )
     findings = lint_plan_text(tmp_path, plan)
     assert [(f.rule, f.line) for f in findings] == [

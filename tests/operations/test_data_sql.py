@@ -141,3 +141,13 @@ def test_sql_outside_a_transaction_runs_each_statement_as_a_unit_of_its_own() ->
         "sql down (1/2)",
         "sql down (2/2)",
     ]
+
+
+def test_sql_names_the_tables_it_locks() -> None:
+    step = Sql(up="ALTER TABLE a ADD x int; ALTER TABLE s.b ADD y int", tables=["a", "s.b"])
+    (txn,) = plan_step(step, ctx())
+    assert isinstance(txn, Txn)
+    assert [str(t) for t in txn.tables] == ["public.a", "s.b"]
+    weak = Sql(up="ANALYZE a", lock="SHARE UPDATE EXCLUSIVE", tables=["a"])
+    (txn,) = plan_step(weak, ctx())
+    assert isinstance(txn, Txn) and txn.tables == ()  # a lock the application does not wait on

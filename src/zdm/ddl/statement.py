@@ -59,6 +59,8 @@ class Statement:
     scans: bool = False
     rewrites: bool = False
     note: str | None = None
+    also: tuple[Table, ...] = ()
+    """More tables it locks in `lock` mode (raw SQL naming several)."""
 
     def text(self) -> str:
         return self.sql.as_string(None)
@@ -90,8 +92,8 @@ class Txn:
     def tables(self) -> tuple[Table, ...]:
         seen: dict[Table, None] = {}
         for s in self.statements:
-            if s.table is not None and s.lock.blocks_app:
-                seen[s.table] = None
+            if s.lock.blocks_app:
+                seen.update(dict.fromkeys(t for t in (s.table, *s.also) if t is not None))
         return tuple(seen)
 
     @property

@@ -158,7 +158,8 @@ class DryRun:
         probe: bool = True,
     ) -> Iterator[str]:
         for stmt in txn.statements:
-            target = f" on {stmt.table}" if stmt.table else ""
+            named = [str(t) for t in (stmt.table, *stmt.also) if t is not None]
+            target = f" on {', '.join(named)}" if named else ""
             facts = (
                 ["rewrites the table"]
                 if stmt.rewrites

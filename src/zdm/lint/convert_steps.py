@@ -16,6 +16,7 @@ from zdm.lint.analysis import (
     column_refs,
     deparse,
     func_name,
+    locks,
     not_valid,
     option_names,
     table_key,
@@ -30,7 +31,7 @@ from zdm.lint.convert import (
     identifier,
     truncate,
 )
-from zdm.lint.source import SqlSource, SqlStatement
+from zdm.lint.source import SqlSource, SqlStatement, parse_source
 from zdm.lint.types import SERIAL_TYPES, type_ref
 from zdm.plan import MAX_IDENTIFIER_BYTES
 
@@ -120,11 +121,20 @@ class Converter:
     def raw(
         self, phase: str, text: str, why: str, *, rank: int = RANK_ENFORCE, **extra: Any
     ) -> None:
-        """Keep SQL as an sql step, saying why."""
+        """Keep SQL as an sql step, saying why, naming the tables it locks that the application
+        waits on (zdm waits for long transactions holding those before it takes the lock)."""
+        tables = sorted(
+            {
+                lock.table
+                for stmt in parse_source(text).statements
+                for lock in locks(stmt.node)
+                if lock.mode.blocks_app and " " not in lock.table
+            }
+        )
         self.add(
             phase,
             "sql",
-            {"up": text.strip() + ";", **extra},
+            {"up": text.strip() + ";", **extra, **({"tables": tables} if tables else {})},
             comments=[why],
             rank=rank,
             literal="up",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from zdm.ddl.locks import LockMode
 from zdm.lint.findings import Severity
@@ -29,6 +30,9 @@ from zdm.plan import (
     Sql,
     split_qualified,
 )
+
+if TYPE_CHECKING:
+    from zdm.lint.analysis import Lock
 
 _WORD = re.compile(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*)')
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_$.]*)\s*\(")
@@ -272,30 +276,44 @@ def add_column_volatile_default(plan: Plan) -> Iterator[PlanProblem]:
             )
 
 
-def sql_lock_understated(plan: Plan) -> Iterator[PlanProblem]:
-    try:
-        from zdm.lint.source import SqlSyntaxError, parse_source
-    except ImportError:  # pragma: no cover - source.py imports pglast lazily
-        return
+def _sql_step_locks(plan: Plan) -> Iterator[tuple[PlanStep, Sql, list[Lock]]]:
+    """Each inline `sql` step with the table locks its SQL takes on tables the plan did not
+    create (nothing when pglast, the `lint` extra, is missing)."""
     try:
         from zdm.lint.analysis import locks, table_key
-    except ImportError:
+        from zdm.lint.source import SqlSyntaxError, parse_source
+    except ImportError:  # pragma: no cover - pglast is an optional extra
         return
     new: set[str] = set()
     for step in plan.steps():
         spec = step.spec
         if isinstance(spec, CreateTable):
             new.update({spec.table, table_key(spec.table)})
-        if not isinstance(spec, Sql) or spec.lock is None or spec.up is None:
+        if not isinstance(spec, Sql) or spec.up is None:
             continue
-        declared = LockMode.parse(spec.lock)
         try:
             source = parse_source(spec.up)
         except SqlSyntaxError:
             continue  # reported where the SQL rules run
-        taken = [
-            lock for stmt in source.statements for lock in locks(stmt.node) if lock.key not in new
-        ]
+        except ImportError:  # pglast went missing after all (it is imported lazily)
+            return
+        yield (
+            step,
+            spec,
+            [
+                lock
+                for stmt in source.statements
+                for lock in locks(stmt.node)
+                if lock.key not in new
+            ],
+        )
+
+
+def sql_lock_understated(plan: Plan) -> Iterator[PlanProblem]:
+    for step, spec, taken in _sql_step_locks(plan):
+        if spec.lock is None:
+            continue
+        declared = LockMode.parse(spec.lock)
         strongest = max(taken, key=lambda lock: lock.mode, default=None)
         if strongest is None or strongest.mode <= declared:
             continue
@@ -311,6 +329,37 @@ def sql_lock_understated(plan: Plan) -> Iterator[PlanProblem]:
             f"{strongest.mode.sql_name} on {strongest.table}: {effect}",
             f"declare lock: {strongest.mode.sql_name} (or leave lock out: zdm then assumes "
             "ACCESS EXCLUSIVE)",
+        )
+
+
+def _named(table: str, declared: list[tuple[str, str]]) -> bool:
+    """Whether `table`, as the SQL writes it, is one of `declared` (schema, name); a name the SQL
+    leaves unqualified resolves through the search path, so it matches in any schema."""
+    schema, _, name = table.rpartition(".")
+    return any(n == name and (not schema or s == schema) for s, n in declared)
+
+
+def sql_tables_undeclared(plan: Plan) -> Iterator[PlanProblem]:
+    for step, spec, taken in _sql_step_locks(plan):
+        declared = [_key(plan, t) for t in spec.tables]
+        missing = sorted(
+            {
+                lock.table
+                for lock in taken
+                if lock.mode.blocks_app
+                and " " not in lock.table  # a description, not a name
+                and not _named(lock.table, declared)
+            }
+        )
+        if not missing:
+            continue
+        yield PlanProblem(
+            step,
+            f"this sql step locks {', '.join(missing)} in a mode the application waits on, but"
+            " does not name it in `tables`: zdm cannot wait, without queueing, for long"
+            " transactions holding it, so the application may stall for a lock_timeout on"
+            " every attempt, and lock retries cannot say who blocked them",
+            f"add tables: [{', '.join(missing)}]",
         )
 
 
@@ -403,6 +452,24 @@ PLAN_RULES: tuple[PlanRule, ...] = (
             "        lock: SHARE UPDATE EXCLUSIVE\n",
         ),
         good=(
+            "version: 1\nphases:\n  dual_read:\n    - sql:\n"
+            "        up: ANALYZE users\n"
+            "        lock: SHARE UPDATE EXCLUSIVE\n",
+        ),
+    ),
+    PlanRule(
+        "sql-tables-undeclared",
+        Severity.warning,
+        "sql step locks a table the application waits on without naming it in `tables`",
+        sql_tables_undeclared,
+        bad=(
+            "version: 1\nphases:\n  cleanup:\n    - sql:\n"
+            "        up: ALTER TABLE users DROP COLUMN legacy\n",
+        ),
+        good=(
+            "version: 1\nphases:\n  cleanup:\n    - sql:\n"
+            "        up: ALTER TABLE users DROP COLUMN legacy\n"
+            "        tables: [users]\n",
             "version: 1\nphases:\n  dual_read:\n    - sql:\n"
             "        up: ANALYZE users\n"
             "        lock: SHARE UPDATE EXCLUSIVE\n",

@@ -70,7 +70,7 @@ def _sql_text(inline: str | None, file: str | None, base: Path | None) -> str | 
     return ((base or Path.cwd()) / file).read_text()
 
 
-def _raw(text: str, step: Sql, label: str) -> list[Action]:
+def _raw(text: str, step: Sql, label: str, ctx: Context) -> list[Action]:
     """The step's SQL: one string in the step's transaction or, outside a transaction, a unit for
     each statement (a multi-statement string would run as one implicit transaction)."""
     # A transactional step runs in a transaction of its own: the file's BEGIN/COMMIT go.
@@ -81,7 +81,13 @@ def _raw(text: str, step: Sql, label: str) -> list[Action]:
         if step.lock
         else "raw SQL; lock not declared, treated as ACCESS EXCLUSIVE"
     )
-    stmts = [Statement(user_sql(t), lock, None, note=note) for t in texts]
+    tables = [ctx.table(t) for t in step.tables]
+    stmts = [
+        Statement(
+            user_sql(t), lock, tables[0] if tables else None, note=note, also=tuple(tables[1:])
+        )
+        for t in texts
+    ]
     if step.transactional or len(stmts) == 1:
         return [Txn(tuple(stmts), label, transactional=step.transactional)]
     return [
@@ -94,7 +100,7 @@ def _raw(text: str, step: Sql, label: str) -> list[Action]:
 def raw_sql(step: Sql, ctx: Context) -> list[Action]:
     text = _sql_text(step.up, step.up_file, ctx.base_dir)
     assert text is not None
-    return _raw(text, step, "sql")
+    return _raw(text, step, "sql", ctx)
 
 
 @inverse(Sql)
@@ -102,4 +108,4 @@ def undo_raw_sql(step: Sql, ctx: Context) -> list[Action]:
     text = _sql_text(step.down, step.down_file, ctx.base_dir)
     if text is None:
         raise Irreversible("this sql step has no down")
-    return _raw(text, step, "sql down")
+    return _raw(text, step, "sql down", ctx)

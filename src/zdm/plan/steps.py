@@ -476,6 +476,9 @@ class Sql(StepSpec):
     down_file: str | None = Field(default=None, min_length=1)
     transactional: bool = True
     lock: LockModeName | None = None
+    tables: list[QualifiedName] = Field(default_factory=list)
+    """The tables the SQL locks: before a lock that blocks the application, zdm waits, without
+    queueing, for long transactions holding these, and names who blocked it."""
 
     @model_validator(mode="after")
     def _check_sources(self) -> Self:
