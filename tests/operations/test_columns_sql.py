@@ -7,6 +7,7 @@ it without a scan; 18 adds the not-null constraint NOT VALID and validates it.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 from ops_support import PG17, PG18, U, all_sql, ctx, plan_of, probes, shape, statement_locks
@@ -204,7 +205,25 @@ def test_set_default_and_drop_default() -> None:
 
 def test_other_column_steps_remember_nothing() -> None:
     assert plan_memo(RenameColumn(table="users", column="a", to="b"), ctx()) is None
-    assert plan_memo(SetNotNull(table="users", column="a"), ctx()) is None
+    # Before PostgreSQL 18 a NOT NULL has no name and no validity: the plan says all.
+    assert plan_memo(SetNotNull(table="users", column="a"), ctx(PG17)) is None
+    assert plan_memo(DropNotNull(table="users", column="a"), ctx(PG17)) is None
+
+
+NOT_NULL_OF_PHONE = (
+    "SELECT jsonb_build_object('not_null', (SELECT jsonb_build_object('name', k.conname,"
+    " 'definition', pg_get_constraintdef(k.oid), 'validated', k.convalidated)"
+    " FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid"
+    f" AND k.conkey = ARRAY[a.attnum] WHERE k.conrelid = to_regclass('{T}') AND k.contype = 'n'"
+    " AND a.attname = 'phone'))"
+)
+
+
+@pytest.mark.parametrize("kind", [SetNotNull, DropNotNull])
+def test_not_null_steps_remember_the_constraint_on_pg18(kind: type[StepSpec]) -> None:
+    memo = plan_memo(kind(table="users", column="phone"), ctx(PG18))  # type: ignore[call-arg]
+    assert memo is not None
+    assert memo.as_string(None) == NOT_NULL_OF_PHONE
 
 
 NOT_NULL = (
@@ -244,17 +263,37 @@ def test_set_not_null_pg17_check_validate_set_drop() -> None:
 def test_set_not_null_pg18_not_valid_then_validate() -> None:
     actions = plan_step(SetNotNull(table="users", column="phone"), ctx(PG18))
     name = '"users_phone_not_null"'
-    assert shape(actions) == [
+    assert shape(actions)[:2] == [
         U((f'ALTER TABLE {T} ADD CONSTRAINT {name} NOT NULL "phone" NOT VALID',), AE),
         U((f"ALTER TABLE {T} VALIDATE CONSTRAINT {name}",), SUE),
     ]
-    first, second = probes(actions)
+    first, second, third = probes(actions)
     assert first == NOT_NULL
-    # Validated means: attnotnull and no NOT VALID not-null constraint left on the column.
-    assert second is not None
-    assert "a.attnotnull" in second
-    assert "c.contype = 'n'" in second
-    assert "NOT c.convalidated" in second
+    # The VALIDATE runs while the constraint of that name is NOT VALID or still to be added (so
+    # a dry-run, before the run, shows that it will run).
+    assert second == (
+        f"SELECT ({NOT_NULL}) AND (SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid"
+        f" = to_regclass('{T}') AND conname = 'users_phone_not_null' AND NOT convalidated))"
+    )
+    # A column that had a NOT VALID not-null constraint of another name keeps it (PostgreSQL 18
+    # allows one a column): the third unit validates that one, by the name it finds, and is
+    # skipped unless there is one.
+    (validate_other,) = shape(actions)[2].sql
+    assert validate_other.startswith("DO $zdm$")
+    assert (
+        f"WHERE c.conrelid = '{T}'::regclass AND c.contype = 'n' AND a.attname = 'phone'"
+        " AND NOT c.convalidated;"
+    ) in validate_other
+    assert f"EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', '{T}', con);" in (
+        validate_other
+    )
+    assert shape(actions)[2].lock == SUE
+    assert third == (
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a"
+        " ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum]"
+        f" WHERE c.conrelid = to_regclass('{T}') AND c.contype = 'n' AND a.attname = 'phone'"
+        " AND c.conname <> 'users_phone_not_null' AND NOT c.convalidated)"
+    )
 
 
 @pytest.mark.parametrize("version", [150000, PG17])
@@ -267,15 +306,39 @@ def test_undo_set_not_null_pg17_drops_not_null_and_a_leftover_check(version: int
     assert probes(actions)[0] == NULLABLE
 
 
-def test_undo_set_not_null_pg18_drops_not_null() -> None:
+@pytest.mark.parametrize("remembered", [{"not_null": None}, None], ids=["nullable", "no_record"])
+def test_undo_set_not_null_pg18_drops_not_null(remembered: dict[str, Any] | None) -> None:
     # DROP NOT NULL also drops a NOT VALID not-null constraint left by a half-finished run.
-    actions = plan_inverse(SetNotNull(table="users", column="phone"), ctx(PG18))
+    actions = plan_inverse(SetNotNull(table="users", column="phone"), ctx(PG18), remembered)
     assert shape(actions) == [U((f'ALTER TABLE {T} ALTER COLUMN "phone" DROP NOT NULL',), AE)]
     assert probes(actions) == [NULLABLE]
 
 
+def test_undo_set_not_null_pg18_makes_a_not_valid_constraint_not_valid_again() -> None:
+    before = {"name": "phone_nn", "definition": "NOT NULL phone NOT VALID", "validated": False}
+    step = SetNotNull(table="users", column="phone")
+    actions = plan_inverse(step, ctx(PG18), {"not_null": before})
+    assert shape(actions) == [
+        U(
+            (
+                f'ALTER TABLE {T} DROP CONSTRAINT "phone_nn",'
+                ' ADD CONSTRAINT "phone_nn" NOT NULL phone NOT VALID',
+            ),
+            AE,
+        )
+    ]
+    assert probes(actions) == [
+        "SELECT NOT (SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid ="
+        f" to_regclass('{T}') AND conname = 'phone_nn' AND convalidated))"
+    ]
+    # Validated before: the step found it done and changed nothing.
+    assert plan_inverse(step, ctx(PG18), {"not_null": before | {"validated": True}}) == []
+
+
 @pytest.mark.parametrize("version", [PG17, PG18])
 def test_drop_not_null_and_its_inverse(version: int) -> None:
+    # Before 18 (nothing recorded) or with no record (a step run by an older zdm): the inverse
+    # is set_not_null.
     step = DropNotNull(table="users", column="phone")
     assert shape(plan_step(step, ctx(version))) == [
         U((f'ALTER TABLE {T} ALTER COLUMN "phone" DROP NOT NULL',), AE)
@@ -283,6 +346,22 @@ def test_drop_not_null_and_its_inverse(version: int) -> None:
     assert shape(plan_inverse(step, ctx(version))) == shape(
         plan_step(SetNotNull(table="users", column="phone"), ctx(version))
     )
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_undo_drop_not_null_pg18_restores_name_and_validity(validated: bool) -> None:
+    definition = "NOT NULL phone" + ("" if validated else " NOT VALID")
+    before = {"name": "phone_nn", "definition": definition, "validated": validated}
+    actions = plan_inverse(
+        DropNotNull(table="users", column="phone"), ctx(PG18), {"not_null": before}
+    )
+    expected = [U((f'ALTER TABLE {T} ADD CONSTRAINT "phone_nn" NOT NULL phone NOT VALID',), AE)]
+    if validated:
+        expected.append(U((f'ALTER TABLE {T} VALIDATE CONSTRAINT "phone_nn"',), SUE))
+    assert shape(actions) == expected
+    # Recorded without one: the column was nullable, the step dropped nothing.
+    step = DropNotNull(table="users", column="phone")
+    assert plan_inverse(step, ctx(PG18), {"not_null": None}) == []
 
 
 ODD_T = "Us\"er 's"
@@ -306,7 +385,9 @@ def test_identifiers_are_always_quoted(step: StepSpec, version: int) -> None:
         actions += plan_inverse(step, ctx(version))
     text = all_sql(actions)
     assert ODD_T not in text
-    assert ODD_C not in text
+    # set_not_null's DO block (PostgreSQL 18) finds the column's constraint by the column's
+    # name, a value: quoted as a literal.
+    assert ODD_C not in text.replace("a.attname = 'Ph\"one No'", "")
     assert '"Sch"."Us""er \'s"' in text
     assert '"Ph""one No' in text
     if isinstance(step, SetNotNull | DropNotNull):

@@ -8,13 +8,14 @@ build, then ADD CONSTRAINT … USING INDEX.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 from ops_support import U, all_sql, ctx, probes, shape
 
-from zdm.ddl import LockMode, Txn
+from zdm.ddl import Check, LockMode, Txn
 from zdm.engine.executor import render
-from zdm.operations import Irreversible, plan_inverse, plan_step
+from zdm.operations import Irreversible, plan_inverse, plan_memo, plan_step
 from zdm.plan import (
     AddCheck,
     AddForeignKey,
@@ -200,8 +201,161 @@ def test_drop_constraint() -> None:
     actions = plan_step(step, ctx())
     assert shape(actions) == [U((f'ALTER TABLE {T} DROP CONSTRAINT IF EXISTS "c"',), AE)]
     assert probes(actions) == [f"SELECT NOT ({exists('c')})"]
-    with pytest.raises(Irreversible, match="drop_constraint c"):
-        plan_inverse(step, ctx())
+    memo = plan_memo(step, ctx())
+    assert memo is not None
+    text = memo.as_string(None)
+    assert text.startswith("SELECT jsonb_build_object('constraint', (SELECT jsonb_build_object(")
+    assert "pg_get_constraintdef(con.oid)" in text and "con.convalidated" in text
+    assert text.endswith(f"WHERE con.conrelid = to_regclass('{T}') AND con.conname = 'c'))")
+
+
+def constraint(kind: str, definition: str, **changes: Any) -> dict[str, Any]:
+    """A constraint as the run records it (catalog.constraint_record)."""
+    record: dict[str, Any] = {
+        "type": kind,
+        "definition": definition,
+        "validated": True,
+        "deferrable": False,
+        "deferred": False,
+        "inherited": False,
+        "children": False,
+        "columns": ["email"],
+        "references": None,
+        "comment": None,
+        "index": None,
+    }
+    return {"constraint": record | changes}
+
+
+def unique_index(name: str = "c", **changes: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "schema": "public",
+        "table": "users",
+        "definition": f"CREATE UNIQUE INDEX {name} ON public.users USING btree (email)",
+        "predicate": None,
+        "method": "btree",
+        "valid": True,
+        "partitioned": False,
+        "partition": False,
+        "used_by": name,
+        "tablespace": None,
+        "clustered": False,
+        "replica_identity": False,
+        "comment": None,
+        "statistics": None,
+    } | changes
+
+
+DROP_C = DropConstraint(table="users", name="c")
+
+
+def test_undo_drop_constraint_check_stays_not_valid() -> None:
+    record = constraint("c", "CHECK ((qty < 1000)) NOT VALID", validated=False)
+    actions = plan_inverse(DROP_C, ctx(), record)
+    assert shape(actions) == [
+        U((f'ALTER TABLE {T} ADD CONSTRAINT "c" CHECK ((qty < 1000)) NOT VALID',), AE)
+    ]
+    assert probes(actions) == [exists("c")]
+
+
+def test_undo_drop_constraint_foreign_key_is_validated_again() -> None:
+    fk = "FOREIGN KEY (org_id) REFERENCES public.orgs(id) ON DELETE SET NULL DEFERRABLE"
+    record = constraint("f", fk, references=["public", "orgs"], comment="who's the org")
+    actions = plan_inverse(DROP_C, ctx(), record)
+    assert shape(actions) == [
+        U((f'ALTER TABLE {T} ADD CONSTRAINT "c" {fk} NOT VALID',), SRE),
+        U((f'ALTER TABLE {T} VALIDATE CONSTRAINT "c"',), SUE),
+        U(
+            (f"COMMENT ON CONSTRAINT \"c\" ON {T} IS 'who''s the org'",),
+            LockMode.ACCESS_SHARE,
+            probe=False,
+        ),
+    ]
+    assert probes(actions)[:2] == [exists("c"), validated("c")]
+
+
+def test_undo_drop_constraint_not_null_keeps_its_name() -> None:
+    # PostgreSQL 18: a not-null constraint of its own name, added as set_not_null adds one.
+    record = constraint("n", "NOT NULL email")
+    assert shape(plan_inverse(DROP_C, ctx(), record)) == [
+        U((f'ALTER TABLE {T} ADD CONSTRAINT "c" NOT NULL email NOT VALID',), AE),
+        U((f'ALTER TABLE {T} VALIDATE CONSTRAINT "c"',), SUE),
+    ]
+
+
+def test_undo_drop_constraint_unique_builds_its_index_then_attaches_it() -> None:
+    record = constraint(
+        "u", "UNIQUE (email) DEFERRABLE", deferrable=True, index=unique_index(clustered=True)
+    )
+    actions = plan_inverse(DROP_C, ctx(), record)
+    assert shape(actions) == [
+        U(('DROP INDEX CONCURRENTLY IF EXISTS "public"."c"',), SUE, False),
+        U(("CREATE UNIQUE INDEX CONCURRENTLY c ON public.users USING btree (email)",), SUE, False),
+        U((f'ALTER TABLE {T} ADD CONSTRAINT "c" UNIQUE USING INDEX "c" DEFERRABLE',), AE),
+        U((f'ALTER TABLE {T} CLUSTER ON "c"',), SUE, probe=False),
+    ]
+    # The build is skipped once the index is valid or the constraint is back (as add_unique).
+    assert probes(actions)[1:3] == [
+        "SELECT (SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid ="
+        ' to_regclass(\'"public"."c"\') AND indisvalid AND indisready))'
+        f" OR ({exists('c')})",
+        exists("c"),
+    ]
+
+
+def test_undo_drop_constraint_primary_key_checks_not_null_before_attaching() -> None:
+    record = constraint("p", "PRIMARY KEY (id)", columns=["id"], index=unique_index("users_pkey"))
+    actions = plan_inverse(DropConstraint(table="users", name="users_pkey"), ctx(), record)
+    check = actions[2]
+    assert isinstance(check, Check) and check.expect is True
+    # Nullable columns would make the attach scan the table under ACCESS EXCLUSIVE.
+    assert check.query.as_string(None) == (
+        f"SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('{T}')"
+        " AND attname = ANY ('{id}'::name[]) AND NOT attnotnull)"
+    )
+    assert shape([actions[3]]) == [
+        U(
+            (f'ALTER TABLE {T} ADD CONSTRAINT "users_pkey" PRIMARY KEY USING INDEX "users_pkey"',),
+            AE,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        (None, "no record of how the constraint was defined"),
+        (
+            constraint("x", "EXCLUDE USING gist (span WITH &&)"),
+            "an EXCLUDE constraint is only added with its index built under ACCESS EXCLUSIVE",
+        ),
+        (constraint("c", "CHECK ((qty > 0))", children=True), "has partitions or inheritance"),
+        (
+            constraint(
+                "u", "UNIQUE (id, span WITHOUT OVERLAPS)", index=unique_index(method="gist")
+            ),
+            "its index is gist",
+        ),
+        ({"constraint": None}, None),
+    ],
+    ids=["no_record", "exclude", "children", "not_btree", "nothing"],
+)
+def test_undo_drop_constraint_refuses_what_it_cannot_restore(
+    record: dict[str, Any] | None, why: str | None
+) -> None:
+    if why is None:
+        assert plan_inverse(DROP_C, ctx(), record) == []  # there was nothing to drop
+        return
+    with pytest.raises(Irreversible, match=rf"drop_constraint users\.c: .*{why}"):
+        plan_inverse(DROP_C, ctx(), record)
+
+
+def test_undo_drop_constraint_of_an_inherited_one_only_checks() -> None:
+    # PostgreSQL refuses to drop an inherited constraint: the step cannot have dropped it.
+    (check,) = plan_inverse(DROP_C, ctx(), constraint("c", "CHECK (true)", inherited=True))
+    assert isinstance(check, Check) and check.expect is True
+    assert check.query.as_string(None) == exists("c")
 
 
 TBL = "S.Ta\"ble 'x"

@@ -50,6 +50,8 @@ class Case:
     setup: str = ""
     irreversible: str | None = None
     """`phase[i] kind` of the step that rollback must refuse to undo."""
+    min_version: int = 0
+    """The oldest server the case applies to (named not-null constraints need 18)."""
 
 
 def column(conn: Conn, table: str, name: str) -> tuple[str, bool, str | None] | None:
@@ -213,6 +215,7 @@ def built_unique_expression_index(conn: Conn, writer: Writer, version: int) -> N
 
 def dropped_index(conn: Conn, writer: Writer, version: int) -> None:
     assert index(conn, "items_note_idx") is None
+    assert exists(conn, "items")
 
 
 def added_check(conn: Conn, writer: Writer, version: int) -> None:
@@ -244,6 +247,41 @@ def validated_check(conn: Conn, writer: Writer, version: int) -> None:
 
 def dropped_constraint(conn: Conn, writer: Writer, version: int) -> None:
     assert constraint(conn, "items", "qty_small") is None
+    accepts(conn, "UPDATE items SET qty = 5000 WHERE id = 1")
+
+
+def dropped_foreign_key(conn: Conn, writer: Writer, version: int) -> None:
+    assert constraint(conn, "items", "items_parent_fk") is None
+    accepts(conn, "UPDATE items SET parent_id = 99 WHERE id = 1")
+
+
+def dropped_unique(conn: Conn, writer: Writer, version: int) -> None:
+    assert constraint(conn, "items", "items_name_key") is None
+    assert index(conn, "items_name_key") is None
+    accepts(conn, "UPDATE items SET name = 'item 1' WHERE id = 2")
+
+
+def dropped_primary_key(conn: Conn, writer: Writer, version: int) -> None:
+    assert constraint(conn, "items", "items_pkey") is None
+    assert index(conn, "items_pkey") is None
+    accepts(conn, "INSERT INTO items (id, name) VALUES (1, 'twin')")
+
+
+def dropped_named_not_null(conn: Conn, writer: Writer, version: int) -> None:
+    assert constraint(conn, "items", "name_present") is None
+    assert column(conn, "items", "name") == ("text", False, None)
+
+
+def validated_named_not_null(conn: Conn, writer: Writer, version: int) -> None:
+    # The column's own NOT VALID constraint, validated under its name; no second one.
+    assert constraint(conn, "items", "note_present") == ("n", "NOT NULL note", True)
+    assert constraint(conn, "items", "items_note_not_null") is None
+    rejects(conn, errors.NotNullViolation, "INSERT INTO items (id, name) VALUES (900001, 'x')")
+
+
+def note_nullable(conn: Conn, writer: Writer, version: int) -> None:
+    assert column(conn, "items", "note") == ("text", False, None)
+    assert constraint(conn, "items", "note_present") is None
 
 
 def dual_writes_upper(conn: Conn, writer: Writer, version: int) -> None:
@@ -381,6 +419,28 @@ CASES = [
         "cleanup:\n  - drop_not_null: {table: items, column: name}\n",
         name_nullable,
     ),
+    # PostgreSQL 18: not-null constraints have names and may be NOT VALID; both come back.
+    Case(
+        "drop_not_null_named",
+        "cleanup:\n  - drop_not_null: {table: items, column: name}\n",
+        name_nullable,
+        setup="ALTER TABLE items RENAME CONSTRAINT items_name_not_null TO name_present",
+        min_version=PG18,
+    ),
+    Case(
+        "drop_not_null_not_valid",
+        "cleanup:\n  - drop_not_null: {table: items, column: note}\n",
+        note_nullable,
+        setup="ALTER TABLE items ADD CONSTRAINT note_present NOT NULL note NOT VALID",
+        min_version=PG18,
+    ),
+    Case(
+        "set_not_null_over_not_valid",
+        "cleanup:\n  - set_not_null: {table: items, column: note}\n",
+        validated_named_not_null,
+        setup="ALTER TABLE items ADD CONSTRAINT note_present NOT NULL note NOT VALID",
+        min_version=PG18,
+    ),
     Case(
         "create_index",
         """
@@ -398,8 +458,8 @@ CASES = [
         "drop_index",
         "cleanup:\n  - drop_index: {name: items_note_idx}\n",
         dropped_index,
-        setup="CREATE INDEX items_note_idx ON items (note)",
-        irreversible="cleanup[0] drop_index",
+        setup="CREATE INDEX items_note_idx ON items (lower(note)) INCLUDE (qty)"
+        " WITH (fillfactor = 70) WHERE qty > 0",
     ),
     Case(
         "add_check",
@@ -439,7 +499,38 @@ CASES = [
         "cleanup:\n  - drop_constraint: {table: items, name: qty_small}\n",
         dropped_constraint,
         setup="ALTER TABLE items ADD CONSTRAINT qty_small CHECK (qty < 1000)",
-        irreversible="cleanup[0] drop_constraint",
+    ),
+    Case(
+        "drop_constraint_not_valid_check",
+        "cleanup:\n  - drop_constraint: {table: items, name: qty_small}\n",
+        dropped_constraint,
+        setup="UPDATE items SET qty = 1000 WHERE id = 3;"
+        " ALTER TABLE items ADD CONSTRAINT qty_small CHECK (qty < 1000) NOT VALID",
+    ),
+    Case(
+        "drop_constraint_foreign_key",
+        "cleanup:\n  - drop_constraint: {table: items, name: items_parent_fk}\n",
+        dropped_foreign_key,
+        setup="ALTER TABLE items ADD CONSTRAINT items_parent_fk FOREIGN KEY (parent_id)"
+        " REFERENCES parents (id) ON DELETE SET NULL",
+    ),
+    Case(
+        "drop_constraint_unique",
+        "cleanup:\n  - drop_constraint: {table: items, name: items_name_key}\n",
+        dropped_unique,
+        setup="ALTER TABLE items ADD CONSTRAINT items_name_key UNIQUE (name) INCLUDE (qty)",
+    ),
+    Case(
+        "drop_constraint_primary_key",
+        "cleanup:\n  - drop_constraint: {table: items, name: items_pkey}\n",
+        dropped_primary_key,
+    ),
+    Case(
+        "drop_constraint_not_null",
+        "cleanup:\n  - drop_constraint: {table: items, name: name_present}\n",
+        dropped_named_not_null,
+        setup="ALTER TABLE items RENAME CONSTRAINT items_name_not_null TO name_present",
+        min_version=PG18,
     ),
     Case("dual_write", UPPER, dual_writes_upper),
     Case(
@@ -518,6 +609,8 @@ def base(conn: Conn) -> Conn:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_lifecycle(case: Case, base: Conn, dsn: str, tmp_path: Path, server_version: int) -> None:
+    if server_version < case.min_version:
+        pytest.skip(f"needs PostgreSQL {case.min_version // 10000}")
     conn = base
     if case.setup:
         conn.execute(case.setup)
@@ -703,6 +796,8 @@ NOT_PROBED = {"sql", "sql_concurrently", "sql_without_down", "verify"}
 def test_resume_after_crash_between_work_and_bookkeeping(
     case: Case, base: Conn, dsn: str, tmp_path: Path, server_version: int
 ) -> None:
+    if server_version < case.min_version:
+        pytest.skip(f"needs PostgreSQL {case.min_version // 10000}")
     conn = base
     if case.setup:
         conn.execute(case.setup)
@@ -815,6 +910,8 @@ CREATE TABLE "My App"."Odd ""T"" x" (
     "Ol""d" text
 );
 INSERT INTO "My App"."Odd ""T"" x" SELECT g, 'Name ' || g, g, 'o' || g FROM generate_series(1, 50) g;
+CREATE INDEX "Old ""I"" x" ON "My App"."Odd ""T"" x" (lower("Na""me")) WHERE "Qt'y" > 0;
+ALTER TABLE "My App"."Odd ""T"" x" ADD CONSTRAINT "Old ""C"" x" CHECK ("Qt'y" < 1000) NOT VALID;
 """
 
 ODD_PLAN = '''
@@ -837,6 +934,8 @@ cleanup:
   - drop_not_null: {table: 'Odd "T" x', column: "Qt'y"}
   - rename_column: {table: 'Odd "T" x', column: 'Ol"d', to: 'Ol"d 2'}
   - drop_dual_write: {table: 'Odd "T" x', name: 'Dw "T"'}
+  - drop_index: {name: 'Old "I" x'}
+  - drop_constraint: {table: 'Odd "T" x', name: 'Old "C" x'}
   - rename_table: {table: 'Odd "T" x', to: 'Odd "T" 2'}
 '''
 
@@ -869,6 +968,8 @@ def test_lifecycle_with_identifiers_that_need_quoting(
             True,
         )
         assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == 0
+        assert not exists(conn, '"My App"."Old ""I"" x"')
+        assert constraint(conn, table, 'Old "C" x') is None
         undone = api.rollback(plan, dsn)
         assert (undone.status, undone.exit_code) == ("rolled_back", 0), undone.message
         assert snapshot(conn, "My App") == before
@@ -990,3 +1091,118 @@ def test_rollback_without_a_record_refuses_and_names_the_step(
     assert snapshot(conn) == after
     # The rollback upgraded the state schema; the step still has no record.
     assert remembered(conn) == [None, None]
+
+
+def test_rollback_rebuilds_dropped_indexes_and_constraints_as_they_were(
+    base: Conn, dsn: str, tmp_path: Path
+) -> None:
+    conn = base
+    conn.execute(
+        "UPDATE items SET qty = 1000 WHERE id = 3;"
+        " ALTER TABLE items ADD CONSTRAINT qty_small CHECK (qty < 1000) NOT VALID;"
+        " ALTER TABLE items ADD CONSTRAINT items_parent_fk FOREIGN KEY (parent_id)"
+        " REFERENCES parents (id) ON DELETE SET NULL;"
+        " ALTER TABLE items ADD CONSTRAINT items_name_key UNIQUE (name) DEFERRABLE;"
+        " CREATE INDEX items_note_idx ON items (lower(note)) WHERE qty > 0;"
+        " COMMENT ON INDEX items_note_idx IS 'by note'"
+    )
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        """
+        cleanup:
+          - drop_index: {name: items_note_idx}
+          - drop_constraint: {table: items, name: qty_small}
+          - drop_constraint: {table: items, name: items_parent_fk}
+          - drop_constraint: {table: items, name: items_name_key}
+        """,
+    )
+    before = snapshot(conn)
+    comment = "SELECT obj_description('items_note_idx'::regclass, 'pg_class')"
+    with Writer(dsn) as writer:
+        first = api.run_plan(plan, dsn)
+        assert first.status == "completed", first.message
+        # Recorded under an empty search_path: tables are named with their schema.
+        index_record, check, fk, unique = remembered(conn)
+        assert index_record["index"]["definition"] == (
+            "CREATE INDEX items_note_idx ON public.items USING btree (lower(note)) WHERE (qty > 0)"
+        )
+        assert index_record["index"]["comment"] == "by note"
+        assert check["constraint"]["definition"] == "CHECK ((qty < 1000)) NOT VALID"
+        assert check["constraint"]["validated"] is False
+        assert fk["constraint"]["definition"] == (
+            "FOREIGN KEY (parent_id) REFERENCES public.parents(id) ON DELETE SET NULL"
+        )
+        assert unique["constraint"]["index"]["name"] == "items_name_key"
+
+        # The dry-run shows the statements that restore them, in reverse order of the steps.
+        shown = api.rollback_dry_run(plan, dsn)
+        t = '"public"."items"'
+        restoring = [
+            "CREATE UNIQUE INDEX CONCURRENTLY items_name_key ON public.items USING btree (name);",
+            f'ALTER TABLE {t} ADD CONSTRAINT "items_name_key" UNIQUE USING INDEX'
+            ' "items_name_key" DEFERRABLE;',
+            f'ALTER TABLE {t} ADD CONSTRAINT "items_parent_fk" FOREIGN KEY (parent_id)'
+            " REFERENCES public.parents(id) ON DELETE SET NULL NOT VALID;",
+            f'ALTER TABLE {t} VALIDATE CONSTRAINT "items_parent_fk";',
+            f'ALTER TABLE {t} ADD CONSTRAINT "qty_small" CHECK ((qty < 1000)) NOT VALID;',
+            "CREATE INDEX CONCURRENTLY items_note_idx ON public.items USING btree (lower(note))"
+            " WHERE (qty > 0);",
+            """COMMENT ON INDEX "public"."items_note_idx" IS 'by note';""",
+        ]
+        lines = shown.splitlines()
+        assert [line for line in lines if line in restoring] == restoring, shown
+        # The check that was NOT VALID stays so: it is never validated.
+        assert 'VALIDATE CONSTRAINT "qty_small"' not in shown
+
+        undone = api.rollback(plan, dsn)
+        assert (undone.status, undone.exit_code) == ("rolled_back", 0), undone.message
+        assert snapshot(conn) == before
+        assert scalar(conn, comment) == "by note"
+    writer.check_rows(conn)
+
+
+@pytest.mark.parametrize(
+    ("setup", "phases", "step", "why"),
+    [
+        pytest.param(
+            "CREATE UNIQUE INDEX CONCURRENTLY items_name_idx ON items (name)",
+            "cleanup:\n  - drop_index: {name: items_name_idx}\n",
+            "cleanup[0] drop_index",
+            "index public.items_name_idx was INVALID (left by a failed build)",
+            id="invalid_index",
+        ),
+        pytest.param(
+            None,
+            """
+            additive:
+              - add_column: {table: items, column: {name: extra, type: text}}
+            cleanup:
+              - drop_constraint: {table: items, name: items_no_twin}
+            """,
+            "cleanup[0] drop_constraint",
+            "an EXCLUDE constraint is only added with its index built under ACCESS EXCLUSIVE",
+            id="exclude_constraint",
+        ),
+    ],
+)
+def test_rollback_refuses_what_it_cannot_restore_exactly(
+    setup: str | None, phases: str, step: str, why: str, base: Conn, dsn: str, tmp_path: Path
+) -> None:
+    conn = base
+    if setup is not None:
+        leave_invalid_index(conn, setup)
+    else:
+        conn.execute(
+            "ALTER TABLE items ADD CONSTRAINT items_no_twin EXCLUDE USING btree (id WITH =)"
+        )
+    plan = write_plan(tmp_path / "plan.yaml", phases)
+    out = api.run_plan(plan, dsn)
+    assert out.status == "completed", out.message
+    after = snapshot(conn)
+    for undo in (api.rollback_dry_run, api.rollback):
+        with pytest.raises(RunRefused) as refused:
+            undo(plan, dsn)
+        message = str(refused.value)
+        assert f"cannot roll back past step {step}" in message, message
+        assert why in message and "nothing was undone" in message
+    assert snapshot(conn) == after

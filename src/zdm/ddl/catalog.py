@@ -63,6 +63,14 @@ def column_not_null(table: Table, column: str) -> sql.Composed:
     ).format(rel=_rel(table), col=_lit(column))
 
 
+def columns_not_null(table: Table, columns: list[str]) -> sql.Composed:
+    """True when every one of the columns is NOT NULL."""
+    return sql.SQL(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {rel}"
+        " AND attname = ANY ({cols}::name[]) AND NOT attnotnull)"
+    ).format(rel=_rel(table), cols=sql.Literal(columns))
+
+
 def column_nullable(table: Table, column: str) -> sql.Composed:
     return sql.SQL(
         "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {rel} AND attname = {col}"
@@ -126,10 +134,93 @@ def function_missing(function: Table) -> sql.Composed:
     )
 
 
-def not_null_validated(table: Table, column: str) -> sql.Composed:
-    """attnotnull, and no NOT VALID not-null constraint on the column left to validate (PG >= 18)."""
+def index_exists(index: Table) -> sql.Composed:
+    return table_exists(index)
+
+
+def index_replica_identity(index: Table) -> sql.Composed:
     return sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = {rel} AND a.attname = {col}"
-        " AND a.attnotnull AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = {rel}"
-        " AND c.contype = 'n' AND c.conkey = ARRAY[a.attnum] AND NOT c.convalidated))"
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = {} AND indisreplident)"
+    ).format(_rel(index))
+
+
+def constraint_not_pending(table: Table, name: str) -> sql.Composed:
+    """True unless a NOT VALID constraint of this name is there to validate."""
+    return sql.SQL(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {rel} AND conname = {name}"
+        " AND NOT convalidated)"
+    ).format(rel=_rel(table), name=_lit(name))
+
+
+def no_other_pending_not_null(table: Table, column: str, name: str) -> sql.Composed:
+    """True unless the column has a NOT VALID not-null constraint named other than `name`."""
+    return sql.SQL(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a"
+        " ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum] WHERE c.conrelid = {rel}"
+        " AND c.contype = 'n' AND a.attname = {col} AND c.conname <> {name}"
+        " AND NOT c.convalidated)"
+    ).format(rel=_rel(table), col=_lit(column), name=_lit(name))
+
+
+# --- records: what a step remembers for its inverse (one jsonb value each) -------------------
+# They run under an empty search_path (see Store.step_started), so the definitions they read
+# name every table, type and function with its schema.
+
+
+def _index_facts(oid: sql.Composable) -> sql.Composed:
+    """One index as an object: its definition and every fact a rebuild must restore or refuse."""
+    return sql.SQL(
+        "SELECT jsonb_build_object('name', c.relname, 'schema', n.nspname, 'table', t.relname,"
+        " 'definition', pg_get_indexdef(i.indexrelid),"
+        " 'predicate', pg_get_expr(i.indpred, i.indrelid),"
+        " 'method', am.amname, 'valid', i.indisvalid AND i.indisready,"
+        " 'partitioned', c.relkind = 'I', 'partition', c.relispartition,"
+        " 'used_by', (SELECT min(k.conname) FROM pg_constraint k WHERE k.conindid = i.indexrelid),"
+        " 'tablespace', (SELECT s.spcname FROM pg_tablespace s WHERE s.oid = c.reltablespace),"
+        " 'clustered', i.indisclustered, 'replica_identity', i.indisreplident,"
+        " 'comment', obj_description(i.indexrelid, 'pg_class'),"
+        " 'statistics', (SELECT jsonb_agg(jsonb_build_array(a.attnum, a.attstattarget)"
+        " ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = i.indexrelid"
+        " AND a.attstattarget >= 0))"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " JOIN pg_am am ON am.oid = c.relam WHERE i.indexrelid = {}"
+    ).format(oid)
+
+
+def index_record(index: Table) -> sql.Composed:
+    """`{"index": …}`: the index as `_index_facts` gives it, null when there is none."""
+    return sql.SQL("SELECT jsonb_build_object('index', ({}))").format(_index_facts(_rel(index)))
+
+
+def constraint_record(table: Table, name: str) -> sql.Composed:
+    """`{"constraint": …}`: the constraint's definition, validity and what else a re-add must
+    restore or refuse (its index for PRIMARY KEY, UNIQUE, EXCLUDE); null when there is none."""
+    return sql.SQL(
+        "SELECT jsonb_build_object('constraint', (SELECT jsonb_build_object("
+        "'type', con.contype::text, 'definition', pg_get_constraintdef(con.oid),"
+        " 'validated', con.convalidated, 'deferrable', con.condeferrable, 'deferred', con.condeferred,"
+        " 'inherited', con.coninhcount > 0 OR NOT con.conislocal,"
+        " 'children', tbl.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_inherits h"
+        " WHERE h.inhparent = con.conrelid),"
+        " 'columns', (SELECT jsonb_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a"
+        " WHERE a.attrelid = con.conrelid AND a.attnum = ANY (con.conkey)),"
+        " 'references', (SELECT jsonb_build_array(rn.nspname, r.relname) FROM pg_class r"
+        " JOIN pg_namespace rn ON rn.oid = r.relnamespace WHERE r.oid = con.confrelid),"
+        " 'comment', obj_description(con.oid, 'pg_constraint'),"
+        " 'index', CASE WHEN con.contype IN ('p', 'u', 'x') THEN ({index}) END)"
+        " FROM pg_constraint con JOIN pg_class tbl ON tbl.oid = con.conrelid"
+        " WHERE con.conrelid = {rel} AND con.conname = {name}))"
+    ).format(index=_index_facts(sql.SQL("con.conindid")), rel=_rel(table), name=_lit(name))
+
+
+def not_null_record(table: Table, column: str) -> sql.Composed:
+    """`{"not_null": …}`: the column's not-null constraint (PostgreSQL 18), its name, definition
+    and validity; null when the column has none."""
+    return sql.SQL(
+        "SELECT jsonb_build_object('not_null', (SELECT jsonb_build_object('name', k.conname,"
+        " 'definition', pg_get_constraintdef(k.oid), 'validated', k.convalidated)"
+        " FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid"
+        " AND k.conkey = ARRAY[a.attnum] WHERE k.conrelid = {rel} AND k.contype = 'n'"
+        " AND a.attname = {col}))"
     ).format(rel=_rel(table), col=_lit(column))

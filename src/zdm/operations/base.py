@@ -14,7 +14,8 @@ LATEST_SERVER_VERSION = 180000
 
 
 class Irreversible(Exception):
-    """Raised by an inverse planner for a step whose effect cannot be undone (a drop of data)."""
+    """Raised by an inverse planner for a step whose effect cannot be undone (a drop of data), or
+    not exactly (an object its record cannot rebuild as it was)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Context:
 
 
 Planner = Callable[[Any, Context], list[Action]]
-MemoPlanner = Callable[[Any, Context], Query]
+MemoPlanner = Callable[[Any, Context], Query | None]
 _S = TypeVar("_S", bound=StepSpec)
 
 FORWARD: dict[type[StepSpec], Planner] = {}
@@ -68,11 +69,14 @@ def inverse(kind: type[_S]) -> Callable[[Callable[[_S, Context], list[Action]]],
     return register
 
 
-def remembers(kind: type[_S]) -> Callable[[Callable[[_S, Context], Query]], MemoPlanner]:
+def remembers(
+    kind: type[_S],
+) -> Callable[[Callable[[_S, Context], Query | None]], MemoPlanner]:
     """Registers the catalog query (one jsonb value) whose answer right before the step's first
-    attempt the inverse needs: the value the step replaces, which the plan does not say."""
+    attempt the inverse needs: the value the step replaces, which the plan does not say. The
+    planner may return None where the server leaves nothing to remember."""
 
-    def register(fn: Callable[[_S, Context], Query]) -> MemoPlanner:
+    def register(fn: Callable[[_S, Context], Query | None]) -> MemoPlanner:
         MEMO[kind] = fn
         return fn
 

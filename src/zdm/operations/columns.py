@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from psycopg import sql
 
@@ -11,6 +12,7 @@ from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
 from zdm.operations.base import Context, Irreversible, forward, inverse, remembers
+from zdm.operations.constraints import readd
 from zdm.operations.dual_write import drop_trigger_statements
 from zdm.plan import (
     AddColumn,
@@ -268,7 +270,8 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
     col = sql.Identifier(step.column)
     if ctx.server_version >= 180000:
-        name = sql.Identifier(not_null_constraint_name(table, step.column))
+        default = not_null_constraint_name(table, step.column)
+        name = sql.Identifier(default)
         return [
             Txn(
                 (
@@ -296,8 +299,13 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
                     ),
                 ),
                 f"validate not-null constraint on {step.column}",
-                skip_if=cat.not_null_validated(table, step.column),
+                # Runs while the constraint of this name is NOT VALID, or is still to be added.
+                skip_if=cat.all_of(
+                    cat.column_not_null(table, step.column),
+                    cat.constraint_not_pending(table, default),
+                ),
             ),
+            _validate_not_null_of_another_name(table, step.column, default),
         ]
     check_name = not_null_check_name(table, step.column)
     check = sql.Identifier(check_name)
@@ -358,9 +366,76 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
     ]
 
 
+def _validate_not_null_of_another_name(table: Table, column: str, default: str) -> Txn:
+    """VALIDATE of the column's NOT VALID not-null constraint when it has a name other than
+    `default` (PostgreSQL 18 keeps one not-null constraint a column, so the step's is never
+    added); skipped unless there is one."""
+    body = sql.SQL(
+        "\nDECLARE\n  con name;\nBEGIN\n"
+        "  SELECT c.conname INTO con FROM pg_constraint c JOIN pg_attribute a"
+        " ON a.attrelid = c.conrelid AND c.conkey = ARRAY[a.attnum]"
+        " WHERE c.conrelid = {target}::regclass AND c.contype = 'n' AND a.attname = {column}"
+        " AND NOT c.convalidated;\n"
+        "  IF con IS NOT NULL THEN\n"
+        "    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', {target}, con);\n"
+        "  END IF;\nEND\n"
+    ).format(target=sql.Literal(table.ident().as_string(None)), column=sql.Literal(column))
+    stmt = Statement(
+        sql.SQL("DO {}").format(dollar_quoted(body.as_string(None))),
+        SUE,
+        table,
+        scans=True,
+        note="only when the column already had a NOT VALID not-null constraint of another name;"
+        " reads and writes continue",
+    )
+    return Txn(
+        (stmt,),
+        f"validate the existing not-null constraint on {column}",
+        skip_if=cat.no_other_pending_not_null(table, column, default),
+    )
+
+
+@remembers(SetNotNull)
+@remembers(DropNotNull)
+def remember_not_null(step: SetNotNull | DropNotNull, ctx: Context) -> Query | None:
+    """PostgreSQL 18: the column's not-null constraint, whose name and validity the plan does
+    not say. Before 18 a NOT NULL has neither, and the plan says all."""
+    if ctx.server_version < 180000:
+        return None
+    return cat.not_null_record(ctx.table(step.table), step.column)
+
+
 @inverse(SetNotNull)
 def undo_set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
+    before = _not_null_before(ctx)
+    if before is not None:
+        if before["validated"]:
+            return []  # the column was NOT NULL already: the step changed nothing
+        # It had a NOT VALID not-null constraint, which the step validated: made NOT VALID again
+        # (catalog only, one statement); the recorded definition ends with NOT VALID.
+        stmt = Statement(
+            _alter(
+                table,
+                sql.SQL("DROP CONSTRAINT {}, ADD CONSTRAINT {} {}").format(
+                    sql.Identifier(before["name"]),
+                    sql.Identifier(before["name"]),
+                    user_sql(before["definition"]),
+                ),
+            ),
+            AE,
+            table,
+            note="catalog only: re-added NOT VALID from its recorded definition",
+        )
+        return [
+            Txn(
+                (stmt,),
+                f"mark not-null constraint {before['name']} not valid again",
+                skip_if=sql.SQL("SELECT NOT ({})").format(
+                    cat.constraint_validated(table, before["name"])
+                ),
+            )
+        ]
     actions = drop_not_null(DropNotNull(table=step.table, column=step.column), ctx)
     if ctx.server_version < 180000:
         # A half-finished forward run may have left its helper check behind.
@@ -401,4 +476,23 @@ def drop_not_null(step: DropNotNull, ctx: Context) -> list[Action]:
 
 @inverse(DropNotNull)
 def undo_drop_not_null(step: DropNotNull, ctx: Context) -> list[Action]:
-    return set_not_null(SetNotNull(table=step.table, column=step.column), ctx)
+    before = _not_null_before(ctx)
+    if before is None:
+        if ctx.remembered is not None:
+            return []  # PostgreSQL 18 recorded no not-null constraint: the step dropped nothing
+        return set_not_null(SetNotNull(table=step.table, column=step.column), ctx)
+    # PostgreSQL 18: the constraint the step dropped, under its own name, NOT VALID as it may
+    # have been.
+    return list(
+        readd(ctx.table(step.table), before["name"], before["definition"], before["validated"])
+    )
+
+
+def _not_null_before(ctx: Context) -> dict[str, Any] | None:
+    """The not-null constraint the column had before the step (PostgreSQL 18), as the run
+    recorded it; None when it had none, or when there is no record (a step run before 18 or by
+    an older zdm), where the plan's own shape is what the step changed."""
+    if ctx.remembered is None:
+        return None
+    record: dict[str, Any] | None = ctx.remembered.get("not_null")
+    return record

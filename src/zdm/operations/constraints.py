@@ -2,17 +2,21 @@
 
 Constraints are added NOT VALID (a short ACCESS EXCLUSIVE, no scan) and validated in a separate
 transaction under SHARE UPDATE EXCLUSIVE, which lets reads and writes continue during the scan.
+drop_constraint remembers the constraint's definition before its first attempt; its inverse adds
+it again the same way (a PRIMARY KEY or UNIQUE constraint over an index built concurrently).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import sql
 
-from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
+from zdm.ddl import Action, Check, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
-from zdm.operations.base import Context, Irreversible, forward, inverse
-from zdm.operations.indexes import build_index
+from zdm.operations.base import Context, Irreversible, forward, inverse, remembers
+from zdm.operations.indexes import build_index, rebuild_index
 from zdm.plan import (
     AddCheck,
     AddForeignKey,
@@ -202,6 +206,142 @@ def drop_constraint(step: DropConstraint, ctx: Context) -> list[Action]:
     return [drop(ctx.table(step.table), step.name)]
 
 
+@remembers(DropConstraint)
+def remember_constraint(step: DropConstraint, ctx: Context) -> Query:
+    return cat.constraint_record(ctx.table(step.table), step.name)
+
+
+NOT_VALID = " NOT VALID"
+
+
+def readd(
+    table: Table,
+    name: str,
+    definition: str,
+    validated: bool,
+    *,
+    references: Table | None = None,
+) -> list[Txn]:
+    """A recorded CHECK, FOREIGN KEY or NOT NULL constraint added again as add_check and
+    add_foreign_key do: NOT VALID, then validated in its own transaction when it was before."""
+    # SQL text that pg_get_constraintdef gave and the run recorded in zdm's state: trusted as
+    # the plan is. It ends with NOT VALID when the constraint was not validated.
+    body = definition.removesuffix(NOT_VALID)
+    lock, note = AE, "no scan (NOT VALID); new writes are checked"
+    if references is not None:
+        lock = LockMode.SHARE_ROW_EXCLUSIVE
+        note = f"no scan (NOT VALID); also locks {references} (SHARE ROW EXCLUSIVE)"
+    actions = [_add(table, name, user_sql(body), lock, note)]
+    if validated:
+        actions.append(validate(table, name))
+    return actions
+
+
 @inverse(DropConstraint)
-def undo_drop_constraint(step: DropConstraint, ctx: Context) -> list[Action]:
-    raise Irreversible(f"drop_constraint {step.name}: the plan does not say how it was defined")
+def restore_constraint(step: DropConstraint, ctx: Context) -> list[Action]:
+    """The constraint the step dropped, added again from the run's record of it."""
+    what = f"drop_constraint {step.table}.{step.name}"
+    if ctx.remembered is None:
+        raise Irreversible(
+            f"{what}: zdm's state has no record of how the constraint was defined (a step run by"
+            " an older zdm has none)"
+        )
+    record: dict[str, Any] | None = ctx.remembered.get("constraint")
+    if record is None:
+        return []  # there was no such constraint: the step dropped nothing
+    table = ctx.table(step.table)
+    kind = record["type"]
+    if record["inherited"]:
+        # PostgreSQL refuses to drop an inherited constraint: the step cannot have dropped it.
+        return [
+            Check(
+                cat.constraint_exists(table, step.name),
+                True,
+                f"constraint {step.name} is still there: PostgreSQL does not drop an inherited"
+                " constraint",
+            )
+        ]
+    if record["children"]:
+        raise Irreversible(
+            f"{what}: {table} has partitions or inheritance children, whose copies of the"
+            " constraint adding it again would not restore exactly"
+        )
+    actions: list[Action]
+    if kind in ("c", "f", "n"):
+        target = record["references"]
+        actions = list(
+            readd(
+                table,
+                step.name,
+                record["definition"],
+                record["validated"],
+                references=Table(*target) if target is not None else None,
+            )
+        )
+    elif kind in ("p", "u"):
+        actions = _readd_with_index(table, step.name, record, what)
+    elif kind == "x":
+        raise Irreversible(
+            f"{what}: an EXCLUDE constraint is only added with its index built under ACCESS"
+            " EXCLUSIVE, which would stall the application"
+        )
+    else:
+        raise Irreversible(f"{what}: a constraint of type {kind!r} is not one zdm adds again")
+    if record["comment"] is not None:
+        comment = Statement(
+            sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(step.name), table.ident(), sql.Literal(record["comment"])
+            ),
+            LockMode.ACCESS_SHARE,
+            table,
+            note="catalog only",
+        )
+        actions.append(Txn((comment,), f"restore the comment of constraint {step.name}"))
+    return actions
+
+
+def _readd_with_index(table: Table, name: str, record: dict[str, Any], what: str) -> list[Action]:
+    """PRIMARY KEY or UNIQUE as add_unique does it: the index built concurrently from its
+    recorded definition, then attached (catalog only)."""
+    index: dict[str, Any] = record["index"]
+    if index["method"] != "btree":
+        raise Irreversible(
+            f"{what}: its index is {index['method']}, and PostgreSQL attaches only a btree index"
+            " as a constraint"
+        )
+    clause = sql.SQL("PRIMARY KEY" if record["type"] == "p" else "UNIQUE")
+    attach = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}").format(
+        table.ident(), sql.Identifier(name), clause, sql.Identifier(index["name"])
+    )
+    if record["deferrable"]:
+        attach += sql.SQL(" DEFERRABLE")
+        if record["deferred"]:
+            attach += sql.SQL(" INITIALLY DEFERRED")
+    done = cat.constraint_exists(table, name)
+    build = rebuild_index(
+        index,
+        what,
+        skip_if=sql.SQL("SELECT ({}) OR ({})").format(
+            cat.index_valid(table.sibling(index["name"])), done
+        ),
+    )
+    actions: list[Action] = build[:2]
+    if record["type"] == "p":
+        # Columns that are not NOT NULL would make the attach scan under ACCESS EXCLUSIVE.
+        actions.append(
+            Check(
+                cat.columns_not_null(table, record["columns"]),
+                True,
+                f"the columns of primary key {name} are NOT NULL",
+            )
+        )
+    actions.append(
+        Txn(
+            (Statement(attach, AE, table, note="catalog only: the index is already built"),),
+            f"attach {'primary key' if record['type'] == 'p' else 'unique constraint'} {name}",
+            skip_if=done,
+        )
+    )
+    # The index's own settings (CLUSTER ON, comment, replica identity) once it is attached.
+    actions += build[2:]
+    return actions

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS {s}.steps (
 -- before the run), so rollback leaves it alone.
 ALTER TABLE {s}.steps ADD COLUMN IF NOT EXISTS adopted boolean NOT NULL DEFAULT false;
 -- remembered: what the step read from the catalog right before its first attempt (the default
--- it replaces), for its inverse; NULL when it remembers nothing or ran under an older zdm.
+-- it replaces, the definition of the index or constraint it drops), for its inverse; NULL when
+-- it remembers nothing or ran under an older zdm.
 ALTER TABLE {s}.steps ADD COLUMN IF NOT EXISTS remembered jsonb;
 CREATE TABLE IF NOT EXISTS {s}.backfills (
     run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,
