@@ -44,6 +44,16 @@ class Context:
         ]
 
 
+def recorded(ctx: Context, what: str, of: str) -> dict[str, Any]:
+    """What the step recorded before its first attempt, for its inverse; Irreversible when
+    there is no record."""
+    if ctx.remembered is None:
+        raise Irreversible(
+            f"{what}: zdm's state has no record of {of} (a step run by an older zdm has none)"
+        )
+    return ctx.remembered
+
+
 Planner = Callable[[Any, Context], list[Action]]
 MemoPlanner = Callable[[Any, Context], Query | None]
 _S = TypeVar("_S", bound=StepSpec)

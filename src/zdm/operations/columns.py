@@ -11,7 +11,7 @@ from psycopg import sql
 from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
-from zdm.operations.base import Context, Irreversible, forward, inverse, remembers
+from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
 from zdm.operations.constraints import readd
 from zdm.operations.dual_write import drop_trigger_statements
 from zdm.plan import (
@@ -213,12 +213,8 @@ def remember_default(step: SetDefault | DropDefault, ctx: Context) -> Query:
 def restore_default(step: SetDefault | DropDefault, ctx: Context) -> list[Action]:
     """The default the column had before the step, as the run recorded it: set it again, or drop
     the step's own when there was none."""
-    if ctx.remembered is None:
-        raise Irreversible(
-            f"{step.kind} {step.table}.{step.column}: zdm's state has no record of the default"
-            " it replaced (a step run by an older zdm has none)"
-        )
-    old = ctx.remembered.get("default")
+    what = f"{step.kind} {step.table}.{step.column}"
+    old = recorded(ctx, what, "the default it replaced").get("default")
     if old is None:
         return drop_default(DropDefault(table=step.table, column=step.column), ctx)
     # SQL text that pg_get_expr gave and the run recorded in zdm's state: trusted as the plan is.

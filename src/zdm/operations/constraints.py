@@ -15,7 +15,7 @@ from psycopg import sql
 from zdm.ddl import Action, Check, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
-from zdm.operations.base import Context, Irreversible, forward, inverse, remembers
+from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
 from zdm.operations.indexes import build_index, rebuild_index
 from zdm.plan import (
     AddCheck,
@@ -241,12 +241,9 @@ def readd(
 def restore_constraint(step: DropConstraint, ctx: Context) -> list[Action]:
     """The constraint the step dropped, added again from the run's record of it."""
     what = f"drop_constraint {step.table}.{step.name}"
-    if ctx.remembered is None:
-        raise Irreversible(
-            f"{what}: zdm's state has no record of how the constraint was defined (a step run by"
-            " an older zdm has none)"
-        )
-    record: dict[str, Any] | None = ctx.remembered.get("constraint")
+    record: dict[str, Any] | None = recorded(ctx, what, "how the constraint was defined").get(
+        "constraint"
+    )
     if record is None:
         return []  # there was no such constraint: the step dropped nothing
     table = ctx.table(step.table)

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from zdm.ddl import Action, Check, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
-from zdm.operations.base import Context, Irreversible, forward, inverse, remembers
+from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
 from zdm.plan import CreateIndex, DropIndex
 
 SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
@@ -143,12 +143,7 @@ def remember_index(step: DropIndex, ctx: Context) -> Query:
 def restore_index(step: DropIndex, ctx: Context) -> list[Action]:
     """The index the step dropped, built again from the run's record of it."""
     what = f"drop_index {step.name}"
-    if ctx.remembered is None:
-        raise Irreversible(
-            f"{what}: zdm's state has no record of how the index was defined (a step run by an"
-            " older zdm has none)"
-        )
-    record = ctx.remembered.get("index")
+    record = recorded(ctx, what, "how the index was defined").get("index")
     if record is None:
         return []  # there was no such index: the step dropped nothing
     index = Table(record["schema"], record["name"])
