@@ -109,6 +109,10 @@ def test_add_foreign_key() -> None:
         U((f'ALTER TABLE {T} VALIDATE CONSTRAINT "fk_users_org"',), SUE),
     ]
     assert probes(actions) == [exists("fk_users_org"), validated("fk_users_org")]
+    # Writes to the referenced table wait on the NOT VALID add too: zdm watches both tables.
+    add = actions[0]
+    assert isinstance(add, Txn)
+    assert [str(t) for t in add.tables] == ["public.users", "core.orgs"]
 
 
 def test_add_foreign_key_without_validate_or_on_delete() -> None:

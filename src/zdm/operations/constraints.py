@@ -29,7 +29,15 @@ AE = LockMode.ACCESS_EXCLUSIVE
 SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
 
 
-def _add(table: Table, name: str, body: sql.Composable, lock: LockMode, note: str) -> Txn:
+def _add(
+    table: Table,
+    name: str,
+    body: sql.Composable,
+    lock: LockMode,
+    note: str,
+    references: Table | None = None,
+) -> Txn:
+    """ADD CONSTRAINT … NOT VALID; a foreign key locks the table it `references` too."""
     stmt = Statement(
         sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
             table.ident(), sql.Identifier(name), body
@@ -37,6 +45,7 @@ def _add(table: Table, name: str, body: sql.Composable, lock: LockMode, note: st
         lock,
         table,
         note=note,
+        also=(references,) if references is not None else (),
     )
     return Txn(
         (stmt,), f"add constraint {name} (not valid)", skip_if=cat.constraint_exists(table, name)
@@ -104,7 +113,8 @@ def add_foreign_key(step: AddForeignKey, ctx: Context) -> list[Action]:
             step.name,
             body,
             LockMode.SHARE_ROW_EXCLUSIVE,
-            f"no scan (NOT VALID); also locks {target} (SHARE ROW EXCLUSIVE)",
+            "no scan (NOT VALID); new writes are checked",
+            target,
         )
     ]
     if step.validate:
@@ -227,11 +237,9 @@ def readd(
     # SQL text that pg_get_constraintdef gave and the run recorded in zdm's state: trusted as
     # the plan is. It ends with NOT VALID when the constraint was not validated.
     body = definition.removesuffix(NOT_VALID)
-    lock, note = AE, "no scan (NOT VALID); new writes are checked"
-    if references is not None:
-        lock = LockMode.SHARE_ROW_EXCLUSIVE
-        note = f"no scan (NOT VALID); also locks {references} (SHARE ROW EXCLUSIVE)"
-    actions = [_add(table, name, user_sql(body), lock, note)]
+    lock = AE if references is None else LockMode.SHARE_ROW_EXCLUSIVE
+    note = "no scan (NOT VALID); new writes are checked"
+    actions = [_add(table, name, user_sql(body), lock, note, references)]
     if validated:
         actions.append(validate(table, name))
     return actions
