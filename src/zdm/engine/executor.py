@@ -9,8 +9,9 @@ exact statements `run` executes, which is what the dry-run prints.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +33,8 @@ LONG_HOLDER_MS = 1000
 IDLE_HOLDER_MS = 10
 
 OnCommit = Callable[[psycopg.Connection[Any]], None]
+# A transaction that held a lock: its backend pid and when it began (a pid outlives transactions).
+Holder = tuple[int, datetime]
 OnEvent = Callable[..., None]
 
 
@@ -148,11 +151,12 @@ class Executor:
 
     def _run_transaction(self, txn: Txn, on_commit: OnCommit | None) -> tuple[int, int]:
         """Returns the attempts made and the committed attempt's duration in ms."""
-        for attempt in retrying(self.settings, self._before_retry(txn)):
+        culprits: list[Holder] = []  # what held the lock through the last failed attempt
+        for attempt in retrying(self.settings, self._before_retry(txn, culprits)):
             with attempt:
                 n = attempt.retry_state.attempt_number
                 if txn.blocks_app:
-                    self.wait_for_long_holders(txn)
+                    self.wait_for_long_holders(txn, culprits)
                 began = time.monotonic()
                 self._execute(BEGIN)
                 with self.conn.transaction():
@@ -170,10 +174,20 @@ class Executor:
         if run and stmt is not BEGIN:
             self.conn.execute(stmt)
 
-    def _before_retry(self, txn: Txn) -> Callable[[tenacity.RetryCallState], None]:
+    def _before_retry(
+        self, txn: Txn, culprits: list[Holder]
+    ) -> Callable[[tenacity.RetryCallState], None]:
+        """Logs who was in the way of a failed attempt, and keeps in `culprits` the transactions
+        that held a conflicting lock through all of it: the next attempt waits for them to end,
+        whatever their age, instead of queueing behind them again."""
+
         def log_blockers(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             blockers = self.blockers(txn)
+            waited_ms = lock_timeout_ms(self.settings, state.attempt_number)
+            culprits[:] = [
+                (h["pid"], h["xact_start"]) for h in blockers if h["xact_ms"] >= waited_ms
+            ]
             self.log.warning(
                 "lock_retry",
                 unit=txn.label,
@@ -196,16 +210,22 @@ class Executor:
     # -- who is in the way -------------------------------------------------------------------
 
     def _holders(
-        self, txn: Txn, min_age_ms: int, idle_ms: int | None = None
+        self,
+        txn: Txn,
+        min_age_ms: int,
+        idle_ms: int | None = None,
+        culprits: Sequence[Holder] = (),
     ) -> list[dict[str, Any]]:
         """Conflicting holders whose transaction is older than `min_age_ms`; with `idle_ms`, also
-        those idle in it for that long, and autovacuum workers of any age."""
+        those idle in it for that long, and autovacuum workers of any age; and `culprits`, the
+        transactions (pid, start) that made an attempt fail, while they last."""
         if self.monitor is None or not txn.tables:
             return []
         rows = self.monitor.execute(
             "SELECT DISTINCT a.pid, l.mode, a.state, a.application_name,"
             " round(extract(epoch FROM now() - a.xact_start) * 1000)::bigint AS xact_ms,"
-            " left(a.query, 200) AS query, a.backend_type = 'autovacuum worker' AS autovacuum"
+            " left(a.query, 200) AS query, a.backend_type = 'autovacuum worker' AS autovacuum,"
+            " a.xact_start"
             " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.locktype = 'relation' AND l.granted"
             " AND l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) t)"
@@ -213,7 +233,8 @@ class Executor:
             " AND (a.xact_start < now() - make_interval(secs => %s / 1000.0)"
             "  OR (%s::int IS NOT NULL AND (a.backend_type = 'autovacuum worker'"
             "      OR a.state LIKE 'idle in transaction%%'"
-            "      AND a.state_change < now() - make_interval(secs => %s / 1000.0))))"
+            "      AND a.state_change < now() - make_interval(secs => %s / 1000.0)))"
+            "  OR (a.pid, a.xact_start) IN (SELECT * FROM unnest(%s::int[], %s::timestamptz[])))"
             " ORDER BY xact_ms DESC",
             [
                 [t.ident().as_string(self.monitor) for t in txn.tables],
@@ -222,9 +243,20 @@ class Executor:
                 min_age_ms,
                 idle_ms,
                 idle_ms,
+                [pid for pid, _ in culprits],
+                [start for _, start in culprits],
             ],
         ).fetchall()
-        keys = ("pid", "mode", "state", "application", "xact_ms", "query", "autovacuum")
+        keys = (
+            "pid",
+            "mode",
+            "state",
+            "application",
+            "xact_ms",
+            "query",
+            "autovacuum",
+            "xact_start",
+        )
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def blockers(self, txn: Txn) -> list[dict[str, Any]]:
@@ -234,8 +266,9 @@ class Executor:
         except psycopg.Error:
             return []
 
-    def wait_for_long_holders(self, txn: Txn) -> None:
-        """Waits, without queueing for the lock, while a long transaction holds a conflicting one.
+    def wait_for_long_holders(self, txn: Txn, culprits: Sequence[Holder] = ()) -> None:
+        """Waits, without queueing for the lock, while a long transaction holds a conflicting one
+        (or one of `culprits`, which made the last attempt time out, however young).
 
         Queueing behind it would make every later query on the table queue behind zdm.
         """
@@ -245,7 +278,7 @@ class Executor:
         logged = 0.0
         signalled: set[int] = set()  # autovacuums told to give way (or that would not be)
         while True:
-            holders = self._holders(txn, LONG_HOLDER_MS, IDLE_HOLDER_MS)
+            holders = self._holders(txn, LONG_HOLDER_MS, IDLE_HOLDER_MS, culprits)
             for h in holders:
                 if h["pid"] not in signalled and yields(h):
                     signalled.add(h["pid"])
