@@ -82,6 +82,25 @@ def test_json_report_of_a_completed_run(seeded: str) -> None:
     assert r["lock_waits"] == []
 
 
+def test_a_rolled_back_run_keeps_its_steps_forward_durations(seeded: str) -> None:
+    ran = zdm("run", ADD_PHONE, "--dsn", seeded)
+    assert ran.returncode == 0, output_of(ran)
+    before = json.loads(report(seeded, "add_phone", "--format", "json").stdout)
+    undone = zdm("rollback", ADD_PHONE, "--dsn", seeded)
+    assert undone.returncode == 0, output_of(undone)
+
+    after = json.loads(report(seeded, "add_phone", "--format", "json").stdout)
+
+    assert after["run"]["status"] == "rolled_back"
+    steps = {s["key"]: s for p in after["phases"] for s in p["steps"]}
+    assert {s["status"] for s in steps.values()} == {"rolled_back"}
+    # Each step's duration is still that of the migration, not stretched to the rollback.
+    for p in before["phases"]:
+        for s in p["steps"]:
+            assert steps[s["key"]]["finished_at"] == s["finished_at"]
+            assert steps[s["key"]]["duration_s"] == s["duration_s"]
+
+
 def test_markdown_report_names_hash_steps_statements_and_downtime(seeded: str) -> None:
     ran = zdm("run", ADD_PHONE, "--dsn", seeded)
     assert ran.returncode == 0, output_of(ran)

@@ -405,12 +405,14 @@ class Store:
         *,
         adopted: bool = False,
     ) -> None:
+        # A rolled-back step keeps the time its forward run finished (NULL if it never did): the
+        # report's step durations are those of the migration, not "until the rollback".
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET status = %s, adopted = %s, finished_at = now()"
-                " WHERE run_id = %s AND ordinal = %s"
+                "UPDATE {} SET status = %s, adopted = %s, finished_at = CASE WHEN %s"
+                " THEN finished_at ELSE now() END WHERE run_id = %s AND ordinal = %s"
             ).format(self.t("steps")),
-            [status, adopted, run_id, ordinal],
+            [status, adopted, status == "rolled_back", run_id, ordinal],
         )
 
     def step_failed(
