@@ -15,9 +15,10 @@ Kill points:
   index that the resume must drop and rebuild;
 - create_index, resumed at once: the orphaned build still runs when the new process starts (a
   Kubernetes job restarting its pod); zdm's sessions set client_connection_check_interval, so
-  the server cancels the orphan within seconds and the resume drops and rebuilds its index
-  (without it, PostgreSQL <= 17 failed the resume's DROP INDEX CONCURRENTLY with "tuple
-  concurrently updated");
+  the server cancels the orphan within seconds; the resume waits, taking no lock, while the
+  build is in progress, then drops and rebuilds the INVALID index it left (dropping it under a
+  build still running failed on PostgreSQL 15 with "tuple concurrently updated"); a build of the
+  same name by another session that succeeds is kept, not dropped;
 - validate: while VALIDATE CONSTRAINT is scanning (held on an advisory lock taken by the check
   expression: a stand-in for a long scan on a big table); the resume starts at once, queues
   behind the orphaned VALIDATE, which rolls back when it finds its client gone;
@@ -32,6 +33,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,6 +297,63 @@ def test_resume_at_once_while_the_killed_index_build_still_runs(
     units = [e["unit"] for e in named(events(resumed.stderr), "unit_done")]
     print(f"the resume ran {units}")
     assert_all_correct(watcher, server_version, CLEANUP_ROWS)
+
+
+def test_an_index_another_session_is_building_is_waited_for_not_dropped(
+    small: str, watcher: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """An index of the step's name is INVALID while a build of it is in progress (a killed run's,
+    or anyone's): zdm waits for the build and keeps the index it makes, instead of dropping it
+    under the builder (PostgreSQL 15 failed that DROP with "tuple concurrently updated")."""
+    name = "idx_users_email_built_elsewhere"
+    step = {"create_index": {"table": "users", "name": name, "columns": ["email"]}}
+    plan = write_plan(
+        tmp_path / "index.yaml", {"version": 1, "name": "index", "phases": {"cleanup": [step]}}
+    )
+    building = (
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index"
+        f" WHERE index_relid = to_regclass('{name}'))"
+    )
+    with (
+        psycopg.connect(small) as old_snapshot,
+        psycopg.connect(small, autocommit=True) as builder,
+    ):
+        old_snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        old_snapshot.execute("SELECT 1").fetchone()
+        build = threading.Thread(
+            target=builder.execute, args=(f"CREATE INDEX CONCURRENTLY {name} ON users (email)",)
+        )
+        build.start()
+        try:
+            wait_for(lambda: scalar(watcher, building), 30, "the other build to wait")
+            proc = start_zdm(*run_args(plan, small))
+            wait_for(
+                lambda: (
+                    scalar(watcher, "SELECT to_regclass('zdm.steps') IS NOT NULL")
+                    and scalar(
+                        watcher,
+                        "SELECT EXISTS (SELECT 1 FROM zdm.steps s JOIN zdm.runs r ON r.id = s.run_id"
+                        " WHERE r.plan = 'index' AND s.status = 'running')",
+                    )
+                ),
+                60,
+                "zdm at the create_index step",
+                alive=proc,
+            )
+            time.sleep(1)  # zdm meets the build in progress
+        finally:
+            old_snapshot.rollback()  # the build goes on and ends
+            build.join(60)
+        done = proc.wait()
+    assert done.returncode == 0, output_of(done)
+    evts = events(done.stderr)
+    assert [e["reason"] for e in named(evts, "waiting")] == [
+        f"another session builds index {name}"
+    ], output_of(done)
+    assert not named(evts, "unit_done"), output_of(done)  # nothing dropped, nothing rebuilt
+    assert scalar(
+        watcher, f"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('{name}')"
+    )
 
 
 def test_kill_during_validate(

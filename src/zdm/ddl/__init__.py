@@ -10,6 +10,7 @@ from zdm.ddl.statement import (
     Statement,
     Table,
     Txn,
+    Wait,
     user_sql,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "Statement",
     "Table",
     "Txn",
+    "Wait",
     "user_sql",
 ]

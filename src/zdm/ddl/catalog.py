@@ -91,6 +91,15 @@ def index_not_invalid(index: Table) -> sql.Composed:
     ).format(_rel(index))
 
 
+def index_being_built(index: Table) -> sql.Composed:
+    """True while another session builds this index: a CREATE INDEX [CONCURRENTLY] in progress,
+    such as a killed run's build that the server has not yet found orphaned."""
+    return sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index"
+        " WHERE index_relid = {} AND pid <> pg_backend_pid())"
+    ).format(_rel(index))
+
+
 def index_missing(index: Table) -> sql.Composed:
     return table_missing(index)
 

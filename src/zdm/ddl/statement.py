@@ -67,18 +67,28 @@ class Statement:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """A probe the executor polls, taking no lock, until it returns false: what must end before a
+    unit may look at the catalog (`reason`, in words, for the logs and the dry-run)."""
+
+    query: Query
+    reason: str
+
+
+@dataclass(frozen=True)
 class Txn:
     """A unit the executor runs: one transaction, or one statement outside any (CONCURRENTLY).
 
     `skip_if` is a catalog probe returning one boolean: true means the effect is already there,
     so a resume after a crash between the work and its bookkeeping does not do it twice.
-    `waits` marks a SHARE UPDATE EXCLUSIVE unit that may wait as long as it needs.
+    `wait` is polled before `skip_if`, while the catalog is still changing under another session.
     """
 
     statements: tuple[Statement, ...]
     label: str
     transactional: bool = True
     skip_if: Query | None = None
+    wait: Wait | None = None
 
     def __post_init__(self) -> None:
         if not self.transactional and len(self.statements) != 1:

@@ -180,6 +180,8 @@ class DryRun:
             yield "-- waits as long as it needs: no application query queues behind this lock"
         if not txn.transactional:
             yield "-- outside any transaction"
+        if txn.wait is not None:
+            yield f"-- first waits, taking no lock, for as long as {txn.wait.reason}"
         already = skipped
         if not skipped and conn is not None and txn.skip_if is not None:
             row = conn.execute(txn.skip_if).fetchone()

@@ -112,6 +112,8 @@ class Executor:
         `on_commit` writes bookkeeping inside the same transaction (transactional units) or right
         after the statement (CONCURRENTLY, where no transaction is possible).
         """
+        if txn.wait is not None:
+            self.wait_while(txn)
         if txn.skip_if is not None and self.probe(txn.skip_if):
             self.log.info("already_done", unit=txn.label)
             return False
@@ -295,6 +297,21 @@ class Executor:
                     f"{txn.label}: transactions holding {txn.tables[0]} did not end: {holders}"
                 )
             time.sleep(0.1)
+
+    def wait_while(self, txn: Txn) -> None:
+        """Polls the unit's `wait` probe, holding no lock, until it is false; logs every 5 s."""
+        assert txn.wait is not None
+        started = time.monotonic()
+        logged = -5.0
+        while self.probe(txn.wait.query):
+            waited = time.monotonic() - started
+            if waited - logged >= 5:
+                logged = waited
+                self.log.warning(
+                    "waiting", unit=txn.label, reason=txn.wait.reason, waited_s=round(waited, 1)
+                )
+                self._event("wait", unit=txn.label, reason=txn.wait.reason)
+            time.sleep(0.2)
 
     def _cancel_autovacuum(self, txn: Txn, holder: dict[str, Any]) -> None:
         """Cancels an autovacuum in the way, as the server itself does for a waiting lock request

@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg import sql
 
-from zdm.ddl import Action, Check, LockMode, Query, Statement, Table, Txn, user_sql
+from zdm.ddl import Action, Check, LockMode, Query, Statement, Table, Txn, Wait, user_sql
 from zdm.ddl import catalog as cat
 from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
 from zdm.plan import CreateIndex, DropIndex
@@ -20,7 +20,11 @@ AE = LockMode.ACCESS_EXCLUSIVE
 
 
 def drop_invalid_index(table: Table, index: Table) -> Txn:
-    """Drops a leftover INVALID index of this name; skipped unless one is there."""
+    """Drops a leftover INVALID index of this name; skipped unless one is there.
+
+    An index is INVALID while it is being built, too: a killed run's build may still be going on
+    the server. That one is waited for first; it may still finish, and then nothing is dropped.
+    """
     stmt = Statement(
         sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index.ident()),
         SUE,
@@ -32,6 +36,10 @@ def drop_invalid_index(table: Table, index: Table) -> Txn:
         f"drop invalid index {index.name}",
         transactional=False,
         skip_if=cat.index_not_invalid(index),
+        wait=Wait(
+            cat.index_being_built(index),
+            f"another session builds index {index.name}",
+        ),
     )
 
 
