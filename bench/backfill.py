@@ -17,8 +17,8 @@ After each UPDATE the first full read of the table is timed apart ("next read s"
 the first reader of a million new row versions sets their hint bits and prunes the old ones,
 work zdm's proof does inside the step.
 
-    python bench/backfill.py                      # 100k, 1M and 5M rows: about 25 minutes
-    python bench/backfill.py --sizes 1M --repeat 3    # medians of 3
+    python bench/backfill.py                      # 100k, 1M and 5M rows, one run each
+    python bench/backfill.py --sizes 100k,1M,5M --repeat 3   # medians of 3: ~15 min, quiet host
     python bench/backfill.py --sizes 5M --methods zdm,zdm-workers --setting max_wal_size=4GB
 """
 
