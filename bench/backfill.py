@@ -8,10 +8,15 @@ its own file copy of that database on the same server:
   baseline every ratio is against;
 - UPDATE WHERE: the same with the exact predicate, `WHERE phone IS DISTINCT FROM <expression>`
   (which evaluates the expression twice a row);
-- zdm: `zdm run` of a plan whose one step is the backfill (`batch_size: auto`, `batch_time`
-  200ms) with 1 worker, then with N workers. Its time is the whole run: the key split, every
-  batch with its checkpoint, the final proof that no row is left (a parallel count over the
-  whole table, shown apart as "proof s"; "walk vs UPDATE" leaves it out).
+- UPDATE, trigger passed over: the plain UPDATE in a transaction whose `zdm.skip_triggers`
+  names the trigger's mapping, so its WHEN clause passes every row over, as it does zdm's
+  batches: the same work a row as zdm's batches, in one statement (`--methods
+  update-no-trigger`; not among the defaults);
+- zdm: `zdm run` of a plan with the dual_write step (which adopts the trigger already there)
+  and the backfill (`batch_size: auto`, `batch_time` 200ms, the mapping taken from the
+  dual_write), with 1 worker, then with N workers. Its time is the whole run: the key split,
+  every batch with its checkpoint, the final proof that no row is left (a parallel count over
+  the whole table, shown apart as "proof s"; "walk vs UPDATE" leaves it out).
 
 After each UPDATE the first full read of the table is timed apart ("next read s", not counted):
 the first reader of a million new row versions sets their hint bits and prunes the old ones,
@@ -42,10 +47,14 @@ from psycopg.conninfo import make_conninfo
 from structlog.testing import capture_logs
 
 from zdm import api
-from zdm.ddl.quote import dollar_quoted
+from zdm.ddl import Txn
 from zdm.demo.seed import create_schema, phone_expression, seed_users
-from zdm.operations.dual_write import trigger_body
+from zdm.operations import Context, plan_step
+from zdm.operations.dual_write import mapping_token, skip_setting
+from zdm.plan import DualWrite
 from zdm.testing import EmbeddedServer
+
+DUAL_WRITE = DualWrite(table="users", set={"phone": phone_expression()})
 
 SHOWN_SETTINGS = (
     "shared_buffers",
@@ -90,16 +99,10 @@ def template(admin: str, name: str, rows: int) -> None:
         create_schema(conn)
         seed_users(conn, rows)
         conn.execute("ALTER TABLE users ADD COLUMN phone varchar(20)")
-        body = trigger_body({"phone": phone_expression()}, {})
-        conn.execute(
-            sql.SQL("CREATE FUNCTION zdm_dw_users() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-                dollar_quoted(body)
-            )
-        )
-        conn.execute(
-            "CREATE TRIGGER zdm_dw_users BEFORE INSERT OR UPDATE ON users"
-            " FOR EACH ROW EXECUTE FUNCTION zdm_dw_users()"
-        )
+        (unit,) = plan_step(DUAL_WRITE, Context())  # the trigger exactly as zdm creates it
+        assert isinstance(unit, Txn)
+        for statement in unit.statements:
+            conn.execute(statement.sql)
         conn.execute("VACUUM ANALYZE users")
 
 
@@ -123,17 +126,23 @@ def copy_of(admin: str, source: str, name: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def plain_update(dsn: str, rows: int, where: bool = False) -> tuple[float, float]:
+def plain_update(
+    dsn: str, rows: int, *, where: bool = False, trigger: bool = True
+) -> tuple[float, float]:
     """Seconds of the UPDATE, and of the first full read after it, which is not counted: that
     reader sets the hint bits of a million new row versions and prunes the old ones (zdm's
-    proof is that first reader of the rows it wrote, and its seconds include it)."""
+    proof is that first reader of the rows it wrote, and its seconds include it).
+    Without `trigger`, the dual-write trigger passes the UPDATE over, as it does zdm's batches."""
     expr = sql.SQL(phone_expression())
     query = sql.SQL("UPDATE users SET phone = {}").format(expr)
     if where:
         query += sql.SQL(" WHERE phone IS DISTINCT FROM ({})").format(expr)
     with psycopg.connect(dsn, autocommit=True) as conn:
         started = time.monotonic()
-        updated = conn.execute(query).rowcount
+        with conn.transaction():
+            if not trigger:
+                conn.execute(skip_setting([mapping_token(DUAL_WRITE.set, DUAL_WRITE.reverse)]))
+            updated = conn.execute(query).rowcount
         seconds = time.monotonic() - started
         started = time.monotonic()
         conn.execute("SELECT count(*) FROM users").fetchone()
@@ -144,23 +153,17 @@ def plain_update(dsn: str, rows: int, where: bool = False) -> tuple[float, float
 
 def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path) -> dict[str, Any]:
     plan = work / f"bench_backfill_{workers}.yaml"
+    backfill = {"table": "users", "batch_size": "auto", "batch_time": batch_time}
     plan.write_text(
         yaml.safe_dump(
             {
                 "version": 1,
                 "name": plan.stem,
                 "phases": {
-                    "backfill": [
-                        {
-                            "backfill": {
-                                "table": "users",
-                                "set": {"phone": phone_expression()},
-                                "batch_size": "auto",
-                                "batch_time": batch_time,
-                                "workers": workers,
-                            }
-                        }
-                    ]
+                    # Already there (the template made it): the step adopts it, and the backfill
+                    # takes its mapping, as in plans/add_phone.yaml.
+                    "dual_write": [{"dual_write": DUAL_WRITE.model_dump(exclude_none=True)}],
+                    "backfill": [{"backfill": {**backfill, "workers": workers}}],
                 },
             }
         )
@@ -257,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--methods",
         default="update,update-where,zdm,zdm-workers",
-        help="which of update, update-where, zdm (1 worker), zdm-workers to run",
+        help="which of update, update-where, update-no-trigger, zdm (1 worker), zdm-workers to run",
     )
     parser.add_argument("--dsn", help="a server to use instead of an embedded one (superuser)")
     parser.add_argument(
@@ -288,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = {
                 "update": "UPDATE",
                 "update-where": "UPDATE WHERE",
+                "update-no-trigger": "UPDATE, trigger passed over",
                 "zdm": "zdm, 1 worker",
                 "zdm-workers": f"zdm, {args.workers} workers",
             }
@@ -299,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for m in methods[i % len(methods) :] + methods[: i % len(methods)]:
                     with copy_of(admin, "bench_backfill_tpl", "bench_backfill_run") as dsn:
                         if m.startswith("UPDATE"):
-                            seconds, next_read = plain_update(dsn, rows, m != "UPDATE")
+                            seconds, next_read = plain_update(
+                                dsn, rows, where=m == "UPDATE WHERE", trigger="trigger" not in m
+                            )
                             found[m].seconds.append(seconds)
                             found[m].next_read.append(next_read)
                         else:

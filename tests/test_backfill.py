@@ -555,6 +555,33 @@ def test_status_shows_progress_rate_and_throttle_while_paused(
     assert mismatched_phones(conn) == 0
 
 
+def test_batches_pass_over_the_dual_write_trigger_they_make_redundant(
+    users: str, tmp_path: Path
+) -> None:
+    """The trigger would change nothing a batch writes: its WHEN clause passes the batches over
+    (no call of its function per row), and it still fires for every other write."""
+    with psycopg.connect(users, autocommit=True) as conn:
+        db = sql.Identifier(conn.info.dbname)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET track_functions = 'pl'").format(db))
+    run(add_phone_plan(tmp_path, batch_size=500), users)
+
+    with psycopg.connect(users, autocommit=True) as app:  # a write of the application's
+        app.execute(
+            "UPDATE users SET contact = jsonb_set(contact, '{phone}', '\"(555) 123-4567\"')"
+            " WHERE id = 1"
+        )
+    with psycopg.connect(users, autocommit=True) as conn:
+        assert scalar(conn, "SELECT phone FROM users WHERE id = 1") == "5551234567"
+        assert mismatched_phones(conn) == 0
+        calls = (
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions"
+            " WHERE funcname = 'zdm_dw_users'"
+        )
+        # Statistics reach the view when a session ends: the walk's workers ended first.
+        wait_until(lambda: scalar(conn, calls) >= 1, what="the application's call counted")
+        assert scalar(conn, calls) == 1  # the application's write; none of 5,000 batch rows
+
+
 def test_dry_run_prints_the_walk_the_workers_run(users: str, tmp_path: Path) -> None:
     path = add_phone_plan(
         tmp_path, workers=4, max_replica_lag="1s", throttle_query="SELECT false", pause="5ms"

@@ -10,7 +10,8 @@ from ops_support import U, ctx, plan_of, shape
 from zdm.ddl import BackfillJob, Check, LockMode, Table, Txn
 from zdm.engine.executor import render
 from zdm.operations import Context, Irreversible, plan_inverse, plan_step
-from zdm.plan import Settings, Sql, Verify
+from zdm.operations.dual_write import mapping_token, redundant_for
+from zdm.plan import DualWrite, Settings, Sql, Verify
 
 PLAN = """
 dual_write:
@@ -40,6 +41,41 @@ def test_backfill_with_its_own_set_and_where() -> None:
     assert isinstance(job, BackfillJob)
     assert job.set == {"phone": "'0'"}
     assert job.where == "phone IS NULL"
+
+
+def test_backfill_passes_over_the_triggers_it_makes_redundant() -> None:
+    plan = plan_of(PLAN)
+    dw = plan.phases.dual_write
+    (job,) = plan_step(plan.phases.backfill[0], ctx(plan=plan))
+    assert isinstance(job, BackfillJob)
+    # It writes both users mappings as the triggers would, from columns it does not write.
+    assert job.skip_triggers == tuple(mapping_token(d.set, d.reverse) for d in dw[:2])
+    # Its own `where` and `set`: the triggers may still have work to do on its rows.
+    (own,) = plan_step(plan.phases.backfill[1], ctx(plan=plan))
+    assert isinstance(own, BackfillJob) and own.skip_triggers == ()
+
+
+@pytest.mark.parametrize(
+    ("mapping", "written", "redundant"),
+    [
+        ({"phone": "regexp_replace(contact->>'phone', '[^0-9+]', '', 'g')"}, None, True),
+        # An expression that reads a column the batch writes sees another value in the trigger.
+        ({"a": "x + 1", "b": "a * 2"}, None, False),
+        ({"b": '"A" * 2'}, {"a": "x", "b": '"A" * 2'}, False),
+        ({"h": "md5(users::text)"}, None, False),
+        ({"h": "md5(zdm_row::text)"}, None, False),
+        # Names in strings and comments are not reads.
+        ({"a": "'b' || x -- b\n"}, {"a": "'b' || x -- b\n", "b": "y"}, True),
+        # The batch must write every mapped column, with the same expression.
+        ({"a": "x", "b": "y"}, {"a": "x"}, False),
+        ({"a": "x"}, {"a": "x + 0"}, False),
+    ],
+)
+def test_redundant_for(
+    mapping: dict[str, str], written: dict[str, str] | None, redundant: bool
+) -> None:
+    dw = DualWrite(table="users", set=mapping)
+    assert redundant_for(dw, written or mapping, Table("public", "users")) is redundant
 
 
 def test_backfill_and_verify_have_nothing_to_undo() -> None:

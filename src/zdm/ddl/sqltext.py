@@ -9,6 +9,7 @@ taken off, and only that pair: anything else in the file runs exactly as written
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 # Whitespace, `-- line` comments and `/* block */` comments (not nested) before the first word.
 _LEADING = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
@@ -61,12 +62,38 @@ def split_statements(text: str) -> list[str]:
     Statements that hold only comments are left out.
     """
     statements: list[str] = []
-    start = pos = 0
+    start = 0
     depth = 0  # BEGIN … END nesting in a routine body
-    while True:
-        m = _TOKEN.search(text, pos)
-        if m is None:
-            break
+    for kind, value, begin, end in _scan(text):
+        if kind == "word":
+            word = value.upper()
+            if word in ("BEGIN", "CASE") and (
+                depth or (word == "BEGIN" and _ROUTINE.match(text, start))
+            ):
+                depth += 1
+            elif word == "END" and depth:
+                depth -= 1
+        elif kind == "semi" and depth == 0:
+            statements.append(text[start:begin])
+            start = end
+    statements.append(text[start:])
+    return [s.strip() for s in statements if _has_code(s)]
+
+
+def identifiers(text: str) -> set[str]:
+    """Every name a SQL expression may use, lower-cased: its unquoted words (keywords and
+    function names too) and its quoted identifiers, not what is in strings or comments.
+
+    Over-inclusive on purpose: it tells which columns an expression cannot be reading.
+    """
+    return {value.lower() for kind, value, _, _ in _scan(text) if kind in ("word", "ident")}
+
+
+def _scan(text: str) -> Iterator[tuple[str, str, int, int]]:
+    """(kind, text, start, end) of each word, quoted identifier ("ident", unquoted) and `;` of
+    `text`, passing over strings, comments and dollar-quoted bodies."""
+    pos = 0
+    while (m := _TOKEN.search(text, pos)) is not None:
         kind = m.lastgroup
         if kind == "q":
             pos = _end_of_quote(text, m.end(), backslashes=True)
@@ -77,6 +104,7 @@ def split_statements(text: str) -> list[str]:
             while end != -1 and text.startswith('""', end):
                 end = text.find('"', end + 2)
             pos = len(text) if end == -1 else end + 1
+            yield "ident", text[m.end() : pos - 1].replace('""', '"'), m.start(), pos
         elif kind == "line":
             end = text.find("\n", m.end())
             pos = len(text) if end == -1 else end + 1
@@ -85,22 +113,9 @@ def split_statements(text: str) -> list[str]:
         elif kind == "dollar":
             end = text.find(m.group(), m.end())
             pos = len(text) if end == -1 else end + len(m.group())
-        elif kind == "word":
+        else:  # a word or a ;
             pos = m.end()
-            word = m.group().upper()
-            if word in ("BEGIN", "CASE") and (
-                depth or (word == "BEGIN" and _ROUTINE.match(text, start))
-            ):
-                depth += 1
-            elif word == "END" and depth:
-                depth -= 1
-        else:  # ;
-            pos = m.end()
-            if depth == 0:
-                statements.append(text[start : m.start()])
-                start = pos
-    statements.append(text[start:])
-    return [s.strip() for s in statements if _has_code(s)]
+            yield str(kind), m.group(), m.start(), pos
 
 
 def _end_of_quote(text: str, pos: int, *, backslashes: bool) -> int:

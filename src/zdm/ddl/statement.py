@@ -139,6 +139,8 @@ class BackfillJob:
     source: BackfillSource | None = None
     label: str = "backfill"
     extra: dict[str, Any] = field(default_factory=dict)
+    skip_triggers: tuple[str, ...] = ()
+    """Mappings of dual-write triggers its batches need not fire (`zdm.skip_triggers`)."""
 
 
 Action = Txn | Check | BackfillJob

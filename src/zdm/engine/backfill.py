@@ -314,7 +314,9 @@ class Worker(threading.Thread):
                 with conn.transaction():
                     conn.execute(
                         timeouts_sql(
-                            lock_timeout_ms(self.settings, n), self.sizer.statement_timeout_ms
+                            lock_timeout_ms(self.settings, n),
+                            self.sizer.statement_timeout_ms,
+                            self.bf.jobs,
                         )
                     )
                     batch = (
@@ -736,10 +738,16 @@ def walk_lines(
                 else "-- no primary key or unique NOT NULL index: walked by ctid page ranges"
             )
     lines += [f"-- {t}" for t in throttle_lines(opts)]
+    if len(jobs) == 1 and job.skip_triggers:
+        lines.append(
+            "-- the plan's dual-write trigger would change nothing a batch writes: its WHEN clause"
+            " passes the batches over (zdm.skip_triggers); every other write fires it"
+        )
     lines.append("-- ROW EXCLUSIVE and row locks only (blocks no reads or writes); each batch:")
     lines.append("BEGIN;")
     lines.append(
-        timeouts_sql(lock_timeout_ms(settings, 1), sizer.statement_timeout_ms).as_string(conn) + ";"
+        timeouts_sql(lock_timeout_ms(settings, 1), sizer.statement_timeout_ms, jobs).as_string(conn)
+        + ";"
     )
     if shown.ctid:
         lines.append(ctid_batch_sql(jobs).as_string(conn) + ";")

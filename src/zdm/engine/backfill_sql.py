@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from zdm.ddl import BackfillJob, Table, user_sql
+from zdm.operations.dual_write import skip_setting
 
 # Keys sampled to split the key space between workers (TABLESAMPLE SYSTEM reads whole pages).
 SPLIT_SAMPLE_ROWS = 20_000
@@ -177,18 +178,24 @@ def _source(jobs: Sequence[BackfillJob]) -> tuple[sql.Composable, sql.Composable
 # -- one batch --------------------------------------------------------------------------------
 
 
-def timeouts_sql(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.Composed:
+def timeouts_sql(
+    lock_timeout_ms: int, statement_timeout_ms: int, jobs: Sequence[BackfillJob] = ()
+) -> sql.Composed:
     """Opens a batch's transaction: it gives up on a row lock fast and cannot run long.
 
     Its commit does not wait for the WAL flush: a batch and its checkpoint commit together, so
     a server crash can lose only the last batches *with* their checkpoints, and the resume does
     them again; waiting for the flush of every batch would cost the walk about a tenth of its
-    speed.
+    speed. The dual-write triggers that would change nothing the batch writes are passed over
+    (a walk of one job only: merged jobs write more columns than each one's check covers).
     """
-    return sql.SQL(
+    opener = sql.SQL(
         "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {};"
         " SET LOCAL synchronous_commit = off"
     ).format(sql.Literal(f"{lock_timeout_ms}ms"), sql.Literal(f"{statement_timeout_ms}ms"))
+    if len(jobs) == 1 and jobs[0].skip_triggers:
+        opener += sql.SQL("; ") + skip_setting(jobs[0].skip_triggers)
+    return opener
 
 
 def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.Composed:

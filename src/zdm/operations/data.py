@@ -16,6 +16,7 @@ from zdm.ddl import (
 )
 from zdm.ddl.sqltext import split_statements, without_own_transaction
 from zdm.operations.base import Context, Irreversible, forward, inverse
+from zdm.operations.dual_write import mapping_token, redundant_for
 from zdm.plan import Backfill, Sql, Verify
 
 
@@ -30,19 +31,37 @@ def backfill_mapping(step: Backfill, ctx: Context) -> dict[str, str]:
     return mapping
 
 
+def redundant_triggers(step: Backfill, mapping: dict[str, str], ctx: Context) -> tuple[str, ...]:
+    """The mappings (tokens) of the plan's dual-write triggers that this backfill's batches need
+    not fire: they would change nothing the batch does not already write. Only for a batch that
+    updates exactly the rows its mapping differs on, from the row alone (no `where`, no `from`).
+    A trigger on the table with another body (another plan's, of the same name) has another
+    token, and fires."""
+    if step.where is not None or step.from_ is not None:
+        return ()
+    table = ctx.table(step.table)
+    return tuple(
+        mapping_token(dw.set, dw.reverse)
+        for dw in ctx.dual_writes(table)
+        if redundant_for(dw, mapping, table)
+    )
+
+
 @forward(Backfill)
 def backfill(step: Backfill, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
+    mapping = backfill_mapping(step, ctx)
     return [
         BackfillJob(
             table=table,
-            set=backfill_mapping(step, ctx),
+            set=mapping,
             where=step.where,
             options=step,
             source=BackfillSource(ctx.table(step.from_.table), step.from_.on)
             if step.from_ is not None
             else None,
             label=f"backfill {table}",
+            skip_triggers=redundant_triggers(step, mapping, ctx),
         )
     ]
 

@@ -2,15 +2,24 @@
 
 The trigger and its function are created together in one short transaction and dropped together,
 so no write ever meets half of them.
+
+A backfill batch that writes exactly what the trigger would (see `redundant_for`) need not call
+it on every row: the trigger's WHEN clause passes over a transaction whose `zdm.skip_triggers`
+setting names the trigger's mapping (a hash of its body, so a trigger of the same name with
+another mapping is never passed over). Every other write fires it.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
 
 from psycopg import sql
 
 from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.sqltext import identifiers
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import DropDualWrite, DualWrite
 
@@ -67,6 +76,38 @@ def trigger_body(set_: dict[str, str], reverse: dict[str, str]) -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+SKIP_SETTING = "zdm.skip_triggers"
+
+
+def mapping_token(set_: Mapping[str, str], reverse: Mapping[str, str]) -> str:
+    """The name of a trigger's mapping in `zdm.skip_triggers`: a hash of its function's body."""
+    body = trigger_body(dict(set_), dict(reverse))
+    return "zdm_dw_" + hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def redundant_for(dw: DualWrite, written: Mapping[str, str], table: Table) -> bool:
+    """Whether the trigger of `dw` changes nothing on a row an UPDATE sets to `written`
+    (column: expression over the row as it was), so that UPDATE need not fire it.
+
+    It writes every column the trigger maps, with the same expression, so the trigger finds each
+    one either changed by the writer or already equal to its expression; and no expression of
+    the trigger reads a column the UPDATE writes (nor the whole row), so evaluating it over the
+    new row gives what the UPDATE computed over the old one. Names are compared case-blind and
+    any word of an expression counts as a name: a doubt keeps the trigger firing.
+    """
+    if any(written.get(c) != e for c, e in dw.set.items()):
+        return False
+    touched = {c.lower() for c in written} | {table.name.lower(), "zdm_row"}
+    return all(not (identifiers(e) & touched) for e in dw.set.values())
+
+
+def skip_setting(tokens: Iterable[str]) -> sql.Composed:
+    """The SET LOCAL that makes the triggers of these mappings pass over this transaction."""
+    return sql.SQL("SET LOCAL {} = {}").format(
+        sql.Identifier(*SKIP_SETTING.split(".")), sql.Literal(" ".join(tokens))
+    )
+
+
 def drop_trigger_statements(table: Table, name: str) -> list[Statement]:
     function = table.sibling(name)
     return [
@@ -100,8 +141,16 @@ def dual_write(step: DualWrite, ctx: Context) -> list[Action]:
     )
     create_trigger = Statement(
         sql.SQL(
-            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(name), table.ident(), function.ident()),
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW"
+            " WHEN (strpos(coalesce(current_setting({}, true), ''), {}) = 0)"
+            " EXECUTE FUNCTION {}()"
+        ).format(
+            sql.Identifier(name),
+            table.ident(),
+            sql.Literal(SKIP_SETTING),
+            sql.Literal(mapping_token(step.set, step.reverse)),
+            function.ident(),
+        ),
         LockMode.SHARE_ROW_EXCLUSIVE,
         table,
         note="catalog only",
