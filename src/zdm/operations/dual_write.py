@@ -81,7 +81,10 @@ SKIP_SETTING = "zdm.skip_triggers"
 
 def mapping_token(set_: Mapping[str, str], reverse: Mapping[str, str]) -> str:
     """The name of a trigger's mapping in `zdm.skip_triggers`: a hash of its function's body."""
-    body = trigger_body(dict(set_), dict(reverse))
+    return _body_token(trigger_body(dict(set_), dict(reverse)))
+
+
+def _body_token(body: str) -> str:
     return "zdm_dw_" + hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -131,9 +134,10 @@ def dual_write(step: DualWrite, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
     name = step.trigger_name
     function = table.sibling(name)
+    body = trigger_body(dict(step.set), dict(step.reverse))
     create_function = Statement(
         sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            function.ident(), dollar_quoted(trigger_body(dict(step.set), dict(step.reverse)))
+            function.ident(), dollar_quoted(body)
         ),
         LockMode.NONE,
         None,
@@ -148,7 +152,7 @@ def dual_write(step: DualWrite, ctx: Context) -> list[Action]:
             sql.Identifier(name),
             table.ident(),
             sql.Literal(SKIP_SETTING),
-            sql.Literal(mapping_token(step.set, step.reverse)),
+            sql.Literal(_body_token(body)),
             function.ident(),
         ),
         LockMode.SHARE_ROW_EXCLUSIVE,
