@@ -641,9 +641,10 @@ def test_lifecycle(case: Case, base: Conn, dsn: str, tmp_path: Path, server_vers
             assert second.run_id != first.run_id
             case.check(conn, writer, server_version)
             assert snapshot(conn) == after
+        # The application still writes after the last run, on whatever the plan left.
+        writer.wait_ops(5)
 
     writer.check_rows(conn)
-    assert len(writer.log) > 20
 
 
 # --- half-finished steps ------------------------------------------------------------------
