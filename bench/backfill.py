@@ -189,6 +189,7 @@ def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path)
         "p99": walked["batch_ms_p99"],
         "batches": walked["batches"],
         "proof": proof,
+        "done_s": sorted(e["seconds"] for e in logs if e["event"] == "backfill_worker_done"),
     }
 
 
@@ -308,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             )
                             found[m].seconds.append(seconds)
                             found[m].next_read.append(next_read)
+                            detail = f", next read {next_read:.1f}s"
                         else:
                             n = 1 if m.endswith("1 worker") else args.workers
                             got = zdm_backfill(dsn, rows, n, args.batch_time, Path(tmp))
@@ -316,10 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                             found[m].p99.append(got["p99"])
                             found[m].batches.append(got["batches"])
                             found[m].proof.append(got["proof"])
+                            detail = (
+                                f", proof {got['proof']:.1f}s, workers done after"
+                                f" {', '.join(f'{s:.1f}' for s in got['done_s'])}s"
+                            )
                     r = found[m]
                     print(
                         f"  {fmt_rows(rows)} {m} (run {i + 1}): {r.seconds[-1]:.1f}s,"
-                        f" {rows / r.seconds[-1]:,.0f} rows/s",
+                        f" {rows / r.seconds[-1]:,.0f} rows/s{detail}",
                         file=sys.stderr,
                     )
             results += found.values()

@@ -241,8 +241,10 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
         self.window = RateWindow()
         self.window.add(0)
+        self.started = 0.0
 
     def run(self) -> None:
+        self.started = time.monotonic()
         try:
             conn = connect(self.bf.dsn, f"backfill {self.bf.table.name} w{self.range.worker}")
             try:
@@ -278,6 +280,14 @@ class Worker(threading.Thread):
                     conn, self.bf.run_id, self.bf.ordinals, self.range.worker
                 )
                 self.finished = True
+                self.bf.log.info(
+                    "backfill_worker_done",
+                    table=str(self.bf.table),
+                    worker=self.range.worker,
+                    rows_walked=self.walked,
+                    batches=self.batches,
+                    seconds=round(time.monotonic() - self.started, 2),
+                )
                 return
             self.range.last = batch.upper
             self.walked += batch.walked
