@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,15 @@ def test_a_batch_is_an_index_range_scan_on_the_primary_key(
     job = BackfillJob(USERS, {"phone": PHONE_EXPR}, None, Backfill(table="users"))
     key = find_key(conn, USERS)
     assert key is not None and key.columns == ("id",) and key.source == "primary key users_pkey"
+    assert key.max_aggregate  # an integer key
     for lower in (False, True):
-        bound = explain(
-            conn,
-            upper_bound_sql(USERS, key, lower=lower, upper=True),
-            [*(["20000"] if lower else []), "40000", 1000],
-        )
-        assert "Index Only Scan using users_pkey" in bound, bound
+        for bound_key in (key, replace(key, max_aggregate=False)):
+            bound = explain(
+                conn,
+                upper_bound_sql(USERS, bound_key, lower=lower, upper=True),
+                [*(["20000"] if lower else []), "40000", 1000],
+            )
+            assert "Index Only Scan using users_pkey" in bound, bound
         update = explain(
             conn, batch_sql([job], key, lower=lower), [*(["20000"] if lower else []), "21000"]
         )
@@ -145,7 +148,7 @@ def test_composite_primary_key_with_two_workers(
     )
     conn.execute("ANALYZE events")
     key = find_key(conn, Table("public", "events"))
-    assert key is not None and key.columns == ("tenant", "seq")
+    assert key is not None and key.columns == ("tenant", "seq") and not key.max_aggregate
     job = BackfillJob(
         Table("public", "events"), {"upper_payload": "upper(payload)"}, None, Backfill(table="e")
     )
@@ -196,6 +199,7 @@ def test_a_unique_not_null_index_is_walked_when_there_is_no_primary_key(
     conn.execute("INSERT INTO codes SELECT 'c' || i, i, NULL FROM generate_series(1, 3000) i")
     key = find_key(conn, Table("public", "codes"))
     assert key is not None and key.columns == ("code",) and key.source == "unique index codes_code"
+    assert not key.max_aggregate  # text: the last key in ORDER BY, found with the window
     path = write_plan(
         tmp_path,
         {

@@ -48,6 +48,14 @@ def test_upper_bound_first_batch_of_the_only_worker() -> None:
     )
 
 
+def test_upper_bound_of_an_integer_key_is_an_aggregate() -> None:
+    key = Key(("id",), max_aggregate=True)
+    assert text(upper_bound_sql(USERS, key, lower=True, upper=False)) == (
+        'SELECT max("id")::text, count(*) FROM (SELECT "id" FROM "public"."users"'
+        ' WHERE ("id") > (%s) ORDER BY "id" LIMIT %s) s HAVING count(*) > 0'
+    )
+
+
 def test_upper_bound_of_a_worker_range_with_a_composite_key() -> None:
     assert text(upper_bound_sql(USERS, AB, lower=True, upper=True)) == (
         'SELECT "s"."a"::text, "s"."b"::text, count(*) OVER () FROM (SELECT "a", "b" FROM'
