@@ -220,17 +220,17 @@ def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.
     if upper:
         conds.append(sql.SQL("{} <= {}").format(key.row(), key.params()))
     where = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conds)) if conds else sql.SQL("")
-    # Qualified: a bare name in ORDER BY would mean the ::text output column and sort as text.
-    desc = sql.SQL(", ").join(
-        sql.SQL("{} DESC").format(sql.Identifier("s", c)) for c in key.columns
-    )
-    cols = sql.SQL(", ").join(key.refs())
     if key.max_aggregate:
         (col,) = key.columns
         return sql.SQL(
             "SELECT max({c})::text, count(*) FROM (SELECT {c} FROM {t}{where} ORDER BY {c}"
             " LIMIT %s) s HAVING count(*) > 0"
         ).format(c=sql.Identifier(col), t=table.ident(), where=where)
+    # Qualified: a bare name in ORDER BY would mean the ::text output column and sort as text.
+    desc = sql.SQL(", ").join(
+        sql.SQL("{} DESC").format(sql.Identifier("s", c)) for c in key.columns
+    )
+    cols = sql.SQL(", ").join(key.refs())
     return sql.SQL(
         "SELECT {texts}, count(*) OVER () FROM (SELECT {cols} FROM {t}{where} ORDER BY {cols}"
         " LIMIT %s) s ORDER BY {desc} LIMIT 1"
