@@ -153,7 +153,6 @@ def plain_update(
 
 def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path) -> dict[str, Any]:
     plan = work / f"bench_backfill_{workers}.yaml"
-    backfill = {"table": "users", "batch_size": "auto", "batch_time": batch_time}
     plan.write_text(
         yaml.safe_dump(
             {
@@ -163,7 +162,16 @@ def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path)
                     # Already there (the template made it): the step adopts it, and the backfill
                     # takes its mapping, as in plans/add_phone.yaml.
                     "dual_write": [{"dual_write": DUAL_WRITE.model_dump(exclude_none=True)}],
-                    "backfill": [{"backfill": {**backfill, "workers": workers}}],
+                    "backfill": [
+                        {
+                            "backfill": {
+                                "table": "users",
+                                "batch_size": "auto",
+                                "batch_time": batch_time,
+                                "workers": workers,
+                            }
+                        }
+                    ],
                 },
             }
         )

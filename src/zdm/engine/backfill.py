@@ -43,6 +43,7 @@ from zdm.engine.backfill_sql import (
     predicate,
     primary_key,
     remaining_sql,
+    skipped_triggers,
     split_keys,
     table_pages,
     tid,
@@ -748,7 +749,7 @@ def walk_lines(
                 else "-- no primary key or unique NOT NULL index: walked by ctid page ranges"
             )
     lines += [f"-- {t}" for t in throttle_lines(opts)]
-    if len(jobs) == 1 and job.skip_triggers:
+    if skipped_triggers(jobs):
         lines.append(
             "-- the plan's dual-write trigger would change nothing a batch writes: its WHEN clause"
             " passes the batches over (zdm.skip_triggers); every other write fires it"

@@ -198,15 +198,22 @@ def timeouts_sql(
     a server crash can lose only the last batches *with* their checkpoints, and the resume does
     them again; waiting for the flush of every batch would cost the walk about a tenth of its
     speed. The dual-write triggers that would change nothing the batch writes are passed over
-    (a walk of one job only: merged jobs write more columns than each one's check covers).
+    (see `skipped_triggers`).
     """
     opener = sql.SQL(
         "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {};"
         " SET LOCAL synchronous_commit = off"
     ).format(sql.Literal(f"{lock_timeout_ms}ms"), sql.Literal(f"{statement_timeout_ms}ms"))
-    if len(jobs) == 1 and jobs[0].skip_triggers:
-        opener += sql.SQL("; ") + skip_setting(jobs[0].skip_triggers)
+    skipped = skipped_triggers(jobs)
+    if skipped:
+        opener += sql.SQL("; ") + skip_setting(skipped)
     return opener
+
+
+def skipped_triggers(jobs: Sequence[BackfillJob]) -> tuple[str, ...]:
+    """The dual-write triggers (mapping tokens) a walk's batches pass over: those of its job,
+    for a walk of one job only (merged jobs write more columns than each one's check covers)."""
+    return jobs[0].skip_triggers if len(jobs) == 1 else ()
 
 
 def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.Composed:

@@ -20,7 +20,7 @@ import structlog
 import tenacity
 from psycopg import errors, sql
 
-from zdm.ddl import Check, Query, Txn
+from zdm.ddl import Check, Query, Txn, Wait
 from zdm.engine.retry import CONTENTION, lock_timeout_ms, retrying
 from zdm.engine.session import scrub
 from zdm.plan import Settings
@@ -113,7 +113,7 @@ class Executor:
         after the statement (CONCURRENTLY, where no transaction is possible).
         """
         if txn.wait is not None:
-            self.wait_while(txn)
+            self.wait_while(txn.label, txn.wait)
         if txn.skip_if is not None and self.probe(txn.skip_if):
             self.log.info("already_done", unit=txn.label)
             return False
@@ -298,19 +298,18 @@ class Executor:
                 )
             time.sleep(0.1)
 
-    def wait_while(self, txn: Txn) -> None:
+    def wait_while(self, label: str, wait: Wait) -> None:
         """Polls the unit's `wait` probe, holding no lock, until it is false; logs every 5 s."""
-        assert txn.wait is not None
         started = time.monotonic()
         logged = -5.0
-        while self.probe(txn.wait.query):
+        while self.probe(wait.query):
             waited = time.monotonic() - started
             if waited - logged >= 5:
                 logged = waited
                 self.log.warning(
-                    "waiting", unit=txn.label, reason=txn.wait.reason, waited_s=round(waited, 1)
+                    "waiting", unit=label, reason=wait.reason, waited_s=round(waited, 1)
                 )
-                self._event("wait", unit=txn.label, reason=txn.wait.reason)
+                self._event("wait", unit=label, reason=wait.reason)
             time.sleep(0.2)
 
     def _cancel_autovacuum(self, txn: Txn, holder: dict[str, Any]) -> None:
