@@ -21,12 +21,15 @@ import psycopg
 from psycopg import sql
 
 from zdm.ddl import BackfillJob, Table, user_sql
+from zdm.ddl.sqltext import identifiers
 from zdm.operations.dual_write import skip_setting
 
 # Keys sampled to split the key space between workers (TABLESAMPLE SYSTEM reads whole pages).
 SPLIT_SAMPLE_ROWS = 20_000
 # TID range scans (`ctid >= '(p,0)' AND ctid < '(q,0)'`) exist from PostgreSQL 14.
 CTID_MIN_SERVER = 140000
+# `= ANY(constant array)` is a hash probe a row from PostgreSQL 14 (a pass over the array before).
+WRITTEN_MIN_SERVER = 140000
 
 
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
@@ -299,21 +302,128 @@ def tid(page: int) -> str:
     return f"({page},0)"
 
 
-def remaining_sql(jobs: Sequence[BackfillJob] | BackfillJob) -> sql.Composed:
+def remaining_sql(
+    jobs: Sequence[BackfillJob] | BackfillJob, written: Sequence[int] = ()
+) -> sql.Composed:
     """How many rows still need the backfill: the proof before the step is marked done.
 
     A count, not EXISTS: when no row is left (the normal case) both read the whole table, but
     the count gets a parallel scan, while EXISTS, expecting an early match, never does.
+
+    `written` are the transaction ids of the walk's batches, given only when
+    `construction_doubt` finds nothing: a row version one of them created holds what its batch
+    computed from that very row, so it counts as done without the predicate being evaluated
+    again (the predicate's expressions are most of the proof's cost); every other row version,
+    whoever wrote it and whenever, is checked. CASE keeps that order.
     """
     jobs = [jobs] if isinstance(jobs, BackfillJob) else list(jobs)
     source = jobs[0].source
     if source is None:
-        return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-            jobs[0].table.ident(), predicate(jobs)
-        )
+        test: sql.Composable = predicate(jobs)
+        if written:
+            table = jobs[0].table
+            test = sql.SQL("CASE WHEN {x} = ANY({ids}::xid[]) THEN false ELSE {p} END").format(
+                x=sql.Identifier(table.schema, table.name, "xmin"),
+                ids=sql.Literal("{" + ",".join(str(x) for x in sorted(set(written))) + "}"),
+                p=test,
+            )
+        return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(jobs[0].table.ident(), test)
     return sql.SQL("SELECT count(*) FROM {}, {} WHERE ({}) AND {}").format(
         jobs[0].table.ident(), source.table.ident(), user_sql(source.on), predicate(jobs)
     )
+
+
+def construction_doubt(
+    conn: psycopg.Connection[Any], jobs: Sequence[BackfillJob], *, probe: bool = True
+) -> str | None:
+    """Why the proof must evaluate the predicate on the rows the walk wrote too; None if not.
+
+    A batch sets each column to its expression computed over the row it updates. The row
+    version it leaves holds what the predicate would compute again only when:
+    - the predicate is the mapping's own: no `where`, no `from` table;
+    - no expression reads what the new row version has anew: a column the walk writes, the
+      whole row, a system column, a stored generated column (names as in `redundant_for`: any
+      word counts, a doubt says no);
+    - nothing else acts on the batch's UPDATE: no trigger fires on it but the dual-write
+      triggers it passes over, the table has no rules, no child tables, no foreign key on
+      itself that cascades an update;
+    - every expression is immutable: a STABLE function or a subquery may read what changes
+      after the batch (PostgreSQL's own test, an index expression on a scratch copy, says so;
+      not without `probe`, for a read-only dry-run);
+    - the server hashes `= ANY` (14 and later), so the list of batches costs one probe a row.
+    """
+    if conn.info.server_version < WRITTEN_MIN_SERVER:
+        return "PostgreSQL 13 and older search the list of batches row by row"
+    table = jobs[0].table
+    for job in jobs:
+        if job.where is not None:
+            return f"{job.label} has its own `where`"
+        if job.source is not None:
+            return f"{job.label} takes its values from {job.source.table}"
+    name = _name(conn, table)
+    # What the new row version has anew: the columns written, the whole row, system columns
+    # of the version, and the stored generated columns (computed again from the new row).
+    changed = {c.lower() for job in jobs for c in job.set}
+    changed |= {table.name.lower(), "zdm_row", "ctid", "xmin", "xmax", "cmin", "cmax"}
+    changed |= {
+        r[0].lower()
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attgenerated <> '' AND NOT attisdropped",
+            [name],
+        )
+    }
+    for job in jobs:
+        for column, expression in job.set.items():
+            if identifiers(expression) & changed:
+                return f"the expression of {column} may read a column the walk writes"
+    found = conn.execute(
+        "SELECT relkind::text, relhasrules, relhassubclass, EXISTS (SELECT FROM pg_constraint"
+        " WHERE contype = 'f' AND conrelid = c.oid AND confrelid = c.oid"
+        " AND confupdtype NOT IN ('a', 'r')) FROM pg_class c WHERE c.oid = to_regclass(%s)",
+        [name],
+    ).fetchone()
+    if found is None:
+        return f"{table} does not exist"
+    if found[:3] != ("r", False, False):
+        return f"{table} is partitioned, has child tables or has rules"
+    if found[3]:
+        return f"a foreign key of {table} on itself acts on update"
+    tokens = skipped_triggers(jobs)
+    # Row or statement triggers alike: tgtype bit 16 is "fires on UPDATE".
+    for trigger, definition in conn.execute(
+        "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = to_regclass(%s)"
+        " AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype & 16 = 16 ORDER BY tgname",
+        [name],
+    ):
+        if not any(token in definition for token in tokens):
+            return f"trigger {trigger} fires on the batches"
+    return _mutable(conn, jobs) if probe else None
+
+
+def _mutable(conn: psycopg.Connection[Any], jobs: Sequence[BackfillJob]) -> str | None:
+    """Why some expression is not immutable, by PostgreSQL's test: it must not be usable in an
+    index (on a scratch copy of the table's columns, made and dropped in one transaction)."""
+    what = "a scratch copy of the table"
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL lock_timeout = '1s'")
+            conn.execute(
+                sql.SQL("CREATE TEMP TABLE zdm_probe (LIKE {}) ON COMMIT DROP").format(
+                    jobs[0].table.ident()
+                )
+            )
+            for job in jobs:
+                for column, expression in job.set.items():
+                    what = f"the expression of {column}"
+                    conn.execute(
+                        sql.SQL("CREATE INDEX ON pg_temp.zdm_probe ((({}) IS NULL))").format(
+                            user_sql(expression)
+                        )
+                    )
+    except psycopg.Error as e:
+        return f"{what}: {e.diag.message_primary or type(e).__name__}"
+    return None
 
 
 # -- sizes and splits -------------------------------------------------------------------------
