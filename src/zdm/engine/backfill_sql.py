@@ -402,8 +402,8 @@ def construction_doubt(
 
 
 def _mutable(conn: psycopg.Connection[Any], jobs: Sequence[BackfillJob]) -> str | None:
-    """Why some expression is not immutable, by PostgreSQL's test: it must not be usable in an
-    index (on a scratch copy of the table's columns, made and dropped in one transaction)."""
+    """Why some expression is not immutable, by PostgreSQL's own test: an index expression
+    must be (on a scratch copy of the table's columns, made and dropped in one transaction)."""
     what = "a scratch copy of the table"
     try:
         with conn.transaction(force_rollback=True):
