@@ -200,7 +200,9 @@ def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path)
         "p99": walked["batch_ms_p99"],
         "batches": walked["batches"],
         "proof": proof,
-        "done_s": sorted(e["seconds"] for e in logs if e["event"] == "backfill_worker_done"),
+        "done": sorted(
+            (e["seconds"], e["rows_walked"]) for e in logs if e["event"] == "backfill_worker_done"
+        ),
     }
 
 
@@ -347,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             found[m].proof.append(got["proof"])
                             detail = (
                                 f", proof {got['proof']:.1f}s, workers done after"
-                                f" {', '.join(f'{s:.1f}' for s in got['done_s'])}s"
+                                " " + ", ".join(f"{s:.1f}s ({n:,} rows)" for s, n in got["done"])
                             )
                     r = found[m]
                     print(

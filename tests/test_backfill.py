@@ -23,7 +23,14 @@ from zdm_helpers import PHONE_EXPR, mismatched_phones, scalar, seed
 from zdm import api
 from zdm.ddl import BackfillJob, Table
 from zdm.engine.backfill import PAUSED
-from zdm.engine.backfill_sql import batch_sql, ctid_batch_sql, find_key, tid, upper_bound_sql
+from zdm.engine.backfill_sql import (
+    batch_sql,
+    ctid_batch_sql,
+    find_key,
+    reread_sql,
+    tid,
+    upper_bound_sql,
+)
 from zdm.engine.runner import Outcome
 from zdm.plan import Backfill
 
@@ -130,6 +137,10 @@ def test_a_batch_is_an_index_range_scan_on_the_primary_key(
         )
         assert "Index Scan using users_pkey" in update, update
         assert "Seq Scan" not in update and "Hash" not in update, update
+        reread = explain(
+            conn, reread_sql(USERS, key, lower=lower), [*(["20000"] if lower else []), "21000"]
+        )
+        assert "Index Only Scan using users_pkey" in reread, reread
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -229,6 +240,8 @@ def test_a_table_without_a_key_is_walked_by_ctid_page_ranges(
     assert key is not None and key.ctid
     job = BackfillJob(logs, {"len": "length(line)"}, None, Backfill(table="logs"))
     plan_text = explain(conn, ctid_batch_sql([job]), [tid(3), tid(9)] * 2)
+    assert "Tid Range Scan" in plan_text and "Seq Scan" not in plan_text, plan_text
+    plan_text = explain(conn, reread_sql(logs, key, lower=True), [tid(3), tid(9)])
     assert "Tid Range Scan" in plan_text and "Seq Scan" not in plan_text, plan_text
     pages = scalar(conn, "SELECT pg_relation_size('logs') / current_setting('block_size')::int")
 

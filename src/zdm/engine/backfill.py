@@ -44,6 +44,7 @@ from zdm.engine.backfill_sql import (
     predicate,
     primary_key,
     remaining_sql,
+    reread_sql,
     skipped_triggers,
     split_keys,
     table_pages,
@@ -182,6 +183,7 @@ class Range:
 
 @dataclass
 class Batch:
+    lower: list[str] | None
     upper: list[str]
     walked: int
     updated: int
@@ -244,6 +246,7 @@ class Worker(threading.Thread):
         self.window = RateWindow()
         self.window.add(0)
         self.started = 0.0
+        self._previous: tuple[list[str] | None, list[str], int] | None = None
 
     def run(self) -> None:
         self.started = time.monotonic()
@@ -354,8 +357,23 @@ class Worker(threading.Thread):
                     batch.ms = (time.monotonic() - t0) * 1000
                 if xid is not None:
                     self.bf.written.append(xid)
+                if batch is not None:
+                    self._reread(conn, batch)
                 return batch
         raise AssertionError("unreachable")
+
+    def _reread(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
+        """Reads the range of the batch before this one (see `reread_sql`): its commit, which
+        does not wait for the WAL flush, is flushed by now, so its hint bits can be set."""
+        previous, self._previous = self._previous, (batch.lower, batch.upper, batch.updated)
+        if previous is None or not previous[2]:
+            return
+        lower, upper, _ = previous
+        if self.key.ctid:
+            params = [tid(int(lower[0]) if lower else 0), tid(int(upper[0]))]
+        else:
+            params = [*(lower or []), *upper]
+        conn.execute(reread_sql(self.bf.table, self.key, lower=bool(lower)), params)
 
     def _xid(self, conn: psycopg.Connection[Any]) -> int | None:
         """The transaction id the batch's row versions carry (as `xmin`), when the proof can
@@ -377,7 +395,7 @@ class Worker(threading.Thread):
         cur = conn.execute(
             batch_sql(self.bf.jobs, self.key, lower=last is not None), [*(last or []), *upper]
         )
-        return Batch(upper, int(row[-1]), cur.rowcount)
+        return Batch(last, upper, int(row[-1]), cur.rowcount)
 
     def _ctid_batch(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
         start = int(self.range.last[0]) if self.range.last else 0
@@ -387,7 +405,7 @@ class Worker(threading.Thread):
         stop = min(end, start + max(1, round(size / self.bf.rows_per_page)))
         row = conn.execute(ctid_batch_sql(self.bf.jobs), [tid(start), tid(stop)] * 2).fetchone()
         assert row is not None
-        return Batch([str(stop)], int(row[0]), int(row[1]))
+        return Batch(self.range.last, [str(stop)], int(row[0]), int(row[1]))
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

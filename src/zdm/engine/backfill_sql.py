@@ -24,8 +24,11 @@ from zdm.ddl import BackfillJob, Table, user_sql
 from zdm.ddl.sqltext import identifiers
 from zdm.operations.dual_write import skip_setting
 
-# Keys sampled to split the key space between workers (TABLESAMPLE SYSTEM reads whole pages).
-SPLIT_SAMPLE_ROWS = 20_000
+# Keys sampled to split the key space between workers. TABLESAMPLE SYSTEM takes whole pages,
+# so a split is as good as the number of pages sampled: 20,000 rows (about 500 pages at 1M
+# rows) put it 2% off (one standard error), two workers' shares 4% apart; 200,000 rows read
+# about 5,000 pages (0.7% off) in 0.1 to 0.2 s.
+SPLIT_SAMPLE_ROWS = 200_000
 # TID range scans (`ctid >= '(p,0)' AND ctid < '(q,0)'`) exist from PostgreSQL 14.
 CTID_MIN_SERVER = 140000
 # `= ANY(constant array)` is a hash probe a row from PostgreSQL 14 (a pass over the array before).
@@ -253,6 +256,26 @@ def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.
         where=where,
         desc=desc,
     )
+
+
+def reread_sql(table: Table, key: Key, *, lower: bool) -> sql.Composed:
+    """A read of a committed batch's range, a batch later, while its pages are still in memory
+    and already written since the last checkpoint: the first reader of the row versions a batch
+    wrote sets their hint bits and prunes the old versions, and here that costs no page write
+    and no full-page image of its own, as it does when the proof comes to it. An index-only scan
+    that visits the heap of every page the batch changed (a TID range scan for a ctid walk).
+
+    Parameters: the batch's lower bound (when `lower`), its upper bound; tids for a ctid walk.
+    """
+    if key.ctid:
+        ctid = sql.Identifier(table.schema, table.name, "ctid")
+        return sql.SQL("SELECT count(*) FROM {t} WHERE {c} >= %s::tid AND {c} < %s::tid").format(
+            t=table.ident(), c=ctid
+        )
+    bounds = sql.SQL("{} <= {}").format(key.row(), key.params())
+    if lower:
+        bounds = sql.SQL("{} > {} AND {}").format(key.row(), key.params(), bounds)
+    return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.ident(), bounds)
 
 
 def batch_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Composed:
