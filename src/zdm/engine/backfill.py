@@ -4,9 +4,11 @@ A backfill splits its table's key space into one range per worker; each worker w
 on its own connection in batches bounded by `key > last AND key <= upper` (upper found by an
 index-only scan, never past the range's end), and each batch commits together with that
 worker's checkpoint row, so a kill loses at most the batch in flight and a resume continues
-every worker after its last committed key. The main thread supervises: it checks throttles and
-`zdm pause` between batches (workers wait at a gate while one holds), watches for SIGINT or
-SIGTERM (workers stop after their current batch), and shows progress.
+every worker after its last committed key. After each batch a worker reads the range of the
+batch before it once more (`reread_sql`), so the proof at the end finds those pages done. The
+main thread supervises: it checks throttles and `zdm pause` between batches (workers wait at a
+gate while one holds), watches for SIGINT or SIGTERM (workers stop after their current batch),
+and shows progress.
 
 `batch_size: auto` sizes each worker's batches to `batch_time`: at most 1.5x larger after a
 fast batch, at once smaller in proportion after a slow one, and a batch that hits its statement
@@ -246,7 +248,7 @@ class Worker(threading.Thread):
         self.window = RateWindow()
         self.window.add(0)
         self.started = 0.0
-        self._previous: tuple[list[str] | None, list[str], int] | None = None
+        self._previous: Batch | None = None
 
     def run(self) -> None:
         self.started = time.monotonic()
@@ -299,6 +301,7 @@ class Worker(threading.Thread):
             self.batches += 1
             self.shared.batch_ms.append(batch.ms)
             self.sizer.after(batch.walked, batch.ms)
+            self._reread(conn, batch)
             if pause_s and not self.shared.sleep(pause_s):
                 return
 
@@ -357,23 +360,32 @@ class Worker(threading.Thread):
                     batch.ms = (time.monotonic() - t0) * 1000
                 if xid is not None:
                     self.bf.written.append(xid)
-                if batch is not None:
-                    self._reread(conn, batch)
                 return batch
         raise AssertionError("unreachable")
 
     def _reread(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
         """Reads the range of the batch before this one (see `reread_sql`): its commit, which
-        does not wait for the WAL flush, is flushed by now, so its hint bits can be set."""
-        previous, self._previous = self._previous, (batch.lower, batch.upper, batch.updated)
-        if previous is None or not previous[2]:
+        does not wait for the WAL flush, is flushed by now, so its hint bits can be set. Only a
+        head start for the proof: it queues for no lock longer than a batch would, and a read
+        that fails is left to the proof."""
+        previous, self._previous = self._previous, batch
+        if previous is None or not previous.updated:
             return
-        lower, upper, _ = previous
+        lower, upper = previous.lower, previous.upper
         if self.key.ctid:
             params = [tid(int(lower[0]) if lower else 0), tid(int(upper[0]))]
         else:
             params = [*(lower or []), *upper]
-        conn.execute(reread_sql(self.bf.table, self.key, lower=bool(lower)), params)
+        try:
+            with conn.transaction():
+                conn.execute(
+                    timeouts_sql(lock_timeout_ms(self.settings, 1), self.sizer.statement_timeout_ms)
+                )
+                conn.execute(reread_sql(self.bf.table, self.key, lower=bool(lower)), params)
+        except psycopg.Error as e:
+            self.bf.log.info(
+                "backfill_reread_skipped", worker=self.range.worker, error=_pg_error(e)
+            )
 
     def _xid(self, conn: psycopg.Connection[Any]) -> int | None:
         """The transaction id the batch's row versions carry (as `xmin`), when the proof can
