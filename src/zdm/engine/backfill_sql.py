@@ -22,7 +22,7 @@ from psycopg import sql
 
 from zdm.ddl import BackfillJob, Table, user_sql
 from zdm.ddl.sqltext import identifiers
-from zdm.operations.dual_write import skip_setting
+from zdm.operations.dual_write import row_names, skip_setting
 
 # Keys sampled to split the key space between workers. TABLESAMPLE SYSTEM takes whole pages,
 # so a split is as good as the number of pages sampled: 20,000 rows (about 500 pages at 1M
@@ -267,14 +267,7 @@ def reread_sql(table: Table, key: Key, *, lower: bool) -> sql.Composed:
 
     Parameters: the batch's lower bound (when `lower`), its upper bound; tids for a ctid walk.
     """
-    if key.ctid:
-        ctid = sql.Identifier(table.schema, table.name, "ctid")
-        return sql.SQL("SELECT count(*) FROM {t} WHERE {c} >= %s::tid AND {c} < %s::tid").format(
-            t=table.ident(), c=ctid
-        )
-    bounds = sql.SQL("{} <= {}").format(key.row(), key.params())
-    if lower:
-        bounds = sql.SQL("{} > {} AND {}").format(key.row(), key.params(), bounds)
+    bounds = _batch_pages(table) if key.ctid else _batch_keys(key, lower=lower)
     return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.ident(), bounds)
 
 
@@ -285,16 +278,28 @@ def batch_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Comp
     """
     table = jobs[0].table
     from_, on, qualify = _source(jobs)
-    bounds = sql.SQL("{} <= {}").format(key.row(qualify), key.params())
-    if lower:
-        bounds = sql.SQL("{} > {} AND {}").format(key.row(qualify), key.params(), bounds)
     return sql.SQL("UPDATE {t} SET {a}{from_} WHERE {on}{bounds} AND {w}").format(
         t=table.ident(),
         a=assignments(jobs),
         from_=from_,
         on=on,
-        bounds=bounds,
+        bounds=_batch_keys(key, lower=lower, qualify=qualify),
         w=predicate(jobs, walk=True),
+    )
+
+
+def _batch_keys(key: Key, *, lower: bool, qualify: Table | None = None) -> sql.Composed:
+    """`key > %s AND key <= %s` (the lower side only when `lower`): a batch's key range."""
+    bounds = sql.SQL("{} <= {}").format(key.row(qualify), key.params())
+    if lower:
+        bounds = sql.SQL("{} > {} AND {}").format(key.row(qualify), key.params(), bounds)
+    return bounds
+
+
+def _batch_pages(table: Table) -> sql.Composed:
+    """`ctid >= %s::tid AND ctid < %s::tid`: a ctid batch's page range, a TID range scan."""
+    return sql.SQL("{c} >= %s::tid AND {c} < %s::tid").format(
+        c=sql.Identifier(table.schema, table.name, "ctid")
     )
 
 
@@ -306,8 +311,7 @@ def ctid_batch_sql(jobs: Sequence[BackfillJob]) -> sql.Composed:
     """
     table = jobs[0].table
     from_, on, _ = _source(jobs)
-    ctid = sql.Identifier(table.schema, table.name, "ctid")
-    pages = sql.SQL("{c} >= %s::tid AND {c} < %s::tid").format(c=ctid)
+    pages = _batch_pages(table)
     return sql.SQL(
         "WITH zdm_batch AS (UPDATE {t} SET {a}{from_} WHERE {on}{pages} AND {w} RETURNING 1)"
         " SELECT (SELECT count(*) FROM {t} WHERE {pages}), (SELECT count(*) FROM zdm_batch)"
@@ -365,8 +369,8 @@ def construction_doubt(
     version it leaves holds what the predicate would compute again only when:
     - the predicate is the mapping's own: no `where`, no `from` table;
     - no expression reads what the new row version has anew: a column the walk writes, the
-      whole row, a system column, a stored generated column (names as in `redundant_for`: any
-      word counts, a doubt says no);
+      whole row, a system column, a stored generated column (`row_names`: any word counts, a
+      doubt says no);
     - nothing else acts on the batch's UPDATE: no trigger fires on it but the dual-write
       triggers it passes over, the table has no rules, no child tables, no foreign key on
       itself that cascades an update;
@@ -386,8 +390,8 @@ def construction_doubt(
     name = _name(conn, table)
     # What the new row version has anew: the columns written, the whole row, system columns
     # of the version, and the stored generated columns (computed again from the new row).
-    changed = {c.lower() for job in jobs for c in job.set}
-    changed |= {table.name.lower(), "zdm_row", "ctid", "xmin", "xmax", "cmin", "cmax"}
+    changed = row_names([c for job in jobs for c in job.set], table)
+    changed |= {"ctid", "xmin", "xmax", "cmin", "cmax"}
     changed |= {
         r[0].lower()
         for r in conn.execute(

@@ -100,8 +100,15 @@ def redundant_for(dw: DualWrite, written: Mapping[str, str], table: Table) -> bo
     """
     if any(written.get(c) != e for c, e in dw.set.items()):
         return False
-    touched = {c.lower() for c in written} | {table.name.lower(), "zdm_row"}
+    touched = row_names(written, table)
     return all(not (identifiers(e) & touched) for e in dw.set.values())
+
+
+def row_names(columns: Iterable[str], table: Table) -> set[str]:
+    """The names (lower-cased, as `identifiers` gives them) by which an expression over a row of
+    `table` may read these columns: their own, and the whole row's (the table's name, and the
+    trigger's `zdm_row`)."""
+    return {c.lower() for c in columns} | {table.name.lower(), "zdm_row"}
 
 
 def skip_setting(tokens: Iterable[str]) -> sql.Composed:
