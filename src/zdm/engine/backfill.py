@@ -57,7 +57,13 @@ from zdm.engine.backfill_sql import (
 from zdm.engine.executor import Executor, StepFailed, _pg_error
 from zdm.engine.progress import RateWindow, Snapshot, View, make_view
 from zdm.engine.retry import CONTENTION, lock_timeout_ms, retrying
-from zdm.engine.session import ConnectionFailed, connect, server_version
+from zdm.engine.session import (
+    ConnectionFailed,
+    ConnectionLost,
+    connect,
+    connection_lost,
+    server_version,
+)
 from zdm.engine.throttle import Throttles
 from zdm.operations import Context, plan_step
 from zdm.plan import PlanStep, Settings
@@ -266,9 +272,13 @@ class Worker(threading.Thread):
                 f" {self.settings.lock_retries} attempts: {_pg_error(e)}"
             )
         except psycopg.Error as e:
-            self.error = StepFailed(f"{self.bf.label}: {_pg_error(e)}")
+            self.error = (
+                ConnectionLost(f"{self.bf.label}: worker {self.range.worker}: {_pg_error(e)}")
+                if connection_lost(e)
+                else StepFailed(f"{self.bf.label}: {_pg_error(e)}")
+            )
         except ConnectionFailed as e:
-            self.error = StepFailed(f"{self.bf.label}: {e}")
+            self.error = ConnectionLost(f"{self.bf.label}: {e}")
         except BaseException as e:
             self.error = e
         finally:

@@ -22,7 +22,7 @@ from psycopg import errors, sql
 
 from zdm.ddl import Check, Query, Txn, Wait
 from zdm.engine.retry import CONTENTION, lock_timeout_ms, retrying
-from zdm.engine.session import scrub
+from zdm.engine.session import ConnectionLost, connection_lost, scrub
 from zdm.plan import Settings
 
 # A transaction holding a lock the migration needs for longer than this is not the application's
@@ -90,6 +90,8 @@ class Executor:
                 self.conn.execute("SET TRANSACTION READ ONLY")
                 row = self.conn.execute(check.query).fetchone()
         except psycopg.Error as e:
+            if connection_lost(e):
+                raise ConnectionLost(f"{check.label}: {_pg_error(e)}") from e
             raise StepFailed(f"{check.label}: the query failed: {_pg_error(e)}") from None
         value = row[0] if row else None
         ok = matches(value, check.expect)
@@ -132,6 +134,8 @@ class Executor:
                 f"{txn.label}: gave up after {self.settings.lock_retries} attempts: {_pg_error(e)}"
             ) from None
         except psycopg.Error as e:
+            if connection_lost(e):
+                raise ConnectionLost(f"{txn.label}: {_pg_error(e)}") from e
             raise StepFailed(f"{txn.label}: {_pg_error(e)}") from None
         ms = round((time.monotonic() - started) * 1000)
         if not txn.transactional:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +17,17 @@ import structlog
 from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
-from zdm.engine.session import connect, scrub, server_version
+from zdm.engine.session import connect, connection_lost, scrub, server_version
 from zdm.operations import Context, plan_memo, plan_step
 from zdm.plan import PHASES, LoadedPlan, PlanStep, StepSpec
 from zdm.state import NewStep, PlanLock, Run, Store
 
 HEARTBEAT_S = 5.0
+# After a dropped connection: first pause before reconnecting, doubled each time up to the cap.
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 10.0
+# A run that went on this long after reconnecting ended its outage: a later drop starts a new one.
+OUTAGE_OVER_S = 60.0
 
 
 class PlanChanged(Exception):
@@ -103,12 +109,57 @@ class Runner:
         self.store = Store(state_schema)
         self.log = log or structlog.get_logger("zdm")
         self.control = Control()
+        self.started = False  # the run got under way: a dropped connection is then ridden out
+        self.gate_passed = False  # this command passed a gate: a reconnect passes no other
 
     def run(self, *, until: str | None = None, cont: bool = False, force: bool = False) -> Outcome:
-        return self.locked(
-            "run",
-            lambda work, monitor: self._run(work, monitor, until=until, cont=cont, force=force),
+        """Runs or resumes the plan; rides through dropped connections (see `_reconnecting`)."""
+        self.started = self.gate_passed = False
+        return self._reconnecting(
+            lambda: self.locked(
+                "run",
+                lambda work, monitor: self._run(
+                    work, monitor, until=until, cont=cont and not self.gate_passed, force=force
+                ),
+            )
         )
+
+    def _reconnecting(self, attempt: Callable[[], Outcome]) -> Outcome:
+        """Calls `attempt` again, as `zdm run` would resume, when the server ends a connection of
+        the run after it started (a restart, a failover, pg_terminate_backend, a network drop):
+        with growing pauses, for up to `reconnect_timeout` from the drop. Each attempt takes the
+        plan's lock again (exit 3 if another runner took it meanwhile), finds the step it was in
+        from the state tables and continues after the last committed checkpoint. A drop before
+        the run started (a wrong address) fails at once."""
+        limit_s = self.plan.settings.reconnect_timeout / 1000
+        outage_start: float | None = None
+        began = time.monotonic()
+        drops = 0
+        while True:
+            try:
+                return attempt()
+            except Exception as e:
+                if not (self.started and limit_s > 0 and connection_lost(e)):
+                    raise
+                now = time.monotonic()
+                if outage_start is None or now - began >= OUTAGE_OVER_S:
+                    outage_start, drops = now, 0
+                drops += 1
+                error = scrub(str(e).strip().replace("\n", " "))
+                if now - outage_start > limit_s:
+                    self.log.error("reconnect_gave_up", error=error, drops=drops)
+                    return Outcome(
+                        "failed",
+                        f"the connection to the database was lost and not back within"
+                        f" {limit_s:g} s ({error}); the run is resumable: `zdm run` again",
+                        1,
+                    )
+                pause = min(RECONNECT_FIRST_S * 2 ** (drops - 1), RECONNECT_MAX_S)
+                self.log.warning(
+                    "connection_lost", error=error, drop=drops, reconnect_in_s=pause
+                )
+                time.sleep(pause)
+                began = time.monotonic()
 
     def locked(
         self,
@@ -163,6 +214,7 @@ class Runner:
         if isinstance(run_or_outcome, Outcome):
             return run_or_outcome
         run = self.store.transition(work, run_or_outcome, "running")
+        self.started = True
         self.log.info(
             "run_start",
             plan=self.loaded.name,
@@ -216,7 +268,7 @@ class Runner:
                                 run.id,
                             )
                         self.store.pass_gate(work, run, phase)
-                        gate_passed = True
+                        gate_passed = self.gate_passed = True
                         self.log.info("gate_passed", phase=phase)
                     self.store.set_phase(work, run, phase)
                     self.log.info("phase_start", phase=phase)

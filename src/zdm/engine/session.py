@@ -15,6 +15,28 @@ class ConnectionFailed(Exception):
     pass
 
 
+class ConnectionLost(Exception):
+    """The server ended one of zdm's connections (restart, failover, pg_terminate_backend, a
+    network drop): the run reconnects and resumes from its last checkpoint (`Runner.run`)."""
+
+
+# Class 08 (connection exception), and the server ending the session: 57P01 admin_shutdown
+# (pg_terminate_backend, a fast shutdown), 57P02 crash_shutdown, 57P03 cannot_connect_now.
+_LOST_STATES = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(e: BaseException) -> bool:
+    """Whether `e` means the connection is gone, as opposed to a statement that failed on it."""
+    if isinstance(e, ConnectionLost | ConnectionFailed):
+        return True
+    if isinstance(e, psycopg.InterfaceError):  # used after it closed
+        return True
+    if not isinstance(e, psycopg.OperationalError):
+        return False
+    state = e.sqlstate
+    return state is None or state.startswith("08") or state in _LOST_STATES
+
+
 def resolve_dsn(explicit: str | None) -> str:
     """--dsn, else ZDM_DSN, else DATABASE_URL, else "" (libpq's own PG* variables)."""
     return explicit or os.environ.get("ZDM_DSN") or os.environ.get("DATABASE_URL") or ""

@@ -92,6 +92,9 @@ class Settings(PlanModel):
     """Attempts per step before the run fails (it can be resumed)."""
     retry_max_wait: Duration = 30_000
     """Cap of the exponential backoff between attempts (with jitter)."""
+    reconnect_timeout: Duration = 600_000
+    """How long a run keeps reconnecting after the server ends its connections (a restart, a
+    failover, a network drop) before it stops, failed and resumable; 0: stop at the first drop."""
 
     @model_validator(mode="after")
     def _check_lock_timeouts(self) -> Self:
