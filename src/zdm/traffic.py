@@ -47,12 +47,19 @@ __all__ = [
 
 KINDS: tuple[str, ...] = ("select", "update", "insert")
 """Statement kinds, in the order of their codes in the recorded samples."""
+ALL_KINDS: tuple[str, ...] = (*KINDS, "txn")
+"""With the multi-row transactions that only some traffic has (reported when it has them)."""
 
 NEW_COLUMN = "phone"
 """The column the new application version reads and writes."""
 
 CONTACT_UPDATE_SHARE = 0.2
 """Share of updates that also write a new messy phone into ``contact``."""
+
+HOT_ROWS = 200
+"""A ``txn`` of the hot kind updates rows among this many, spread evenly over the ids."""
+HOT_SHARE = 1 / 3
+"""Share of ``txn`` transactions among the hot rows."""
 
 STATEMENT_TIMEOUT_S = 30.0
 """Client-side safety net so that a stuck test cannot hang forever."""
@@ -108,15 +115,22 @@ class Mix:
     select: float = 0.6
     update: float = 0.3
     insert: float = 0.1
+    txn: float = 0.0
+    """Transactions that update 2 or 3 rows in random order, a third of them among the
+    `HOT_ROWS` first rows: what an application's row locks look like to a backfill."""
 
     def __post_init__(self) -> None:
-        weights = self.weights()
+        weights = self.all_weights()
         if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
             raise ValueError(f"mix weights must be finite, >= 0 and not all 0: {self}")
 
-    def weights(self) -> tuple[float, float, float]:
+    def weights(self) -> tuple[float, ...]:
         """Weights in the order of :data:`KINDS`."""
         return (self.select, self.update, self.insert)
+
+    def all_weights(self) -> tuple[float, ...]:
+        """Weights in the order of :data:`ALL_KINDS`."""
+        return (*self.weights(), self.txn)
 
     @classmethod
     def parse(cls, text: str) -> Mix:
@@ -125,10 +139,10 @@ class Mix:
         for part in text.split(","):
             key, sep, value = part.partition("=")
             key = key.strip()
-            if not sep or key not in KINDS:
-                raise ValueError(f"expected kind=weight with kind in {KINDS}, got {part!r}")
+            if not sep or key not in ALL_KINDS:
+                raise ValueError(f"expected kind=weight with kind in {ALL_KINDS}, got {part!r}")
             values[key] = float(value)
-        return cls(**{kind: values.get(kind, 0.0) for kind in KINDS})
+        return cls(**{kind: values.get(kind, 0.0) for kind in ALL_KINDS})
 
 
 @dataclass(frozen=True)
@@ -250,10 +264,10 @@ class TrafficReport:
     @classmethod
     def _build(cls, samples: _Samples, t0: float, t1: float) -> TrafficReport:
         duration = max(0.0, t1 - t0)
-        by_kind: list[list[float]] = [[] for _ in KINDS]
+        by_kind: list[list[float]] = [[] for _ in ALL_KINDS]
         for kind, ms in zip(samples.kinds, samples.latencies_ms, strict=True):
             by_kind[kind].append(ms)
-        errors_by_kind = [0] * len(KINDS)
+        errors_by_kind = [0] * len(ALL_KINDS)
         error_samples: list[str] = []
         for _, kind, message in sorted(samples.errors()):
             errors_by_kind[kind] += 1
@@ -272,7 +286,8 @@ class TrafficReport:
             throughput=overall.throughput,
             kinds={
                 name: _stats(by_kind[code], errors_by_kind[code], duration)
-                for code, name in enumerate(KINDS)
+                for code, name in enumerate(ALL_KINDS)
+                if name in KINDS or by_kind[code]
             },
             t0=t0,
             _samples=samples,
@@ -282,7 +297,7 @@ class TrafficReport:
         """(start s, kind, latency ms) of every statement that took at least ``threshold_ms``."""
         s = self._samples
         found = [
-            (float(s.starts[i]), KINDS[s.kinds[i]], float(ms))
+            (float(s.starts[i]), ALL_KINDS[s.kinds[i]], float(ms))
             for i, ms in enumerate(s.latencies_ms)
             if ms >= threshold_ms
         ]
@@ -468,7 +483,7 @@ class _Worker:
 
     def _loop(self) -> None:
         tr = self.traffic
-        weights = tr.mix.weights()
+        weights = tr.mix.all_weights()
         total = sum(weights)
         pause_s = tr.pause_ms / 1000.0
         reconnect_wait = _RECONNECT_WAIT_S
@@ -531,6 +546,20 @@ class _Worker:
                     conn.execute(st.update_contact_new, params)
                 else:
                     conn.execute(st.update_contact_old, (name, contact, target))
+        elif kind == 3:
+            hot = rng.random() < HOT_SHARE
+            lo, step = tr._ids.lo, max(1, (tr._ids.hi - tr._ids.lo + 1) // HOT_ROWS)
+            size = rng.choice((2, 3))
+            targets: list[int] = []
+            while len(targets) < size:
+                target = lo + rng.randrange(HOT_ROWS) * step if hot else tr._ids.draw(rng)
+                if target not in targets:
+                    targets.append(target)
+            with conn.transaction():
+                for i, target in enumerate(targets):  # in random order, as applications do
+                    if i and tr.txn_think_ms:
+                        time.sleep(tr.txn_think_ms / 1000)  # the application's work between
+                    conn.execute(st.update_name, (self._name(), target))
         else:
             self.inserted += 1
             name = self._name()
@@ -581,6 +610,7 @@ class Traffic:
         pause_ms: float = 0.0,
         auto_new_app: bool = False,
         seed: int = 0,
+        txn_think_ms: float = 0.0,
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -594,6 +624,8 @@ class Traffic:
         self.pause_ms = pause_ms
         self.auto_new_app = auto_new_app
         self.seed = seed
+        self.txn_think_ms = txn_think_ms
+        """Time a `txn` transaction spends between its updates, holding the rows it wrote."""
         self.report: TrafficReport | None = None
         """Set by :meth:`stop`."""
         self.new_app_since: float | None = None

@@ -47,6 +47,7 @@ from zdm.engine.backfill_sql import (
     primary_key,
     remaining_sql,
     reread_sql,
+    skip_locked_sql,
     skipped_triggers,
     split_keys,
     table_pages,
@@ -73,8 +74,24 @@ INITIAL_AUTO_BATCH = 1000
 GROWTH = 1.5
 # An auto-sized batch is cancelled at this many times its target duration, then halved.
 TIMEOUT_FACTOR = 5
+ROW_LOCK_WAIT_MS = 20
+# Rows a batch passed over because others held them: walked again this many times, pausing
+# 50 ms, 100 ms, … between rounds, before the last round waits for their locks.
+COME_BACK_TRIES = 5
+COME_BACK_PAUSE_S = 0.05
 MIN_STATEMENT_TIMEOUT_MS = 1000
 PAUSED = "paused by `zdm pause`"
+
+
+def batch_lock_timeout_ms(settings: Settings, attempt: int) -> int:
+    """A batch's first attempt waits at most `ROW_LOCK_WAIT_MS` for a lock: long enough for an
+    application's short transaction to end, short enough that the rows the batch already
+    holds keep no one waiting (and that a deadlock with the application ends on zdm's side,
+    long before `deadlock_timeout`). Its retries lock only free rows (`skip_locked_sql`), so
+    their lock timeout, growing as for every unit, bounds only the wait for the table lock."""
+    if attempt == 1:
+        return min(ROW_LOCK_WAIT_MS, lock_timeout_ms(settings, 1))
+    return lock_timeout_ms(settings, attempt)
 
 
 class Interrupted(Exception):
@@ -255,6 +272,8 @@ class Worker(threading.Thread):
         self.window.add(0)
         self.started = 0.0
         self._previous: Batch | None = None
+        self.skipped: list[Batch] = []
+        """Ranges whose batch passed over rows locked by others: walked again at the end."""
 
     def run(self) -> None:
         self.started = time.monotonic()
@@ -293,6 +312,9 @@ class Worker(threading.Thread):
                 return
             batch = self._batch(conn)
             if batch is None:
+                self._come_back(conn)
+                if self.shared.stopping():
+                    return
                 self.bf.store.backfill_finished(
                     conn, self.bf.run_id, self.bf.ordinals, self.range.worker
                 )
@@ -342,15 +364,17 @@ class Worker(threading.Thread):
                 with conn.transaction():
                     conn.execute(
                         timeouts_sql(
-                            lock_timeout_ms(self.settings, n),
+                            batch_lock_timeout_ms(self.settings, n),
                             self.sizer.statement_timeout_ms,
                             self.bf.jobs,
                         )
                     )
+                    # A retry follows a lock timeout or a deadlock, most often on an
+                    # application's row lock: it locks only the rows no one else holds.
                     batch = (
-                        self._ctid_batch(conn, size)
+                        self._ctid_batch(conn, size, skip_locked=n > 1)
                         if self.key.ctid
-                        else self._key_batch(conn, size)
+                        else self._key_batch(conn, size, skip_locked=n > 1)
                     )
                     if batch is not None:
                         self.window.add(self.walked + batch.walked)
@@ -405,7 +429,9 @@ class Worker(threading.Thread):
         row = conn.execute("SELECT txid_current_if_assigned() % 4294967296").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
-    def _key_batch(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+    def _key_batch(
+        self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
+    ) -> Batch | None:
         last, end = self.range.last, self.range.end
         row = conn.execute(
             upper_bound_sql(self.bf.table, self.key, lower=last is not None, upper=end is not None),
@@ -414,20 +440,98 @@ class Worker(threading.Thread):
         if row is None:
             return None
         upper = [str(v) for v in row[:-1]]
+        if skip_locked:
+            return self._skip_locked(conn, Batch(last, upper, int(row[-1]), 0))
         cur = conn.execute(
             batch_sql(self.bf.jobs, self.key, lower=last is not None), [*(last or []), *upper]
         )
         return Batch(last, upper, int(row[-1]), cur.rowcount)
 
-    def _ctid_batch(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+    def _ctid_batch(
+        self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
+    ) -> Batch | None:
         start = int(self.range.last[0]) if self.range.last else 0
         end = int(self.range.end[0]) if self.range.end else 0
         if start >= end:
             return None
         stop = min(end, start + max(1, round(size / self.bf.rows_per_page)))
+        if skip_locked:
+            return self._skip_locked(conn, Batch(self.range.last, [str(stop)], 0, 0))
         row = conn.execute(ctid_batch_sql(self.bf.jobs), [tid(start), tid(stop)] * 2).fetchone()
         assert row is not None
         return Batch(self.range.last, [str(stop)], int(row[0]), int(row[1]))
+
+    def _bounds(self, batch: Batch) -> list[str]:
+        """The parameters that bound a batch's range: keys, or page tids for a ctid walk."""
+        if self.key.ctid:
+            return [tid(int(batch.lower[0]) if batch.lower else 0), tid(int(batch.upper[0]))]
+        return [*(batch.lower or []), *batch.upper]
+
+    def _skip_locked(self, conn: psycopg.Connection[Any], batch: Batch) -> Batch:
+        """Updates the rows of the batch's range that no one else holds (`skip_locked_sql`); a
+        range with rows passed over is kept for `_come_back`."""
+        bounds = self._bounds(batch)
+        row = conn.execute(
+            skip_locked_sql(self.bf.jobs, self.key, lower=batch.lower is not None),
+            [*bounds, *bounds],
+        ).fetchone()
+        assert row is not None
+        rows, locked, updated = (int(v) for v in row)
+        if locked < rows:
+            self.skipped.append(batch)
+            self.bf.log.info(
+                "batch_skipped_locked_rows",
+                worker=self.range.worker,
+                after=batch.lower,
+                upper=batch.upper,
+                rows_locked_by_others=rows - locked,
+            )
+        batch.walked = batch.walked or rows
+        batch.updated = updated
+        return batch
+
+    def _come_back(self, conn: psycopg.Connection[Any]) -> None:
+        """Walks again the ranges whose batches passed over rows that others held: the same
+        way, a few times with growing pauses (an application's row lock lasts a transaction),
+        then waiting for the locks under the usual lock policy, a short transaction each. The
+        proof covers whatever is still left."""
+        for tries in range(COME_BACK_TRIES):
+            pending, self.skipped = self.skipped, []
+            for batch in pending:
+                self._again(conn, batch, wait=False)
+            if not self.skipped or not self.shared.sleep(COME_BACK_PAUSE_S * 2**tries):
+                return
+        pending, self.skipped = self.skipped, []
+        for batch in pending:
+            self._again(conn, batch, wait=True)
+
+    def _again(self, conn: psycopg.Connection[Any], batch: Batch, *, wait: bool) -> None:
+        """One range once more, in a transaction of its own (no checkpoint: the walk is past it)."""
+        for attempt in retrying(self.settings, self._before_retry):
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                with conn.transaction():
+                    conn.execute(
+                        timeouts_sql(
+                            lock_timeout_ms(self.settings, n),
+                            self.sizer.statement_timeout_ms,
+                            self.bf.jobs,
+                        )
+                    )
+                    if wait:
+                        query = (
+                            ctid_batch_sql(self.bf.jobs)
+                            if self.key.ctid
+                            else batch_sql(self.bf.jobs, self.key, lower=batch.lower is not None)
+                        )
+                        bounds = self._bounds(batch)
+                        conn.execute(query, bounds * 2 if self.key.ctid else bounds)
+                    else:
+                        self._skip_locked(conn, Batch(batch.lower, batch.upper, 0, 0))
+                    xid = self._xid(conn)
+                if xid is not None:
+                    self.bf.written.append(xid)
+                return
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

@@ -325,6 +325,39 @@ def ctid_batch_sql(jobs: Sequence[BackfillJob]) -> sql.Composed:
     )
 
 
+def skip_locked_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Composed:
+    """A batch that waits for no application row lock: it locks the rows of its range that no
+    one else holds (`FOR NO KEY UPDATE SKIP LOCKED`, a TID scan for the UPDATE) and updates those.
+
+    The retry of a batch that met a row lock, so the walk neither queues behind an application
+    transaction nor deadlocks with one; the rows it passed over are those the range holds
+    beyond the ones it locked, and the walk comes back to them (`Worker._come_back`).
+    Returns (rows in the range, rows locked, rows updated). Parameters: as `batch_sql`, or the
+    two page tids of a ctid walk (`lower` is then ignored).
+    """
+    table = jobs[0].table
+    from_, on, qualify = _source(jobs)
+    bounds = _batch_pages(table) if key.ctid else _batch_keys(key, lower=lower)
+    return sql.SQL(
+        "WITH zdm_locked AS (SELECT ctid AS zdm_tid FROM {t} WHERE {bounds}"
+        " FOR NO KEY UPDATE SKIP LOCKED),"
+        " zdm_batch AS (UPDATE {t} SET {a}{from_} WHERE {on}{tid} = ANY(ARRAY("
+        "SELECT zdm_tid FROM zdm_locked)) AND {w} RETURNING 1)"
+        " SELECT (SELECT count(*) FROM {t} WHERE {bounds}), (SELECT count(*) FROM zdm_locked),"
+        " (SELECT count(*) FROM zdm_batch)"
+    ).format(
+        t=table.ident(),
+        bounds=bounds,
+        a=assignments(jobs),
+        from_=from_,
+        on=on,
+        tid=sql.Identifier(table.schema, table.name, "ctid")
+        if qualify is not None
+        else sql.Identifier("ctid"),
+        w=predicate(jobs, walk=True),
+    )
+
+
 def tid(page: int) -> str:
     return f"({page},0)"
 
