@@ -15,18 +15,22 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from zdm.demo.run import (
     APP_HEADER,
+    PLAN_FILE,
     Scenario,
     app_cells,
     run_baseline,
@@ -37,9 +41,37 @@ from zdm.demo.run import (
 )
 from zdm.logs import configure
 from zdm.testing import EmbeddedServer
-from zdm.traffic import APPLICATION_NAME, TrafficReport
+from zdm.traffic import APPLICATION_NAME, Mix, TrafficReport
 
-SCENARIOS = ("baseline", "naive", "zdm", "zdm+blocker", "naive+blocker")
+SCENARIOS = (
+    "baseline",
+    "naive",
+    "zdm",
+    "zdm+blocker",
+    "naive+blocker",
+    "zdm-default",
+    "zdm-default+blocker",
+    "baseline-hot",
+    "zdm-hot",
+    "zdm-drops",
+)
+# Traffic of the -hot scenarios: transactions that update 2 or 3 rows in random order, a third
+# among 200 hot rows, with the application's own work between the updates.
+HOT_MIX = Mix(select=0.5, update=0.0, insert=0.1, txn=0.4)
+HOT_THINK_MS = 2.0
+DROPS = 3
+
+
+def default_plan(directory: Path) -> Path:
+    """plans/add_phone.yaml with nothing tuned: no settings, no batch_time (the defaults)."""
+    plan = yaml.safe_load(PLAN_FILE.read_text())
+    plan.pop("settings", None)
+    plan["name"] = "add_phone_default"
+    for step in plan["phases"]["backfill"]:
+        step.get("backfill", {}).pop("batch_time", None)
+    path = directory / "add_phone_default.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
 
 
 def clone(admin_dsn: str, template: str, name: str) -> str:
@@ -118,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     detail: dict[str, Any] = {}
     started = time.monotonic()
     load = os.getloadavg()
-    with EmbeddedServer(fast=True) as server:
+    with EmbeddedServer(fast=True) as server, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
         with psycopg.connect(server.dsn) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         version = str(row[0]) if row else "?"
@@ -136,20 +169,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             watcher = LockWatcher(dsn)
             watcher.start()
-            if name == "baseline":
+            if name.startswith("baseline"):
+                if name.endswith("-hot"):
+                    common.update(mix=HOT_MIX, txn_think_ms=HOT_THINK_MS)
                 report = run_baseline(dsn, max(args.baseline_seconds, 20.0), **common)
                 waits = watcher.stop()
                 rows_out.append(_row(name, report, None, "-", waits))
                 detail[name] = {"app": report.as_dict(), "lock_waits": _waits(waits)}
                 continue
-            runner = run_zdm if name.startswith("zdm") else run_naive
-            result = runner(
-                dsn,
-                baseline_s=args.baseline_seconds,
-                blocker_s=blocker,
-                name=name,
-                **common,
-            )
+            if name.startswith("zdm"):
+                if name.startswith("zdm-default"):
+                    # Nothing tuned; its blocker is a report that runs 4.5 s as the run starts.
+                    common["plan"] = default_plan(workdir)
+                    common["blocker_active"] = True
+                    blocker = min(blocker, 4.5)
+                if name == "zdm-hot":
+                    common.update(mix=HOT_MIX, txn_think_ms=HOT_THINK_MS)
+                if name == "zdm-drops":
+                    common["drops"] = DROPS
+                result = run_zdm(
+                    dsn, baseline_s=args.baseline_seconds, blocker_s=blocker, name=name, **common
+                )
+            else:
+                result = run_naive(
+                    dsn, baseline_s=args.baseline_seconds, blocker_s=blocker, name=name, **common
+                )
             waits = watcher.stop()
             assert result.during is not None
             rows_out.append(_row(name, result.during, result, f"{result.duration_s:.1f} s", waits))

@@ -721,11 +721,13 @@ def test_dry_run_prints_the_walk_the_workers_run(users: str, tmp_path: Path) -> 
     )
     text = api.dry_run(path, users)
     assert (
-        "-- backfill of public.users by primary key users_pkey (id), batches sized to 200ms" in text
+        "-- backfill of public.users by primary key users_pkey (id), batches sized to 50ms" in text
     )
     assert "-- 4 workers, each on its own connection and checkpoint row" in text
     assert "-- waits while a standby's replay lags over 1000ms" in text
-    assert "SET LOCAL lock_timeout = '200ms'; SET LOCAL statement_timeout = '1000ms';" in text
+    # A batch waits 20 ms at most for a lock; its retry takes only the rows no one holds.
+    assert "SET LOCAL lock_timeout = '20ms'; SET LOCAL statement_timeout = '1000ms';" in text
+    assert "FOR NO KEY UPDATE SKIP LOCKED" in text
     assert 'WHERE ("id") > (%s) AND ("id") <= (%s) ORDER BY "id" LIMIT %s' in text
     assert 'UPDATE "public"."users" SET "phone" = (' in text
     assert "-- a row version a batch wrote (its xmin is the batch's transaction)" in text

@@ -148,7 +148,7 @@ def blocker_pids(evts: list[dict[str, Any]], name: str, key: str) -> set[int]:
 def test_waits_for_a_long_transaction_without_queueing_the_app(
     seeded: str, watcher: psycopg.Connection[Any], gate: Gate, tmp_path: Path
 ) -> None:
-    plan = lock_plan(tmp_path)  # defaults: lock_timeout 200ms rising to 2s
+    plan = lock_plan(tmp_path)  # defaults: lock_timeout 50ms rising to 2s
     with Traffic(seeded, threads=2, pause_ms=5) as traffic:
         proc = start_zdm(*run_args(plan, seeded))
         wait_for(lambda: gate.someone_waits(watcher), 60, "zdm at the gate", alive=proc)
@@ -168,7 +168,7 @@ def test_waits_for_a_long_transaction_without_queueing_the_app(
         evts, "waiting_for_long_transaction", "holders"
     ), output_of(done)
     assert blocker.pid in blocker_pids(evts, "waiting_for_long_transaction", "holders")
-    # It queued behind the young blocker once (200ms), then waited for that transaction to end
+    # It queued behind the young blocker once (50ms), then waited for that transaction to end
     # without queueing: not once more at each retry until the blocker was a second old.
     assert len(named(evts, "lock_retry")) <= 1, output_of(done)
     # The ALTER went through only after the blocker ended: zdm waited, it did not give up.

@@ -144,7 +144,9 @@ def test_design_example_parses() -> None:
     assert loaded.name == "add_phone"
     assert loaded.sha256 == hashlib.sha256(EXAMPLE.encode()).hexdigest()
     assert plan.schema_ == "public"
-    assert plan.settings == Settings()
+    # DESIGN.md's example lists its defaults; zdm's measured lock_timeout default is 50ms.
+    assert plan.settings == Settings(lock_timeout=200)
+    assert Settings().lock_timeout == 50
     assert plan.settings.lock_timeout_max == 2000
     assert plan.gates == ["cleanup"]
     assert [(step.key, step.kind) for step in loaded.steps()] == [
@@ -341,7 +343,7 @@ def test_zero_and_bare_numbers_in_plan_files() -> None:
     ]
     assert issues_of("version: 1\nsettings: {pause: true}\nphases: {}\n")[0].endswith(
         "unknown key 'pause'; expected one of: lock_timeout, lock_timeout_max, "
-        "statement_timeout, lock_retries, retry_max_wait"
+        "statement_timeout, lock_retries, retry_max_wait, reconnect_timeout"
     )
 
 
@@ -790,7 +792,7 @@ def test_json_schema() -> None:
     assert kinds_in_schema == set(STEP_KINDS)
     for phase in PHASES:
         assert definitions["Phases"]["properties"][phase]["items"] == {"$ref": "#/$defs/Step"}
-    assert definitions["Settings"]["properties"]["lock_timeout"]["default"] == "200ms"
+    assert definitions["Settings"]["properties"]["lock_timeout"]["default"] == "50ms"
     assert schema["properties"]["settings"]["default"]["retry_max_wait"] == "30s"
     assert "from" in definitions["Backfill"]["properties"]
     assert "schema" in schema["properties"]

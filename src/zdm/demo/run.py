@@ -8,6 +8,7 @@ transaction in the way, and returns what the application saw, phase by phase.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -28,7 +29,7 @@ from zdm.demo.seed import PHONE_CHECK, create_schema, phone_expression, seed_use
 from zdm.engine.session import connect
 from zdm.report import collect
 from zdm.testing import EmbeddedServer, create_database
-from zdm.traffic import Traffic, TrafficReport
+from zdm.traffic import Mix, Traffic, TrafficReport
 
 PLAN_FILE = Path(__file__).with_name("add_phone.yaml")
 """The flagship plan, shipped in the package; identical to plans/add_phone.yaml."""
@@ -89,9 +90,11 @@ class Blocker(threading.Thread):
     something else: the lock-queue hazard every ALTER TABLE meets in production.
     """
 
-    def __init__(self, dsn: str, seconds: float, table: str = "users") -> None:
+    def __init__(
+        self, dsn: str, seconds: float, table: str = "users", *, active: bool = False
+    ) -> None:
         super().__init__(daemon=True, name="zdm-blocker")
-        self.dsn, self.seconds, self.table = dsn, seconds, table
+        self.dsn, self.seconds, self.table, self.active = dsn, seconds, table, active
         self.holding = threading.Event()
         self.error: BaseException | None = None
 
@@ -104,7 +107,11 @@ class Blocker(threading.Thread):
                     )
                 )
                 self.holding.set()
-                time.sleep(self.seconds)
+                if self.active:
+                    # A report: one statement that runs (not idle) for all that time.
+                    conn.execute("SELECT pg_sleep(%s)", [self.seconds])
+                else:
+                    time.sleep(self.seconds)
                 conn.rollback()
         except BaseException as e:
             self.error = e
@@ -116,9 +123,48 @@ class Blocker(threading.Thread):
         self.holding.wait()
 
 
+class Dropper(threading.Thread):
+    """Ends every session of this process's zdm runs (`pg_terminate_backend`), `times` times,
+    2 s apart, once the backfill has started: a network blip or a failover, as zdm sees it."""
+
+    def __init__(self, dsn: str, times: int) -> None:
+        super().__init__(daemon=True, name="zdm-dropper")
+        self.dsn, self.times = dsn, times
+        self.stop = threading.Event()
+        self.done = 0
+
+    def run(self) -> None:
+        me = f"%:{os.getpid()})"
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.wait(0.1):
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'zdm backfill %%' AND application_name LIKE %s",
+                    [me],
+                ).fetchone()
+                if row and row[0]:
+                    break
+            while self.done < self.times and not self.stop.wait(2.0):
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'zdm %%' AND application_name LIKE %s",
+                    [me],
+                )
+                self.done += 1
+
+
 @contextlib.contextmanager
-def _traffic(dsn: str, threads: int, pause_ms: float) -> Iterator[Traffic]:
-    traffic = Traffic(dsn, threads=threads, auto_new_app=True, pause_ms=pause_ms)
+def _traffic(
+    dsn: str, threads: int, pause_ms: float, mix: Mix | None = None, txn_think_ms: float = 0.0
+) -> Iterator[Traffic]:
+    traffic = Traffic(
+        dsn,
+        threads=threads,
+        auto_new_app=True,
+        pause_ms=pause_ms,
+        mix=mix,
+        txn_think_ms=txn_think_ms,
+    )
     traffic.start()
     try:
         yield traffic
@@ -134,21 +180,33 @@ def run_zdm(
     pause_ms: float = PAUSE_MS,
     baseline_s: float = BASELINE_S,
     blocker_s: float = 0.0,
+    blocker_active: bool = False,
     name: str = "zdm",
+    mix: Mix | None = None,
+    txn_think_ms: float = 0.0,
+    drops: int = 0,
 ) -> Scenario:
-    """Runs `plan` with zdm under traffic (after a baseline), optionally behind a blocker."""
+    """Runs `plan` with zdm under traffic (after a baseline), optionally behind a blocker, and
+    with `drops` times all of zdm's sessions ended by the server during the backfill."""
     result = Scenario(name)
-    with _traffic(dsn, threads, pause_ms) as traffic:
+    with _traffic(dsn, threads, pause_ms, mix, txn_think_ms) as traffic:
         time.sleep(baseline_s)
-        blocker = Blocker(dsn, blocker_s) if blocker_s else None
+        blocker = Blocker(dsn, blocker_s, active=blocker_active) if blocker_s else None
         if blocker is not None:
             blocker.begin()
+        dropper = Dropper(dsn, drops) if drops else None
+        if dropper is not None:
+            dropper.start()
         t0 = traffic.now()
         wall0 = time.time() - t0
         log.info("demo_migration_start", way=name, plan=str(plan))
         with _signals_restored():
             outcome = api.run_plan(plan, dsn)
         t1 = traffic.now()
+        if dropper is not None:
+            dropper.stop.set()
+            dropper.join()
+            result.message = f"{dropper.done} connection drops; "
         if outcome.status == "paused":
             raise KeyboardInterrupt
         log.info("demo_migration_end", way=name, status=outcome.status, seconds=round(t1 - t0, 1))
@@ -156,7 +214,7 @@ def run_zdm(
             blocker.join()
     report = _report(traffic)
     result.ok = outcome.status == "completed"
-    result.message = outcome.message
+    result.message += outcome.message
     result.baseline = report.window(0.0, t0)
     result.during = report.window(t0, t1)
     result.duration_s = t1 - t0
@@ -254,10 +312,16 @@ def run_naive(
 
 
 def run_baseline(
-    dsn: str, seconds: float, *, threads: int = 4, pause_ms: float = PAUSE_MS
+    dsn: str,
+    seconds: float,
+    *,
+    threads: int = 4,
+    pause_ms: float = PAUSE_MS,
+    mix: Mix | None = None,
+    txn_think_ms: float = 0.0,
 ) -> TrafficReport:
     """Traffic alone, for the benchmark's reference row."""
-    with _traffic(dsn, threads, pause_ms) as traffic:
+    with _traffic(dsn, threads, pause_ms, mix, txn_think_ms) as traffic:
         time.sleep(seconds)
     return _report(traffic)
 

@@ -923,7 +923,9 @@ def walk_lines(
     lines.append("-- ROW EXCLUSIVE and row locks only (blocks no reads or writes); each batch:")
     lines.append("BEGIN;")
     lines.append(
-        timeouts_sql(lock_timeout_ms(settings, 1), sizer.statement_timeout_ms, jobs).as_string(conn)
+        timeouts_sql(batch_lock_timeout_ms(settings, 1), sizer.statement_timeout_ms, jobs).as_string(
+            conn
+        )
         + ";"
     )
     if shown.ctid:
@@ -939,6 +941,11 @@ def walk_lines(
         " rows_done = rows_done + <rows>, … WHERE <this step and worker>;"
     )
     lines.append("COMMIT;")
+    lines.append(
+        f"-- a batch that meets a lock (held over {batch_lock_timeout_ms(settings, 1)}ms) is"
+        " retried taking only the rows no one holds, and the walk comes back to the others:"
+    )
+    lines.append(skip_locked_sql(jobs, shown, lower=True).as_string(conn) + ";")
     lines.append("-- when the walk is over, proof that no row is left:")
     lines.append(remaining_sql(jobs).as_string(conn) + ";")
     if conn is not None and exists and construction_doubt(conn, jobs, probe=False) is None:

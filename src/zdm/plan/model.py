@@ -82,8 +82,10 @@ else:
 class Settings(PlanModel):
     """How hard zdm tries to take locks; every key has a default."""
 
-    lock_timeout: Duration = 200
-    """First attempt of a statement whose lock would block application traffic."""
+    lock_timeout: Duration = 50
+    """First attempt of a statement whose lock would block application traffic: the longest
+    the application may queue behind it (later attempts first wait, without queueing, for the
+    transactions that held the lock through the last one)."""
     lock_timeout_max: Duration = 2000
     """Later attempts wait a little longer each time, up to this."""
     statement_timeout: Duration = 0

@@ -413,8 +413,9 @@ class Backfill(StepSpec):
     """Another table joined into the UPDATE (``UPDATE ... FROM table WHERE on``)."""
     batch_size: BatchSize = "auto"
     """Rows per batch, or auto: sized so that a batch takes about batch_time."""
-    batch_time: Duration = 200
-    """Target duration of one batch when batch_size is auto."""
+    batch_time: Duration = 50
+    """Target duration of one batch when batch_size is auto: how long an application write may
+    wait on one of its row locks."""
     min_batch: int = Field(default=100, ge=1)
     """Smallest batch that auto sizing shrinks to."""
     max_batch: int = Field(default=100_000, ge=1)
