@@ -68,7 +68,7 @@ def test_the_add_is_short_and_the_validate_may_wait() -> None:
     settings = Settings()
     assert [q.as_string(None) for q in render(add, settings)] == [
         "BEGIN",
-        "SET LOCAL lock_timeout = '200ms'",
+        "SET LOCAL lock_timeout = '50ms'",
         "SET LOCAL statement_timeout = '0ms'",
         f'ALTER TABLE {T} ADD CONSTRAINT "c" CHECK (a > 0) NOT VALID',
         "COMMIT",

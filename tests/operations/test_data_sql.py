@@ -117,7 +117,7 @@ def test_sql_with_declared_lock_and_down() -> None:
     # The author's SQL runs under the same short lock_timeout as zdm's own statements.
     assert [q.as_string(None) for q in render(txn, Settings())] == [
         "BEGIN",
-        "SET LOCAL lock_timeout = '200ms'",
+        "SET LOCAL lock_timeout = '50ms'",
         "SET LOCAL statement_timeout = '0ms'",
         "ALTER TABLE t ADD COLUMN c int",
         "COMMIT",
