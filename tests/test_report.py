@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +130,17 @@ def test_report_names_who_blocked_the_run(seeded: str, tmp_path: Path) -> None:
     pid: list[int] = []
 
     def blocker() -> None:
-        # A running statement that holds ACCESS SHARE on users for 2 s.
-        with psycopg.connect(seeded) as conn:
+        # A running statement that holds ACCESS SHARE on users until 2 s after zdm connected
+        # (a zdm that starts slowly on a loaded machine must still find it there).
+        with psycopg.connect(seeded) as conn, psycopg.connect(seeded, autocommit=True) as watch:
             pid.append(conn.info.backend_pid)
             conn.execute("LOCK TABLE users IN ACCESS SHARE MODE")
             holding.set()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not watch.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'zdm run %'"
+            ).fetchone():
+                time.sleep(0.01)
             conn.execute("SELECT pg_sleep(2)")
 
     thread = threading.Thread(target=blocker, daemon=True)
