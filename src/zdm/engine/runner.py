@@ -16,10 +16,12 @@ import structlog
 from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
+from zdm.engine.pooling import keep_client_check, release, require_pinned
 from zdm.engine.session import connect, scrub, server_version
 from zdm.operations import Context, plan_memo, plan_step
 from zdm.plan import PHASES, LoadedPlan, PlanStep, StepSpec
 from zdm.state import NewStep, PlanLock, Run, Store
+from zdm.state.lease import Lease, OwnershipLost, new_token
 
 HEARTBEAT_S = 5.0
 
@@ -77,16 +79,25 @@ def step_differences(rows: list[Any], steps: list[NewStep]) -> list[str]:
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, conn: psycopg.Connection[Any], store: Store, run_id: int) -> None:
+    """Renews the run's lease every HEARTBEAT_S; when it cannot (the lease was taken over, or the
+    lock connection died and with it the plan's lock), it stops the run as a signal would."""
+
+    def __init__(self, conn: psycopg.Connection[Any], lease: Lease, control: Control) -> None:
         super().__init__(daemon=True, name="zdm-heartbeat")
-        self.conn, self.store, self.run_id = conn, store, run_id
+        self.conn, self.lease, self.control = conn, lease, control
         self.stopped = threading.Event()
+        self.lost = False
 
     def run(self) -> None:
         while not self.stopped.wait(HEARTBEAT_S):
             try:
-                self.store.heartbeat(self.conn, self.run_id)
+                renewed = self.lease.renew(self.conn)
             except psycopg.Error:
+                renewed = False
+            if not renewed and not self.stopped.is_set():
+                self.lost = True
+                self.control.signal_name = "lost ownership of the run"
+                self.control.stop.set()
                 return
 
     def stop(self) -> None:
@@ -103,6 +114,8 @@ class Runner:
         self.store = Store(state_schema)
         self.log = log or structlog.get_logger("zdm")
         self.control = Control()
+        self.lease: Lease | None = None
+        self.heartbeat: Heartbeat | None = None
 
     def run(self, *, until: str | None = None, cont: bool = False, force: bool = False) -> Outcome:
         return self.locked(
@@ -115,17 +128,26 @@ class Runner:
         purpose: str,
         body: Callable[[psycopg.Connection[Any], psycopg.Connection[Any]], Outcome],
     ) -> Outcome:
-        """Runs `body(work, monitor)` holding the plan's lock on the monitor connection."""
+        """Runs `body(work, monitor)` holding the plan's lock on the monitor connection.
+
+        Through a transaction-pooling proxy the lock would not hold: refused before it is taken.
+        """
         name = self.loaded.name
         monitor = connect(self.dsn, f"{purpose} {name}")
         lock = PlanLock(monitor, name)
         try:
+            require_pinned(monitor, self.dsn, purpose)
             lock.acquire()
             work = connect(self.dsn, f"{purpose} {name}")
+            checked = False
             try:
+                checked = keep_client_check(work)
                 return body(work, monitor)
             finally:
-                work.close()
+                if self.heartbeat is not None:
+                    self.heartbeat.stop()
+                    self.heartbeat = None
+                release(work, reset_client_check=checked)
                 # Released explicitly: the server frees a closed session's locks a moment later,
                 # and a command started right after this one must find the plan free.
                 with contextlib.suppress(psycopg.Error):
@@ -136,8 +158,19 @@ class Runner:
     def executor(
         self, work: psycopg.Connection[Any], monitor: psycopg.Connection[Any], run: Run
     ) -> tuple[Executor, Callable[[int | None], None]]:
-        """The executor of a run, recording events against the step set by the returned setter."""
+        """The executor of a run, recording events against the step set by the returned setter.
+
+        Creating it claims the run (a fresh lease token, renewed by a heartbeat) and fences every
+        unit the executor runs: a runner that no longer owns the run stops before the next one.
+        """
         current: list[int | None] = [None]
+        lease = Lease(self.store.schema, run.id, new_token())
+        replaced = lease.claim(monitor)
+        if replaced is not None:
+            self.log.warning("run_taken_over", run=run.id)
+        self.lease = lease
+        self.heartbeat = Heartbeat(monitor, lease, self.control)
+        self.heartbeat.start()
 
         def on_event(event: str, **detail: Any) -> None:
             with contextlib.suppress(psycopg.Error):
@@ -146,7 +179,18 @@ class Runner:
         def set_current(ordinal: int | None) -> None:
             current[0] = ordinal
 
-        return Executor(work, self.plan.settings, monitor=monitor, on_event=on_event), set_current
+        def fence() -> None:
+            lease.check(monitor)
+
+        executor = Executor(
+            work, self.plan.settings, monitor=monitor, on_event=on_event, fence=fence
+        )
+        return executor, set_current
+
+    def lost(self, run: Run, reason: str) -> Outcome:
+        """The run is another's now: stop without writing to its state."""
+        self.log.error("ownership_lost", run=run.id, reason=reason)
+        return Outcome("lost", f"stopped: {reason}", 3, run.id)
 
     def _run(
         self,
@@ -172,8 +216,8 @@ class Runner:
         )
         ctx = Context(self.plan.schema_, server_version(work), self.plan, self.loaded.base_dir)
         executor, set_current = self.executor(work, monitor, run)
-        heartbeat = Heartbeat(monitor, self.store, run.id)
-        heartbeat.start()
+        lease = self.lease
+        assert lease is not None
         self.control.install()
         current: int | None = None
         try:
@@ -188,6 +232,7 @@ class Runner:
                     continue
                 if self.control.stop.is_set():
                     raise Interrupted(self.control.signal_name or "stop")
+                lease.check(monitor)
                 if until is not None and PHASES.index(step.phase) > PHASES.index(until):
                     self.store.transition(work, run, "waiting", waiting_for=f"--until {until}")
                     return Outcome(
@@ -228,7 +273,11 @@ class Runner:
             return Outcome(
                 "completed", f"plan {self.loaded.name} completed (run {run.id})", 0, run.id
             )
+        except OwnershipLost as e:
+            return self.lost(run, str(e))
         except StepFailed as e:
+            if self.heartbeat is not None and self.heartbeat.lost:
+                return self.lost(run, "the run's lease could not be renewed")
             message = scrub(str(e))
             self.log.error(
                 "step_failed",
@@ -246,6 +295,8 @@ class Runner:
                 run.id,
             )
         except Interrupted as e:
+            if self.heartbeat is not None and self.heartbeat.lost:
+                return self.lost(run, "the run's lease could not be renewed")
             if current is not None:
                 self.store.step_failed(work, run.id, current, f"interrupted by {e}")
             self.store.transition(work, run, "paused", waiting_for=f"interrupted by {e}")
@@ -254,7 +305,6 @@ class Runner:
                 "paused", f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id
             )
         finally:
-            heartbeat.stop()
             self.control.restore()
 
     def _start_or_resume(
