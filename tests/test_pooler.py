@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgbouncer_support import PgBouncer, fresh_client_settings, pgbouncer_binary
+from psycopg.conninfo import make_conninfo
 from zdm_helpers import (
     ADD_PHONE,
     output_of,
@@ -81,12 +82,13 @@ def watcher(seeded: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def gated_plan(tmp_path: Path, name: str = "pooled") -> Path:
+def gated_plan(tmp_path: Path, name: str = "pooled", gates: tuple[str, ...] = ()) -> Path:
     """Waits at its first step for advisory lock GATE, then builds an index concurrently (a
     session-level unit) and adds a column."""
     plan = {
         "version": 1,
         "name": name,
+        "gates": list(gates),
         "phases": {
             "additive": [
                 {
@@ -172,6 +174,15 @@ def test_a_direct_connection_is_direct_and_checks_its_client(dsn: str, server_ve
             assert scalar(conn, "SELECT current_setting(%s)", [CLIENT_CHECK]) == "2s"
 
 
+def test_startup_options_of_the_dsn_are_kept_beside_the_client_check(
+    dsn: str, server_version: int
+) -> None:
+    with connect(make_conninfo(dsn, options="-c statement_timeout=7s"), "test") as conn:
+        assert scalar(conn, "SELECT current_setting('statement_timeout')") == "7s"
+        if server_version >= 140000:
+            assert scalar(conn, "SELECT current_setting(%s)", [CLIENT_CHECK]) == "2s"
+
+
 @needs_pgbouncer
 def test_a_session_pool_with_no_second_server_connection_is_refused(
     dsn: str, bouncer: Bouncer, monkeypatch: pytest.MonkeyPatch
@@ -187,15 +198,20 @@ def test_a_session_pool_with_no_second_server_connection_is_refused(
 
 
 @needs_pgbouncer
-@pytest.mark.parametrize("pool_size", [1, 3])
+@pytest.mark.parametrize(
+    ("pool_size", "ignore"),
+    [(1, "extra_float_digits"), (3, "extra_float_digits,options")],
+    ids=["pool-1-options-refused", "pool-3-options-dropped"],
+)
 def test_two_runners_through_transaction_pooling_both_refuse_and_change_nothing(
     seeded: str,
     watcher: psycopg.Connection[Any],
     bouncer: Bouncer,
     tmp_path: Path,
     pool_size: int,
+    ignore: str,
 ) -> None:
-    pb = bouncer(mode="transaction", pool_size=pool_size)
+    pb = bouncer(mode="transaction", pool_size=pool_size, ignore_startup_parameters=ignore)
     pooled = pb.dsn(seeded)
     plan = gated_plan(tmp_path)
     before = scalar(watcher, "SELECT md5(string_agg(u::text, ',' ORDER BY id)) FROM users u")
@@ -240,14 +256,24 @@ def test_read_only_commands_work_through_transaction_pooling_and_leak_nothing(
     # PgBouncer rejects the startup `options` zdm sends: zdm connects without them.
     pb = bouncer(mode="transaction", pool_size=1)
     pooled = pb.dsn(seeded)
-    plan = gated_plan(tmp_path)
+    plan = gated_plan(tmp_path, gates=("additive",))
+    direct = zdm("run", plan, "--dsn", seeded)  # the run, directly, as the README says
+    assert direct.returncode == 0 and "waiting at the gate" in direct.stderr, output_of(direct)
     for args in (
         ("status", "--dsn", pooled),
+        ("status", "pooled", "--json", "--dsn", pooled),
+        ("report", "pooled", "--dsn", pooled),
+        ("history", "--dsn", pooled),
+        ("pause", "pooled", "--dsn", pooled),
+        ("resume", "pooled", "--dsn", pooled),
         ("run", plan, "--dry-run", "--dsn", pooled),
+        ("rollback", plan, "--dry-run", "--dsn", pooled),
         ("validate", plan, "--dsn", pooled),
     ):
         done = zdm(*args)
         assert done.returncode == 0, output_of(done)
+    status = zdm("status", "pooled", "--dsn", pooled)
+    assert "waiting" in status.stdout, output_of(status)
     no_leak(pb, seeded)
 
 
