@@ -277,7 +277,7 @@ class Runner:
             return self.lost(run, str(e))
         except StepFailed as e:
             if self.heartbeat is not None and self.heartbeat.lost:
-                return self.lost(run, "the run's lease could not be renewed")
+                return self.lost(run, lease.lost_reason())
             message = scrub(str(e))
             self.log.error(
                 "step_failed",
@@ -296,7 +296,7 @@ class Runner:
             )
         except Interrupted as e:
             if self.heartbeat is not None and self.heartbeat.lost:
-                return self.lost(run, "the run's lease could not be renewed")
+                return self.lost(run, lease.lost_reason())
             if current is not None:
                 self.store.step_failed(work, run.id, current, f"interrupted by {e}")
             self.store.transition(work, run, "paused", waiting_for=f"interrupted by {e}")

@@ -80,7 +80,10 @@ class Lease:
     def check(self, conn: psycopg.Connection[Any]) -> None:
         """Raises OwnershipLost unless `still_owner`."""
         if not self.still_owner(conn):
-            raise OwnershipLost(
-                f"run {self.run_id} is no longer owned by this runner (another took it over, or"
-                f" its lease lapsed for {self.lease_s:.0f}s without renewal); it stops here"
-            )
+            raise OwnershipLost(self.lost_reason())
+
+    def lost_reason(self) -> str:
+        return (
+            f"run {self.run_id} is no longer owned by this runner (another took it over, or its"
+            f" lease went {self.lease_s:.0f}s without renewal); it stops here"
+        )
