@@ -445,3 +445,44 @@ def test_a_runner_that_lost_its_run_stops_without_touching_it(
     assert scalar(watcher, "SELECT to_regclass('idx_users_name')") is None  # the next unit
     run = run_row(watcher, "pooled")
     assert run["status"] == "running" and run["owner_token"] == "another runner"
+
+
+def test_a_runner_whose_lock_connection_died_is_fenced_out_by_the_next(
+    seeded: str, watcher: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The plan's lock dies with the first runner's lock connection while its work goes on; a
+    second runner then takes the lock and the run. The first stops at its next unit."""
+    plan = gated_plan(tmp_path)
+    gate = psycopg.connect(seeded, autocommit=True)
+    try:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+        first = start_zdm("--log-format", "json", "run", plan, "--dsn", seeded)
+        wait_for(
+            lambda: gate_waiters(watcher) == 1, 60, "the first runner at the gate", alive=first
+        )
+        holder = scalar(
+            watcher,
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND granted",
+            [0x7A646D],
+        )
+        watcher.execute("SELECT pg_terminate_backend(%s)", [holder])
+        second = start_zdm("--log-format", "json", "run", plan, "--dsn", seeded)
+        wait_for(lambda: gate_waiters(watcher) == 2, 60, "both runners at the gate", alive=second)
+        gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+        lost, won = first.wait(), second.wait()
+    finally:
+        gate.close()
+    assert lost.returncode == 3, output_of(lost)
+    assert "cannot prove it still owns the run" in lost.stderr and "Traceback" not in lost.stderr
+    assert won.returncode == 0, output_of(won)
+    run = run_row(watcher, "pooled")
+    assert run["status"] == "completed"
+    assert scalar(watcher, "SELECT count(*) FROM zdm.runs") == 1
+    units = scalar(
+        watcher,
+        "SELECT count(*) FROM zdm.events WHERE event = 'unit_done' AND ordinal = 1",
+    )
+    assert units == 1  # the index was built once, by the second runner
+    assert scalar(
+        watcher, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_users_name'::regclass"
+    )

@@ -86,16 +86,18 @@ class Heartbeat(threading.Thread):
         super().__init__(daemon=True, name="zdm-heartbeat")
         self.conn, self.lease, self.control = conn, lease, control
         self.stopped = threading.Event()
-        self.lost = False
+        self.lost: str | None = None
+        """Why the run was lost, once it was."""
 
     def run(self) -> None:
         while not self.stopped.wait(HEARTBEAT_S):
+            error: psycopg.Error | None = None
             try:
                 renewed = self.lease.renew(self.conn)
-            except psycopg.Error:
-                renewed = False
+            except psycopg.Error as e:
+                renewed, error = False, e
             if not renewed and not self.stopped.is_set():
-                self.lost = True
+                self.lost = self.lease.lost_reason(error)
                 self.control.signal_name = "lost ownership of the run"
                 self.control.stop.set()
                 return
@@ -277,7 +279,7 @@ class Runner:
             return self.lost(run, str(e))
         except StepFailed as e:
             if self.heartbeat is not None and self.heartbeat.lost:
-                return self.lost(run, lease.lost_reason())
+                return self.lost(run, self.heartbeat.lost)
             message = scrub(str(e))
             self.log.error(
                 "step_failed",
@@ -296,7 +298,7 @@ class Runner:
             )
         except Interrupted as e:
             if self.heartbeat is not None and self.heartbeat.lost:
-                return self.lost(run, lease.lost_reason())
+                return self.lost(run, self.heartbeat.lost)
             if current is not None:
                 self.store.step_failed(work, run.id, current, f"interrupted by {e}")
             self.store.transition(work, run, "paused", waiting_for=f"interrupted by {e}")

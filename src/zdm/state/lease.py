@@ -78,11 +78,24 @@ class Lease:
         return bool(row and row[0])
 
     def check(self, conn: psycopg.Connection[Any]) -> None:
-        """Raises OwnershipLost unless `still_owner`."""
-        if not self.still_owner(conn):
+        """Raises OwnershipLost unless `still_owner`; a connection that fails cannot prove it (the
+        plan's lock, which lived on it, is gone)."""
+        try:
+            owner = self.still_owner(conn)
+        except psycopg.Error as e:
+            raise OwnershipLost(self.lost_reason(e)) from None
+        if not owner:
             raise OwnershipLost(self.lost_reason())
 
-    def lost_reason(self) -> str:
+    def lost_reason(self, error: psycopg.Error | None = None) -> str:
+        """Why this runner stops: the run is another's, or its connection failed (`error`)."""
+        if error is not None:
+            text = str(error).strip()
+            return (
+                f"run {self.run_id}: the connection that held the plan's lock failed"
+                f" ({text.splitlines()[0] if text else type(error).__name__}); this runner cannot"
+                " prove it still owns the run, so it stops here"
+            )
         return (
             f"run {self.run_id} is no longer owned by this runner (another took it over, or its"
             f" lease went {self.lease_s:.0f}s without renewal); it stops here"
