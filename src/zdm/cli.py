@@ -18,12 +18,14 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from zdm import api
+from zdm.engine.pooling import PoolerRefused
 from zdm.engine.runner import PlanChanged, RunRefused
 from zdm.engine.session import ConnectionFailed, redact
 from zdm.engine.session import resolve_dsn as _resolve_dsn
 from zdm.logs import configure
 from zdm.plan import PHASES, PlanError, plan_json_schema
 from zdm.state import LockHeld
+from zdm.state.lease import OwnershipLost
 
 app = typer.Typer(
     name="zdm",
@@ -86,7 +88,10 @@ def guarded(fn: Callable[[], T]) -> T:
     except (PlanChanged, RunRefused) as e:
         err.print(f"[red]refused:[/red] {_escape(str(e))}")
         raise typer.Exit(EXIT_USAGE) from None
-    except LockHeld as e:
+    except PoolerRefused as e:
+        err.print(f"[red]refused:[/red] {_escape(str(e))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except (LockHeld, OwnershipLost) as e:
         err.print(f"[red]locked:[/red] {_escape(str(e))}")
         raise typer.Exit(EXIT_LOCKED) from None
     except ConnectionFailed as e:

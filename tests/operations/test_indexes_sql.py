@@ -88,6 +88,8 @@ def test_create_index_runs_without_lock_or_statement_timeout() -> None:
         "SET lock_timeout = '0'",
         "SET statement_timeout = '0'",
         'CREATE INDEX CONCURRENTLY "i" ON "public"."users" ("a")',
+        "RESET lock_timeout",
+        "RESET statement_timeout",
     ]
 
 

@@ -8,6 +8,7 @@ exact statements `run` executes, which is what the dry-run prints.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,13 +60,18 @@ def timeouts(txn: Txn, settings: Settings, attempt: int = 1) -> list[sql.Compose
     ]
 
 
+# A unit outside a transaction sets its timeouts on the session, and takes them back after it:
+# nothing zdm sets outlives the unit, on the session or on a pooled server connection.
+RESETS = (sql.SQL("RESET lock_timeout"), sql.SQL("RESET statement_timeout"))
+
+
 def render(txn: Txn, settings: Settings, attempt: int = 1) -> list[Query]:
     """Every statement of one attempt of `txn`, in order, transaction boundaries included."""
     body: list[Query] = [
         *timeouts(txn, settings, attempt),
         *(s.sql for s in txn.statements),
     ]
-    return [BEGIN, *body, COMMIT] if txn.transactional else body
+    return [BEGIN, *body, COMMIT] if txn.transactional else [*body, *RESETS]
 
 
 @dataclass
@@ -74,6 +80,8 @@ class Executor:
     settings: Settings
     monitor: psycopg.Connection[Any] | None = None
     on_event: OnEvent | None = None
+    fence: Callable[[], None] | None = None
+    """Raises when this runner no longer owns the run (state/lease.py): checked before each unit."""
     log: Any = field(default_factory=lambda: structlog.get_logger("zdm.executor"))
 
     # -- probes and checks -------------------------------------------------------------------
@@ -84,6 +92,8 @@ class Executor:
 
     def check(self, check: Check) -> None:
         """Runs a verify query read-only; fails the step unless it returns the expected value."""
+        if self.fence is not None:
+            self.fence()
         self.log.info("verify", label=check.label, sql=_text(check.query, self.conn))
         try:
             with self.conn.transaction():
@@ -114,6 +124,8 @@ class Executor:
         `on_commit` writes bookkeeping inside the same transaction (transactional units) or right
         after the statement (CONCURRENTLY, where no transaction is possible).
         """
+        if self.fence is not None:
+            self.fence()
         if txn.wait is not None:
             self.wait_while(txn.label, txn.wait)
         if txn.skip_if is not None and self.probe(txn.skip_if):
@@ -125,8 +137,14 @@ class Executor:
             if txn.transactional:
                 attempts, held_ms = self._run_transaction(txn, on_commit)
             else:
-                for stmt in render(txn, self.settings):
-                    self._execute(stmt)
+                statements = render(txn, self.settings)
+                try:
+                    for stmt in statements[: -len(RESETS)]:
+                        self._execute(stmt)
+                finally:
+                    with contextlib.suppress(psycopg.Error):
+                        for stmt in RESETS:
+                            self._execute(stmt)
                 if on_commit is not None:
                     on_commit(self.conn)
         except CONTENTION as e:

@@ -27,6 +27,7 @@ import structlog
 import yaml
 
 from zdm.engine.dryrun import DryRun
+from zdm.engine.pooling import require_pinned
 from zdm.engine.runner import PlanChanged, Runner, RunRefused
 from zdm.engine.session import connect
 from zdm.plan import LoadedPlan, PlanError, PlanIssue, load_plan, parse_plan
@@ -272,6 +273,7 @@ class Migrator:
         assert self.dsn is not None
         conn = connect(self.dsn, "migrate")
         try:
+            require_pinned(conn, self.dsn, "migrate")
             PlanLock(conn, MIGRATE_LOCK).acquire()
             self.store.ensure(conn)
             todo = self.pending(migrations, read_history(conn, self.store), force=force, conn=conn)

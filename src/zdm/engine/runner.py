@@ -17,10 +17,18 @@ import structlog
 from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
-from zdm.engine.session import connect, connection_lost, scrub, server_version
+from zdm.engine.pooling import keep_client_check, release, require_pinned
+from zdm.engine.session import (
+    ConnectionLost,
+    connect,
+    connection_lost,
+    scrub,
+    server_version,
+)
 from zdm.operations import Context, plan_memo, plan_step
 from zdm.plan import PHASES, LoadedPlan, PlanStep, StepSpec
 from zdm.state import NewStep, PlanLock, Run, Store
+from zdm.state.lease import Lease, OwnershipLost, new_token
 
 HEARTBEAT_S = 5.0
 # After a dropped connection: first pause before reconnecting, doubled each time up to the cap.
@@ -83,16 +91,33 @@ def step_differences(rows: list[Any], steps: list[NewStep]) -> list[str]:
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, conn: psycopg.Connection[Any], store: Store, run_id: int) -> None:
+    """Renews the run's lease every HEARTBEAT_S; when it cannot (the lease was taken over, or the
+    lock connection died and with it the plan's lock), it stops the run as a signal would."""
+
+    def __init__(self, conn: psycopg.Connection[Any], lease: Lease, control: Control) -> None:
         super().__init__(daemon=True, name="zdm-heartbeat")
-        self.conn, self.store, self.run_id = conn, store, run_id
+        self.conn, self.lease, self.control = conn, lease, control
         self.stopped = threading.Event()
+        self.lost: str | None = None
+        """Why the run was lost, once it was."""
+        self.disconnected: str | None = None
+        """The error of the lock connection, when the server ended it: the run reconnects."""
 
     def run(self) -> None:
         while not self.stopped.wait(HEARTBEAT_S):
+            error: psycopg.Error | None = None
             try:
-                self.store.heartbeat(self.conn, self.run_id)
-            except psycopg.Error:
+                renewed = self.lease.renew(self.conn)
+            except psycopg.Error as e:
+                renewed, error = False, e
+            if not renewed and not self.stopped.is_set():
+                if error is not None and connection_lost(error):
+                    self.disconnected = scrub(str(error).strip()) or type(error).__name__
+                    self.control.signal_name = "a dropped connection"
+                else:
+                    self.lost = self.lease.lost_reason(error)
+                    self.control.signal_name = "lost ownership of the run"
+                self.control.stop.set()
                 return
 
     def stop(self) -> None:
@@ -111,6 +136,10 @@ class Runner:
         self.control = Control()
         self.started = False  # the run got under way: a dropped connection is then ridden out
         self.gate_passed = False  # this command passed a gate: a reconnect passes no other
+        self.lease: Lease | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.dropped: Lease | None = None
+        """The lease this runner held when its connection dropped, until it is back at work."""
 
     def run(self, *, until: str | None = None, cont: bool = False, force: bool = False) -> Outcome:
         """Runs or resumes the plan; rides through dropped connections (see `_reconnecting`)."""
@@ -154,6 +183,9 @@ class Runner:
                         f" {limit_s:g} s ({error}); the run is resumable: `zdm run` again",
                         1,
                     )
+                self.dropped = self.dropped or self.lease
+                self.control.stop.clear()  # set by the heartbeat that saw the drop
+                self.control.signal_name = None
                 pause = min(RECONNECT_FIRST_S * 2 ** (drops - 1), RECONNECT_MAX_S)
                 self.log.warning(
                     "connection_lost", error=error, drop=drops, reconnect_in_s=pause
@@ -166,17 +198,26 @@ class Runner:
         purpose: str,
         body: Callable[[psycopg.Connection[Any], psycopg.Connection[Any]], Outcome],
     ) -> Outcome:
-        """Runs `body(work, monitor)` holding the plan's lock on the monitor connection."""
+        """Runs `body(work, monitor)` holding the plan's lock on the monitor connection.
+
+        Through a transaction-pooling proxy the lock would not hold: refused before it is taken.
+        """
         name = self.loaded.name
         monitor = connect(self.dsn, f"{purpose} {name}")
         lock = PlanLock(monitor, name)
         try:
+            require_pinned(monitor, self.dsn, purpose)
             lock.acquire()
             work = connect(self.dsn, f"{purpose} {name}")
+            checked = False
             try:
+                checked = keep_client_check(work)
                 return body(work, monitor)
             finally:
-                work.close()
+                if self.heartbeat is not None:
+                    self.heartbeat.stop()
+                    self.heartbeat = None
+                release(work, reset_client_check=checked)
                 # Released explicitly: the server frees a closed session's locks a moment later,
                 # and a command started right after this one must find the plan free.
                 with contextlib.suppress(psycopg.Error):
@@ -187,8 +228,19 @@ class Runner:
     def executor(
         self, work: psycopg.Connection[Any], monitor: psycopg.Connection[Any], run: Run
     ) -> tuple[Executor, Callable[[int | None], None]]:
-        """The executor of a run, recording events against the step set by the returned setter."""
+        """The executor of a run, recording events against the step set by the returned setter.
+
+        Creating it claims the run (a fresh lease token, renewed by a heartbeat) and fences every
+        unit the executor runs: a runner that no longer owns the run stops before the next one.
+        """
         current: list[int | None] = [None]
+        lease = Lease(self.store.schema, run.id, new_token())
+        replaced = lease.claim(monitor)
+        if replaced is not None:
+            self.log.warning("run_taken_over", run=run.id)
+        self.lease = lease
+        self.heartbeat = Heartbeat(monitor, lease, self.control)
+        self.heartbeat.start()
 
         def on_event(event: str, **detail: Any) -> None:
             with contextlib.suppress(psycopg.Error):
@@ -197,7 +249,29 @@ class Runner:
         def set_current(ordinal: int | None) -> None:
             current[0] = ordinal
 
-        return Executor(work, self.plan.settings, monitor=monitor, on_event=on_event), set_current
+        def fence() -> None:
+            self.fence(lease, monitor)
+
+        executor = Executor(
+            work, self.plan.settings, monitor=monitor, on_event=on_event, fence=fence
+        )
+        return executor, set_current
+
+    @staticmethod
+    def fence(lease: Lease, monitor: psycopg.Connection[Any]) -> None:
+        """Stops the run unless it still owns its lease; a connection that the server ended is
+        a drop to ride out (`_reconnecting` takes the lock and the lease again), not a loss."""
+        try:
+            lease.check(monitor)
+        except OwnershipLost as e:
+            if e.error is not None and connection_lost(e.error):
+                raise ConnectionLost(str(e)) from e
+            raise
+
+    def lost(self, run: Run, reason: str) -> Outcome:
+        """The run is another's now: stop without writing to its state."""
+        self.log.error("ownership_lost", run=run.id, reason=reason)
+        return Outcome("lost", f"stopped: {reason}", 3, run.id)
 
     def _run(
         self,
@@ -209,6 +283,19 @@ class Runner:
         force: bool,
     ) -> Outcome:
         self.store.ensure(work)
+        if self.dropped is not None:
+            # Back after a drop, holding the plan's lock again: if another runner claimed the
+            # run meanwhile, the run is its own, whatever state it left it in.
+            if self.dropped.taken_over(work):
+                self.log.error("run_taken_over_while_disconnected", run=self.dropped.run_id)
+                return Outcome(
+                    "lost",
+                    f"stopped: another runner took run {self.dropped.run_id} over while this one"
+                    " was reconnecting",
+                    3,
+                    self.dropped.run_id,
+                )
+            self.dropped = None
         steps = self.plan.steps()
         run_or_outcome = self._start_or_resume(work, steps, force)
         if isinstance(run_or_outcome, Outcome):
@@ -224,8 +311,8 @@ class Runner:
         )
         ctx = Context(self.plan.schema_, server_version(work), self.plan, self.loaded.base_dir)
         executor, set_current = self.executor(work, monitor, run)
-        heartbeat = Heartbeat(monitor, self.store, run.id)
-        heartbeat.start()
+        lease = self.lease
+        assert lease is not None
         self.control.install()
         current: int | None = None
         try:
@@ -240,6 +327,7 @@ class Runner:
                     continue
                 if self.control.stop.is_set():
                     raise Interrupted(self.control.signal_name or "stop")
+                self.fence(lease, monitor)
                 if until is not None and PHASES.index(step.phase) > PHASES.index(until):
                     self.store.transition(work, run, "waiting", waiting_for=f"--until {until}")
                     return Outcome(
@@ -280,7 +368,11 @@ class Runner:
             return Outcome(
                 "completed", f"plan {self.loaded.name} completed (run {run.id})", 0, run.id
             )
+        except OwnershipLost as e:
+            return self.lost(run, str(e))
         except StepFailed as e:
+            if self.heartbeat is not None and self.heartbeat.lost:
+                return self.lost(run, self.heartbeat.lost)
             message = scrub(str(e))
             self.log.error(
                 "step_failed",
@@ -298,6 +390,10 @@ class Runner:
                 run.id,
             )
         except Interrupted as e:
+            if self.heartbeat is not None and self.heartbeat.disconnected:
+                raise ConnectionLost(self.heartbeat.disconnected) from e
+            if self.heartbeat is not None and self.heartbeat.lost:
+                return self.lost(run, self.heartbeat.lost)
             if current is not None:
                 self.store.step_failed(work, run.id, current, f"interrupted by {e}")
             self.store.transition(work, run, "paused", waiting_for=f"interrupted by {e}")
@@ -306,7 +402,6 @@ class Runner:
                 "paused", f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id
             )
         finally:
-            heartbeat.stop()
             self.control.restore()
 
     def _start_or_resume(

@@ -59,26 +59,54 @@ def scrub(text: str) -> str:
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.I)
 
 
+# A killed zdm must not leave its statement running on the server (a concurrent index build
+# would race the resumed run): the server checks every 2 s that the client is still there. The
+# setting travels in the startup packet, so it lives and dies with zdm's own session and never
+# reaches a pooled server connection another client gets next.
+CLIENT_CHECK = "client_connection_check_interval"
+CLIENT_CHECK_OPTION = f"-c {CLIENT_CHECK}=2s"
+
+
 def connect(dsn: str, purpose: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """A connection named `zdm <purpose> (host:pid)`, so blockers and lock holders are identifiable."""
+    """A connection named `zdm <purpose> (host:pid)`, so blockers and lock holders are identifiable.
+
+    It never sends a session-level SET: the client check rides on the startup `options`, and a
+    server too old for it (PostgreSQL 13) or a pooler that rejects `options` (PgBouncer without
+    `ignore_startup_parameters = options`) gets a plain connection instead.
+    """
     name = f"zdm {purpose} ({socket.gethostname()}:{os.getpid()})"[:63]
     try:
-        conn = psycopg.connect(
-            dsn, autocommit=autocommit, application_name=name, connect_timeout=10
-        )
+        given = conninfo_to_dict(dsn).get("options")
+    except psycopg.ProgrammingError as e:
+        raise ConnectionFailed(f"invalid connection string: {scrub(str(e)).strip()}") from None
+    options = f"{given} {CLIENT_CHECK_OPTION}" if given else CLIENT_CHECK_OPTION
+    try:
+        try:
+            conn = psycopg.connect(
+                dsn,
+                autocommit=autocommit,
+                application_name=name,
+                connect_timeout=10,
+                options=options,
+            )
+        except psycopg.OperationalError as e:
+            if not _refused_option(str(e)):
+                raise
+            conn = psycopg.connect(
+                dsn, autocommit=autocommit, application_name=name, connect_timeout=10
+            )
     except psycopg.OperationalError as e:
         where = redact(dsn) or "the PG* environment"
         raise ConnectionFailed(f"cannot connect to {where}: {scrub(str(e)).strip()}") from None
     except psycopg.ProgrammingError as e:
         raise ConnectionFailed(f"invalid connection string: {scrub(str(e)).strip()}") from None
     conn.prepare_threshold = None
-    if conn.info.server_version >= 140000:
-        # A killed zdm must not leave its statement running on the server (a concurrent index
-        # build would race the resumed run): the server checks the client is still there.
-        conn.execute("SET client_connection_check_interval = '2s'")
-        if not autocommit:
-            conn.commit()
     return conn
+
+
+def _refused_option(message: str) -> bool:
+    """The server or a pooler refused the startup option, not the connection itself."""
+    return "unsupported startup parameter" in message or CLIENT_CHECK in message
 
 
 def server_version(conn: psycopg.Connection[Any]) -> int:

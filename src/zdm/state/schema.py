@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS {s}.runs (
     finished_at timestamptz,
     last_error text
 );
+-- owner_token, lease_expires: the run's owner proves itself by its token, and only while the lease
+-- it renews with every heartbeat lasts (state/lease.py).
+ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS owner_token text;
+ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS lease_expires timestamptz;
 CREATE UNIQUE INDEX IF NOT EXISTS runs_one_unfinished_per_plan ON {s}.runs (plan)
     WHERE status NOT IN ('completed', 'rolled_back');
 CREATE TABLE IF NOT EXISTS {s}.steps (

@@ -65,6 +65,8 @@ class Run:
     finished_at: datetime | None
     last_error: str | None
     plan_path: str | None = None
+    owner_token: str | None = None
+    lease_expires: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -320,12 +322,6 @@ class Store:
                 "UPDATE {} SET gates_passed = array_append(gates_passed, %s) WHERE id = %s"
             ).format(self.t("runs")),
             [phase, run.id],
-        )
-
-    def heartbeat(self, conn: psycopg.Connection[Any], run_id: int) -> None:
-        conn.execute(
-            sql.SQL("UPDATE {} SET heartbeat = now() WHERE id = %s").format(self.t("runs")),
-            [run_id],
         )
 
     def request_pause(self, conn: psycopg.Connection[Any], plan: str, pause: bool) -> Run | None:
