@@ -33,7 +33,7 @@ from psycopg import sql
 from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
-from zdm.ddl.sqltext import identifiers
+from zdm.ddl.sqltext import folded_names, identifiers
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import DropDualWrite, DualWrite, RenameColumn, RenameTable
 
@@ -49,16 +49,37 @@ def _q(name: str) -> str:
 
 
 def _eval(expr: str) -> str:
-    """The plan's expression over the row being written.
-
-    Expressions name columns bare (`contact->>'phone'`), as in the backfill's UPDATE; a subquery
-    over `NEW.*` gives those names their values without rewriting the expression.
-    """
+    """The plan's expression over the row being written, through a subquery over `NEW.*` (the
+    slow form: a query per call), for an expression that reads the whole row or names one of
+    PL/pgSQL's own variables."""
     return f"(SELECT ({expr}) FROM (SELECT NEW.*) AS zdm_row)"
 
 
 def _lit(value: str) -> str:
     return sql.Literal(value).as_string(None)
+
+
+#: Names an expression cannot read as a PL/pgSQL variable of the same name.
+_SPECIAL = frozenset(
+    {"new", "old", "found", "sqlstate", "sqlerrm", "zdm_row", "zdm_new"}
+    | {f"tg_{n}" for n in ("op", "name", "when", "level", "relid", "relname", "nargs", "argv")}
+    | {"tg_table_name", "tg_table_schema"}
+)
+DECLARE_MARK = "--zdm:declare"
+LOAD_MARK = "--zdm:load"
+
+
+def _special(table: str) -> frozenset[str]:
+    return _SPECIAL | {table.lower()}
+
+
+def read_names(exprs: Iterable[str], table: str = "") -> list[str]:
+    """The names the expressions may read as columns, each declared as a PL/pgSQL variable of
+    the trigger (those the table has: zdm asks the catalog when it creates the function)."""
+    special = _special(table)
+    return sorted(
+        {n for e in exprs for n in folded_names(e) if n.lower() not in special}
+    )
 
 
 def trigger_body(
@@ -68,57 +89,84 @@ def trigger_body(
     on_error: str = "record",
     plan: str = "",
     state_schema: str = "zdm",
+    table: str = "",
+    fast: bool = True,
 ) -> str:
     """PL/pgSQL of the trigger function (see the module's docstring for the rule).
 
-    With `on_error: record` the assignments run in one block whose handler (taken only when one
-    raises) redoes each on its own, keeps the write's value of a column whose expression raised,
-    and records the row's key and the error; the common path costs one subtransaction.
-    `use_column`: a column named like a PL/pgSQL variable (old, new, found) is the column.
+    The columns the expressions read are PL/pgSQL variables (declared and loaded from NEW where
+    the marks `--zdm:declare` and `--zdm:load` stand, from the catalog, when the function is
+    created), so an expression is evaluated by PL/pgSQL's fast path for simple expressions, not
+    as a query; one that reads the whole row or a PL/pgSQL name goes through a subquery.
+    With `on_error: record` the loads and assignments run in one block whose handler (taken only
+    when one raises) redoes each on its own, keeps the write's value of a column whose
+    expression raised, and records the row's key and the error: the common path costs one
+    subtransaction. `use_column`: a column named like a PL/pgSQL variable is the column.
+    `fast=False` puts every expression through the subquery (bench/dual_write.py compares).
     """
+    special = _special(table)
+    declared = set(read_names([*set_.values(), *reverse.values()], table))
     lines = [
         "#variable_conflict use_column",
         "DECLARE",
         f"  zdm_new boolean := coalesce(current_setting({_lit(WRITER_SETTING)}, true), '') = 'new';",
+        DECLARE_MARK,
         "BEGIN",
     ]
     if set_:
         changed = " OR ".join(f"NEW.{_q(c)} IS DISTINCT FROM OLD.{_q(c)}" for c in set_)
         lines.append(f"  IF NOT zdm_new AND TG_OP = 'UPDATE' THEN zdm_new := {changed}; END IF;")
 
-    def assign(mapping: dict[str, str], indent: str) -> list[str]:
-        return [f"{indent}NEW.{_q(c)} := {_eval(e)};" for c, e in mapping.items()]
+    def value(expr: str) -> str:
+        simple = fast and not any(n.lower() in special for n in folded_names(expr))
+        return f"({expr})" if simple else _eval(expr)
 
-    def guarded(mapping: dict[str, str], indent: str) -> list[str]:
+    def assign(mapping: dict[str, str], indent: str) -> list[str]:
         out = []
         for c, e in mapping.items():
-            out += [
-                f"{indent}BEGIN",
-                f"{indent}  NEW.{_q(c)} := {_eval(e)};",
-                f"{indent}EXCEPTION WHEN OTHERS THEN",
-                f"{indent}  IF current_setting({_lit(PROBE_SETTING)}, true) = 'on'"
-                " AND left(SQLSTATE, 2) NOT IN ('22', '23') THEN RAISE; END IF;",
-                f"{indent}  BEGIN",
-                f"{indent}    PERFORM {_q(state_schema)}.record_mapping_error({_lit(plan)},"
-                f" TG_RELID, to_jsonb(NEW), {_lit(c)}, SQLSTATE, SQLERRM, 'trigger');",
-                f"{indent}  EXCEPTION WHEN OTHERS THEN",
-                f"{indent}    RAISE WARNING 'zdm: mapping of % failed (%) and could not be recorded: %',"
-                f" {_lit(c)}, SQLSTATE, SQLERRM;",
-                f"{indent}  END;",
-                f"{indent}END;",
-            ]
+            refresh = f" {_q(c)} := NEW.{_q(c)};" if c in declared else ""
+            out.append(f"{indent}NEW.{_q(c)} := {value(e)};{refresh}")
         return out
 
-    def branch(mapping: dict[str, str], indent: str) -> list[str]:
-        if on_error == "fail" or not mapping:
-            return assign(mapping, indent)
+    def record(column: str | None, indent: str) -> list[str]:
+        col = "NULL" if column is None else _lit(column)
         return [
+            f"{indent}IF current_setting({_lit(PROBE_SETTING)}, true) = 'on'"
+            " AND left(SQLSTATE, 2) NOT IN ('22', '23') THEN RAISE; END IF;",
             f"{indent}BEGIN",
-            *assign(mapping, indent + "  "),
+            f"{indent}  PERFORM {_q(state_schema)}.record_mapping_error({_lit(plan)},"
+            f" TG_RELID, to_jsonb(NEW), {col}, SQLSTATE, SQLERRM, 'trigger');",
             f"{indent}EXCEPTION WHEN OTHERS THEN",
-            *guarded(mapping, indent + "  "),
+            f"{indent}  RAISE WARNING 'zdm: a mapping of % failed (%) and could not be recorded: %',"
+            " TG_TABLE_NAME, SQLSTATE, SQLERRM;",
             f"{indent}END;",
         ]
+
+    def branch(mapping: dict[str, str], indent: str) -> list[str]:
+        if on_error == "fail":
+            return [f"{indent}{LOAD_MARK}", *assign(mapping, indent)]
+        out = [
+            f"{indent}BEGIN",
+            f"{indent}  {LOAD_MARK}",
+            *assign(mapping, indent + "  "),
+            f"{indent}EXCEPTION WHEN OTHERS THEN",
+            f"{indent}  BEGIN",
+            f"{indent}    {LOAD_MARK}",
+            f"{indent}  EXCEPTION WHEN OTHERS THEN",
+            *record(None, indent + "    "),
+            f"{indent}    RETURN NEW;",
+            f"{indent}  END;",
+        ]
+        for c, e in mapping.items():
+            refresh = f" {_q(c)} := NEW.{_q(c)};" if c in declared else ""
+            out += [
+                f"{indent}  BEGIN",
+                f"{indent}    NEW.{_q(c)} := {value(e)};{refresh}",
+                f"{indent}  EXCEPTION WHEN OTHERS THEN",
+                *record(c, indent + "    "),
+                f"{indent}  END;",
+            ]
+        return [*out, f"{indent}END;"]
 
     if reverse:
         lines.append("  IF zdm_new THEN")
@@ -130,6 +178,37 @@ def trigger_body(
     lines += branch(set_, "  ")
     lines += ["  RETURN NEW;", "END;"]
     return "\n" + "\n".join(lines) + "\n"
+
+
+def create_function_sql(function: Table, table: Table, body: str, names: list[str]) -> sql.Composed:
+    """Creates the trigger function from `body`, its marks replaced by the declarations and
+    loads of the columns among `names` that the table has (the catalog says which, and their
+    types)."""
+    block = sql.SQL(
+        "DECLARE\n"
+        "  zdm_declare text;\n"
+        "  zdm_load text;\n"
+        "BEGIN\n"
+        "  SELECT coalesce(string_agg(format('  %I %s;', a.attname,"
+        " format_type(a.atttypid, a.atttypmod)), E'\\n' ORDER BY a.attnum), ''),\n"
+        "         coalesce(string_agg(format('%I := NEW.%I;', a.attname, a.attname), ' '"
+        " ORDER BY a.attnum), '')\n"
+        "    INTO zdm_declare, zdm_load\n"
+        "    FROM pg_attribute a\n"
+        "   WHERE a.attrelid = {rel} AND a.attnum > 0 AND NOT a.attisdropped\n"
+        "     AND a.attname = ANY ({names}::text[]);\n"
+        "  EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L',"
+        " {function}, replace(replace({body}, {declare_mark}, zdm_declare), {load_mark}, zdm_load));\n"
+        "END;"
+    ).format(
+        rel=table.regclass(),
+        names=sql.Literal(names),
+        function=sql.Literal(function.ident().as_string(None)),
+        body=sql.Literal(body),
+        declare_mark=sql.Literal(DECLARE_MARK),
+        load_mark=sql.Literal(LOAD_MARK),
+    )
+    return sql.SQL("DO {}").format(dollar_quoted("\n" + block.as_string(None) + "\n"))
 
 
 SKIP_SETTING = "zdm.skip_triggers"
@@ -249,14 +328,14 @@ def dual_write(step: DualWrite, ctx: Context) -> list[Action]:
         on_error=step.on_error,
         plan=_plan_name(ctx),
         state_schema=ctx.state_schema,
+        table=table.name,
     )
+    names = read_names([*step.set.values(), *step.reverse.values()], table.name)
     create_function = Statement(
-        sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            function.ident(), dollar_quoted(body)
-        ),
+        create_function_sql(function, table, body, names),
         LockMode.NONE,
         None,
-        note="a new function; locks nothing",
+        note="a new function (its variables: the table's columns the mapping reads); locks nothing",
     )
     create_trigger = Statement(
         sql.SQL(
