@@ -26,16 +26,40 @@ BODY_FAIL = """
 #variable_conflict use_column
 DECLARE
   zdm_new boolean := coalesce(current_setting('zdm.writer', true), '') = 'new';
+  --zdm:declare
 BEGIN
   IF NOT zdm_new AND TG_OP = 'UPDATE' THEN zdm_new := NEW."full_name" IS DISTINCT FROM OLD."full_name"; END IF;
   IF zdm_new THEN
-    NEW."name" := (SELECT (full_name) FROM (SELECT NEW.*) AS zdm_row);
+    --zdm:load
+    NEW."name" := (full_name); "name" := NEW."name";
     RETURN NEW;
   END IF;
-  NEW."full_name" := (SELECT (name) FROM (SELECT NEW.*) AS zdm_row);
+  --zdm:load
+  NEW."full_name" := (name); "full_name" := NEW."full_name";
   RETURN NEW;
 END;
 """
+
+# The function is made from BODY_FAIL with its marks replaced: the columns the expressions read
+# (those the table has) become variables, declared with their types and loaded from NEW.
+CREATE_FUNCTION = (
+    "DO $zdm$\nDECLARE\n  zdm_declare text;\n  zdm_load text;\nBEGIN\n"
+    "  SELECT coalesce(string_agg(format('  %I %s;', a.attname, format_type(a.atttypid,"
+    " a.atttypmod)), E'\\n' ORDER BY a.attnum), ''),\n"
+    "         coalesce(string_agg(format('%I := NEW.%I;', a.attname, a.attname), ' '"
+    " ORDER BY a.attnum), '')\n"
+    "    INTO zdm_declare, zdm_load\n"
+    "    FROM pg_attribute a\n"
+    '   WHERE a.attrelid = \'"public"."users"\'::regclass AND a.attnum > 0'
+    " AND NOT a.attisdropped\n"
+    "     AND a.attname = ANY ('{full_name,name}'::text[]);\n"
+    "  EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L',"
+    ' \'"public"."zdm_dw_users"\', replace(replace('
+    + "'"
+    + BODY_FAIL.replace("'", "''")
+    + "'"
+    + ", '--zdm:declare', zdm_declare), '--zdm:load', zdm_load));\nEND;\n$zdm$"
+)
 
 EXERCISE = (
     "DO $zdm$\nBEGIN\n  PERFORM set_config('zdm.probe', 'on', true);\n"
@@ -63,8 +87,7 @@ def test_dual_write_function_trigger_and_exercise_in_one_transaction() -> None:
     assert shape(actions) == [
         U(
             (
-                'CREATE OR REPLACE FUNCTION "public"."zdm_dw_users"() RETURNS trigger '
-                f"LANGUAGE plpgsql AS $zdm${BODY_FAIL}$zdm$",
+                CREATE_FUNCTION,
                 'CREATE TRIGGER "zdm_dw_users" BEFORE INSERT OR UPDATE ON "public"."users" '
                 "FOR EACH ROW WHEN (strpos(coalesce(current_setting('zdm.skip_triggers', true),"
                 f" ''), '{mapping_token(step.set, step.reverse)}') = 0"
@@ -87,16 +110,19 @@ def test_dual_write_function_trigger_and_exercise_in_one_transaction() -> None:
 def test_trigger_body_records_instead_of_failing() -> None:
     body = trigger_body({"phone": "contact->>'phone'", "n": "1"}, {}, plan="p", state_schema="st")
     lines = body.splitlines()
-    # The common path: one block of assignments (one subtransaction); its handler redoes each
-    # assignment alone, so a column that raises keeps the write's value and the others map.
-    assert lines[6:11] == [
+    # The common path: one block of loads and assignments (one subtransaction); its handler
+    # redoes each assignment alone, so a column that raises keeps the write's value and the
+    # others map.
+    assert lines[7:13] == [
         "  IF zdm_new THEN RETURN NEW; END IF;",
         "  BEGIN",
-        "    NEW.\"phone\" := (SELECT (contact->>'phone') FROM (SELECT NEW.*) AS zdm_row);",
-        '    NEW."n" := (SELECT (1) FROM (SELECT NEW.*) AS zdm_row);',
+        "    --zdm:load",
+        "    NEW.\"phone\" := (contact->>'phone');",
+        '    NEW."n" := (1);',
         "  EXCEPTION WHEN OTHERS THEN",
     ]
-    assert body.count("PERFORM \"st\".record_mapping_error('p', TG_RELID, to_jsonb(NEW),") == 2
+    # A row whose columns cannot even be loaded is recorded (no column) and written as given.
+    assert body.count("PERFORM \"st\".record_mapping_error('p', TG_RELID, to_jsonb(NEW),") == 3
     assert "'n', SQLSTATE, SQLERRM, 'trigger');" in body
     # zdm's exercise of a new trigger raises what is the plan's fault, not the row's.
     assert (
@@ -110,21 +136,39 @@ def test_trigger_body_without_reverse_fail_mode() -> None:
         "\n#variable_conflict use_column\n"
         "DECLARE\n"
         "  zdm_new boolean := coalesce(current_setting('zdm.writer', true), '') = 'new';\n"
+        "  --zdm:declare\n"
         "BEGIN\n"
         "  IF NOT zdm_new AND TG_OP = 'UPDATE' THEN zdm_new := NEW.\"phone\" IS DISTINCT FROM"
         ' OLD."phone" OR NEW."n" IS DISTINCT FROM OLD."n"; END IF;\n'
         "  IF zdm_new THEN RETURN NEW; END IF;\n"
-        "  NEW.\"phone\" := (SELECT (contact->>'phone') FROM (SELECT NEW.*) AS zdm_row);\n"
-        '  NEW."n" := (SELECT (1) FROM (SELECT NEW.*) AS zdm_row);\n'
+        "  --zdm:load\n"
+        "  NEW.\"phone\" := (contact->>'phone');\n"
+        '  NEW."n" := (1);\n'
         "  RETURN NEW;\n"
         "END;\n"
     )
 
 
+def test_whole_row_and_plpgsql_names_go_through_the_subquery() -> None:
+    body = trigger_body(
+        {"a": "row_to_json(zdm_row)::text", "b": "new || found", "c": "users.x", "d": "x + 1"},
+        {},
+        on_error="fail",
+        table="users",
+    )
+    assert (
+        'NEW."a" := (SELECT (row_to_json(zdm_row)::text) FROM (SELECT NEW.*) AS zdm_row);' in body
+    )
+    assert 'NEW."b" := (SELECT (new || found) FROM (SELECT NEW.*) AS zdm_row);' in body
+    assert 'NEW."c" := (SELECT (users.x) FROM (SELECT NEW.*) AS zdm_row);' in body
+    assert 'NEW."d" := (x + 1);' in body
+
+
 def test_named_trigger() -> None:
     actions = plan_step(DualWrite(table="app.users", name="sync_phone", set={"a": "b"}), ctx())
     text = all_sql(actions)
-    assert 'CREATE OR REPLACE FUNCTION "app"."sync_phone"()' in text
+    assert "CREATE OR REPLACE FUNCTION %s() RETURNS trigger" in text
+    assert '\'"app"."sync_phone"\'' in text
     assert (
         'CREATE TRIGGER "sync_phone" BEFORE INSERT OR UPDATE ON "app"."users" FOR EACH ROW' in text
     )
@@ -141,10 +185,7 @@ def test_default_trigger_name_fits_an_identifier() -> None:
 def test_body_dollar_quote_tag_avoids_the_expressions() -> None:
     step = DualWrite(table="users", set={"a": "'$zdm$' || $zdm1$x$zdm1$"})
     create_function = shape(plan_step(step, ctx()))[0].sql[0]
-    assert create_function.startswith(
-        'CREATE OR REPLACE FUNCTION "public"."zdm_dw_users"() RETURNS trigger LANGUAGE plpgsql'
-        " AS $zdm2$\n"
-    )
+    assert create_function.startswith("DO $zdm2$\n")
     assert create_function.endswith("\n$zdm2$")
 
 

@@ -110,7 +110,7 @@ def trigger_body(
         "#variable_conflict use_column",
         "DECLARE",
         f"  zdm_new boolean := coalesce(current_setting({_lit(WRITER_SETTING)}, true), '') = 'new';",
-        DECLARE_MARK,
+        f"  {DECLARE_MARK}",
         "BEGIN",
     ]
     if set_:
