@@ -75,4 +75,3 @@ REVERSE_EXAMPLE = (
     "        set: {rating_new: CAST(rating AS integer)}\n"
     "        reverse: {rating: CAST(rating_new AS text)}\n"
 )
-

@@ -77,9 +77,7 @@ def read_names(exprs: Iterable[str], table: str = "") -> list[str]:
     """The names the expressions may read as columns, each declared as a PL/pgSQL variable of
     the trigger (those the table has: zdm asks the catalog when it creates the function)."""
     special = _special(table)
-    return sorted(
-        {n for e in exprs for n in folded_names(e) if n.lower() not in special}
-    )
+    return sorted({n for e in exprs for n in folded_names(e) if n.lower() not in special})
 
 
 def trigger_body(
@@ -353,7 +351,9 @@ def dual_write(step: DualWrite, ctx: Context) -> list[Action]:
         ),
         LockMode.SHARE_ROW_EXCLUSIVE,
         table,
-        note="catalog only",
+        note="catalog only; a write gets `reverse` when its transaction has zdm.writer = 'new'"
+        " (the expose views set it) or it is an UPDATE that changes a mapped column itself,"
+        " any other write gets `set`",
     )
     return [
         Txn(

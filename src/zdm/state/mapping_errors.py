@@ -14,9 +14,7 @@ def trigger_errors(
 ) -> dict[str, Any]:
     """How many rows the plan's dual-write triggers failed to map, and the first few."""
     table = sql.Identifier(schema, "mapping_errors")
-    exists = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]
-    ).fetchone()
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table.as_string(conn)]).fetchone()
     if not exists or not exists[0]:
         return {"count": 0, "first": []}
     count = conn.execute(

@@ -118,6 +118,7 @@ DECLARE
     zdm_key jsonb;
     zdm_table text;
 BEGIN
+    rel := coalesce(pg_partition_root(rel), rel);  -- a partition's row is its table's
     SELECT format('%I.%I', n.nspname, c.relname) INTO zdm_table
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
     SELECT jsonb_object_agg(a.attname, row_data -> a.attname) INTO zdm_key
