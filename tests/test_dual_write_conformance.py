@@ -333,3 +333,54 @@ def test_both_shapes_agree_and_every_write_survives(
     assert api.run_plan(plan, dsn).status == "waiting"
     assert api.run_plan(plan, dsn, cont=True).status == "completed"
     assert as_dict(conn, kind.read_new) == model
+
+
+def test_any_sequence_of_writes_keeps_the_shapes_together(
+    conn: Conn, dsn: str, tmp_path: Path
+) -> None:
+    """Property: whatever the two versions write, in any order (hypothesis picks the writer,
+    the operation, the row and the value, NULL included), both shapes agree after every write
+    and hold what the last writer of each row wrote."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    kind = KINDS[0]  # type_change: two columns, both mappings
+    conn.execute(kind.setup.format(old_default=kind.old_default))
+    plan = tmp_path / "prop.yaml"
+    plan.write_text(
+        "version: 1\nname: prop\ngates: [cleanup]\nphases:"
+        + kind.phases.format(new_default=kind.new_default)
+    )
+    assert api.run_plan(plan, dsn).status == "waiting"
+    new = psycopg.connect(dsn, autocommit=True, options="-c search_path=app_v2,public")
+    op = st.tuples(
+        st.sampled_from(["old", "new"]),
+        st.sampled_from(["insert", "update", "delete"]),
+        st.integers(1, 40),
+        st.one_of(st.none(), st.integers(-1000, 1000)),
+    )
+
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(st.lists(op, max_size=12))
+    def writes(ops: list[tuple[str, str, int, Value]]) -> None:
+        model = as_dict(conn, kind.read_old)
+        for writer, action, row_id, value in ops:
+            if (action == "insert") == (row_id in model):
+                continue  # an INSERT of a row that exists, or a write to one that does not
+            target, shape = (conn, kind.old) if writer == "old" else (new, kind.new)
+            convert = kind.old_value if writer == "old" else kind.new_value
+            target.execute(shape[action], {"id": row_id, "v": convert(value)})
+            if action == "delete":
+                model.pop(row_id)
+            else:
+                model[row_id] = value
+            assert conn.execute(kind.agree).fetchone() == (0,), (writer, action, row_id)
+        assert as_dict(conn, kind.read_old) == model
+        assert as_dict(conn, kind.read_new) == model
+
+    try:
+        writes()
+    finally:
+        new.close()

@@ -13,11 +13,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from zdm_helpers import zdm
 
 from zdm import api
 from zdm.demo.seed import create_schema, seed_users
 from zdm.engine.runner import RunRefused
 from zdm.logs import configure
+from zdm.plan import plan_json_schema
 
 Conn = psycopg.Connection[Any]
 
@@ -290,6 +292,9 @@ phases:
         api.rollback(plan, dsn)
     assert "rename_column people.name" in str(refused.value)
     assert "nothing was undone" in str(refused.value)
+    refused_cli = zdm("rollback", plan, "--dsn", dsn)
+    assert refused_cli.returncode == 2, refused_cli.stderr
+    assert "Traceback" not in refused_cli.stderr
     assert (
         one(
             conn,
@@ -349,6 +354,11 @@ def test_a_bad_legacy_row_does_not_fail_the_applications_update(
         ("cast_rating", "public.reviews", {"id": 5}, "rating_new", "22P02", "trigger"),
         ("cast_rating", "public.reviews", {"id": 100}, "rating_new", "22P02", "trigger"),
     ]
+    # zdm status, as a person reads it, and the rollback refusal's exit code.
+    shown = zdm("status", "cast_rating", "--dsn", dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert "mapping errors: 2 writes kept a column unmapped" in shown.stdout
+    assert '{"id": 5} rating_new: [22P02] invalid input syntax for type integer' in shown.stdout
     (entry,) = api.status(dsn, "cast_rating")
     assert entry["mapping_errors"]["count"] == 2
     assert entry["mapping_errors"]["first"][0]["row_key"] == {"id": 5}
@@ -449,3 +459,12 @@ phases:
         "SELECT table_name, row_key, column_name FROM zdm.mapping_errors WHERE row_key->>'id' = '3'",
     )[0] == ('public."Orders"', {"id": 3, "Region": "us"}, "amount_cents")
     assert outcome.exit_code in (0, 1)
+
+
+def test_on_error_is_in_the_plan_schema_and_strict(tmp_path: Path) -> None:
+    text = (CAST_PLAN % ", on_error: ignore").replace("name: cast_rating", "name: strict")
+    with pytest.raises(Exception, match="on_error"):
+        api.load(plan_file(tmp_path, text))
+    dual_write = plan_json_schema()["$defs"]["DualWrite"]["properties"]["on_error"]
+    assert dual_write["enum"] == ["record", "fail"]
+    assert dual_write["default"] == "record"
