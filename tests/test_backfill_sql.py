@@ -144,7 +144,7 @@ def test_split_samples_keys_and_keeps_the_last_of_each_slice() -> None:
 def test_batch_transaction_sets_its_timeouts_and_does_not_wait_for_the_flush() -> None:
     assert text(timeouts_sql(200, 1000)) == (
         "SET LOCAL lock_timeout = '200ms'; SET LOCAL statement_timeout = '1000ms';"
-        " SET LOCAL synchronous_commit = off"
+        ' SET LOCAL synchronous_commit = off; SET LOCAL "zdm"."writer" = \'backfill\''
     )
 
 

@@ -99,15 +99,25 @@ def test_expose_sql_with_explicit_columns() -> None:
     (txn,) = plan_step(expose.spec, ctx)
     assert isinstance(txn, Txn)
     texts = [s.text() for s in txn.statements]
-    assert texts[1] == (
-        'CREATE VIEW "app_v2"."persons" AS SELECT "id", "display_name" AS "name"'
+    # The marker, the writer view, then the view the new version uses (made from the catalog).
+    assert texts[1].startswith(
+        'CREATE OR REPLACE FUNCTION "app_v2"."zdm_writer_new"() RETURNS boolean'
+    )
+    assert texts[2] == (
+        'CREATE VIEW "app_v2"."zdm_w_persons" AS SELECT "id", "display_name" AS "name"'
         ' FROM "public"."people"'
     )
+    assert "CREATE VIEW %s AS SELECT * FROM %s WHERE %s()" in texts[3]
+    assert "INSTEAD OF INSERT" in texts[3]
     assert 'CREATE SCHEMA "app_v2"' in texts[0]
     assert not txn.blocks_app
     (undo,) = plan_inverse(expose.spec, ctx)
     assert isinstance(undo, Txn)
-    assert undo.statements[0].text() == 'DROP VIEW IF EXISTS "app_v2"."persons"'
+    assert [s.text() for s in undo.statements[:3]] == [
+        'DROP VIEW IF EXISTS "app_v2"."persons"',
+        'DROP FUNCTION IF EXISTS "app_v2"."zdm_insert_persons"()',
+        'DROP VIEW IF EXISTS "app_v2"."zdm_w_persons"',
+    ]
 
 
 @pytest.mark.parametrize(

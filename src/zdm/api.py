@@ -16,6 +16,7 @@ from zdm.engine.runner import Outcome, Runner
 from zdm.engine.session import connect
 from zdm.plan import LoadedPlan
 from zdm.state import Store
+from zdm.state.mapping_errors import trigger_errors
 
 
 def run_plan(
@@ -130,6 +131,7 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
                     }
                 )
             entry["backfill_steps"] = _backfill_steps(entry["backfills"])
+            entry["mapping_errors"] = trigger_errors(conn, state_schema, name)
             out.append(entry)
         return out
 

@@ -206,6 +206,17 @@ def _print_run(r: dict[str, Any]) -> None:
     )
     if r["last_error"]:
         out.print(f"  [red]last error:[/red] {_escape(r['last_error'])}")
+    errors = r.get("mapping_errors") or {"count": 0, "first": []}
+    if errors["count"]:
+        out.print(
+            f"  [red]mapping errors:[/red] {errors['count']} writes kept a column unmapped"
+            " (the dual-write trigger's expression raised); first ones:"
+        )
+        for e in errors["first"]:
+            out.print(
+                f"    {e['table_name']} {json.dumps(e['row_key'])} {e['column_name'] or '-'}:"
+                f" [{e['sqlstate']}] {_escape(e['message'])}"
+            )
     for b in r.get("backfill_steps", []):
         workers = f", {b['workers']} workers" if b["workers"] > 1 else ""
         out.print(f"  backfill {b['step']}{workers}: {_backfill_line(b)}")

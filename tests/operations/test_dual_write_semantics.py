@@ -1,7 +1,8 @@
-"""DESIGN "Dual-write semantics", proven on PostgreSQL through real runs of dual_write plans.
+"""Dual-write semantics, proven on PostgreSQL through real runs of dual_write plans.
 
-INSERT fills a mapped column the writer left NULL; UPDATE recomputes a mapped column the writer
-did not change; `reverse` derives the old column when an UPDATE changes the new one; trigger
+The writer decides the mapping (issue 11): an old-version write (no `zdm.writer`) gets `set`
+on INSERT and UPDATE, whatever the new columns were given; a new-version write
+(`zdm.writer = 'new'`, or an UPDATE that changes a new column itself) gets `reverse`. Trigger
 and function appear and disappear together; a drop_column that removes what the trigger reads
 removes the trigger in the same transaction, so no write fails in between.
 """
@@ -75,7 +76,12 @@ dual_write:
 """
 
 
-def test_insert_fills_a_mapped_column_left_null_and_keeps_a_given_one(
+def new_version(conn: Conn) -> None:
+    """The session writes as the new application version from now on."""
+    conn.execute("SET zdm.writer = 'new'")
+
+
+def test_an_old_version_insert_gets_the_mapped_value_whatever_it_gave(
     people: Conn, dsn: str, tmp_path: Path
 ) -> None:
     conn = people
@@ -92,11 +98,16 @@ def test_insert_fills_a_mapped_column_left_null_and_keeps_a_given_one(
     conn.execute(
         "INSERT INTO people (id, first, last) SELECT 10 + g, 'P', g::text FROM generate_series(1, 3) g"
     )
+    new_version(conn)
+    conn.execute(
+        "INSERT INTO people (id, first, last, full_name) VALUES (6, 'Grace', 'Hopper', 'Amazing Grace')"
+    )
     assert conn.execute("SELECT id, full_name FROM people WHERE id > 1 ORDER BY id").fetchall() == [
         (2, "Alan Turing"),
-        (3, "Amazing Grace"),  # the writer's own value is kept
+        (3, "Grace Hopper"),  # the old version does not know full_name: what it holds is mapped
         (4, "Edsger Dijkstra"),
         (5, "Barbara Liskov"),
+        (6, "Amazing Grace"),  # the new version's own value is kept
         (11, "P 1"),
         (12, "P 2"),
         (13, "P 3"),
@@ -140,11 +151,13 @@ def test_reverse_derives_the_old_columns_when_the_new_one_changes(
     run(tmp_path, dsn, SPLIT)
     conn.execute("UPDATE people SET full_name = 'Ada King' WHERE id = 1")
     assert row(conn, 1, "first, last, full_name") == ("Ada", "King", "Ada King")
-    # An old column the writer changed along with the new one is the writer's.
+    # The new version's write gets `reverse`, whatever it gave the old columns.
     conn.execute("UPDATE people SET full_name = 'Augusta Byron', first = 'Gussie' WHERE id = 1")
-    assert row(conn, 1, "first, last, full_name") == ("Gussie", "Byron", "Augusta Byron")
-    # A new-shape insert: the old columns come from the new one.
+    assert row(conn, 1, "first, last, full_name") == ("Augusta", "Byron", "Augusta Byron")
+    # A new-version insert: the old columns come from the new one.
+    new_version(conn)
     conn.execute("INSERT INTO people (id, full_name) VALUES (2, 'Alan Turing')")
+    conn.execute("RESET zdm.writer")
     assert row(conn, 2, "first, last, full_name") == ("Alan", "Turing", "Alan Turing")
     # An old-shape update still drives the new column.
     conn.execute("UPDATE people SET last = 'Mathison' WHERE id = 2")
@@ -165,7 +178,9 @@ def test_rename_style_mapping_keeps_both_columns_in_step_for_old_and_new_writers
     conn.execute("UPDATE people SET first = 'Ada' WHERE id = 1")  # a row from before the trigger
     in_step()
     conn.execute("INSERT INTO people (id, email) VALUES (2, 'old@writer')")
+    new_version(conn)
     conn.execute("INSERT INTO people (id, email_v2) VALUES (3, 'new@writer')")
+    conn.execute("RESET zdm.writer")
     in_step()
     assert row(conn, 3, "email, email_v2") == ("new@writer", "new@writer")
     conn.execute("UPDATE people SET email = 'old@again' WHERE id = 3")
@@ -197,8 +212,11 @@ def test_quoted_columns_and_columns_named_like_plpgsql_variables(
     )
     conn.execute("INSERT INTO people (id, old, found) VALUES (2, 'abc', 'f')")
     assert row(conn, 2, 'new, "Nick ""N"""') == ("ABC", "abc/f")
+    # The new version's write gets `reverse` only: the new columns are as it left them.
     conn.execute("UPDATE people SET new = 'XYZ' WHERE id = 2")
-    assert row(conn, 2, 'old, new, "Nick ""N"""') == ("xyz", "XYZ", "xyz/f")
+    assert row(conn, 2, 'old, new, "Nick ""N"""') == ("xyz", "XYZ", "abc/f")
+    conn.execute("UPDATE people SET found = 'g' WHERE id = 2")
+    assert row(conn, 2, 'old, new, "Nick ""N"""') == ("xyz", "XYZ", "xyz/g")
 
 
 def catalog_watch(dsn: str, name: str, stop: threading.Event, seen: set[tuple[bool, bool]]) -> None:

@@ -299,13 +299,16 @@ def dual_writes_upper(conn: Conn, writer: Writer, version: int) -> None:
 
 
 def dual_writes_title(conn: Conn, writer: Writer, version: int) -> None:
-    # Old writers write `name`; `title` follows. New writers write `title`; `name` follows.
+    # Old writers write `name`; `title` follows. New writers (who say so) write `title`; `name`
+    # follows.
     rows = writer_rows_since(conn, writer, "SELECT name, title FROM items WHERE id = ANY(%s)")
     assert rows
     assert all(name == title for name, title in rows)
+    conn.execute("SET zdm.writer = 'new'")
     assert accepts(
         conn, "INSERT INTO items (id, title) VALUES (900001, 'new') RETURNING name, title"
     ) == [("new", "new")]
+    conn.execute("RESET zdm.writer")
     assert accepts(
         conn, "UPDATE items SET title = 'renamed' WHERE id = 3 RETURNING name, title"
     ) == [("renamed", "renamed")]

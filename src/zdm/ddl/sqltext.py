@@ -89,6 +89,16 @@ def identifiers(text: str) -> set[str]:
     return {value.lower() for kind, value, _, _ in _scan(text) if kind in ("word", "ident")}
 
 
+def folded_names(text: str) -> set[str]:
+    """Every name a SQL expression may use, as PostgreSQL folds it: unquoted words lower-cased,
+    quoted identifiers as they are (keywords and function names too; over-inclusive)."""
+    return {
+        value.lower() if kind == "word" else value
+        for kind, value, _, _ in _scan(text)
+        if kind in ("word", "ident")
+    }
+
+
 def _scan(text: str) -> Iterator[tuple[str, str, int, int]]:
     """(kind, text, start, end) of each word, quoted identifier ("ident", unquoted) and `;` of
     `text`, passing over strings, comments and dollar-quoted bodies."""

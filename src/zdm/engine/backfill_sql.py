@@ -22,7 +22,7 @@ from psycopg import sql
 
 from zdm.ddl import BackfillJob, Table, user_sql
 from zdm.ddl.sqltext import identifiers
-from zdm.operations.dual_write import row_names, skip_setting
+from zdm.operations.dual_write import row_names, skip_setting, writer_setting
 
 # Keys sampled to split the key space between workers. TABLESAMPLE SYSTEM takes whole pages,
 # so a split is as good as the number of pages sampled: 20,000 rows (about 500 pages at 1M
@@ -210,6 +210,8 @@ def timeouts_sql(
         "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {};"
         " SET LOCAL synchronous_commit = off"
     ).format(sql.Literal(f"{lock_timeout_ms}ms"), sql.Literal(f"{statement_timeout_ms}ms"))
+    # The dual-write triggers know the writer: zdm's batch writes exactly what it means to.
+    opener += sql.SQL("; ") + writer_setting("backfill")
     skipped = skipped_triggers(jobs)
     if skipped:
         opener += sql.SQL("; ") + skip_setting(skipped)

@@ -309,7 +309,14 @@ class Runner:
             steps=len(steps),
             server=work.info.server_version,
         )
-        ctx = Context(self.plan.schema_, server_version(work), self.plan, self.loaded.base_dir)
+        ctx = Context(
+            self.plan.schema_,
+            server_version(work),
+            self.plan,
+            self.loaded.base_dir,
+            state_schema=self.store.schema,
+            plan_name=self.loaded.name,
+        )
         executor, set_current = self.executor(work, monitor, run)
         lease = self.lease
         assert lease is not None

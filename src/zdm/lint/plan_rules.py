@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING
 
 from zdm.ddl.locks import LockMode
 from zdm.lint.findings import Severity
+from zdm.lint.rollback_rules import (
+    RENAME_EXAMPLE,
+    REVERSE_EXAMPLE,
+    dual_write_writer_unknown,
+    rollback_refused,
+)
 from zdm.plan import (
     AddColumn,
     AddUnique,
@@ -473,6 +479,32 @@ PLAN_RULES: tuple[PlanRule, ...] = (
             "version: 1\nphases:\n  dual_read:\n    - sql:\n"
             "        up: ANALYZE users\n"
             "        lock: SHARE UPDATE EXCLUSIVE\n",
+        ),
+    ),
+    PlanRule(
+        "rollback-refused",
+        Severity.warning,
+        "step order that zdm rollback cannot undo",
+        rollback_refused,
+        bad=(
+            RENAME_EXAMPLE + "    - rename_column: {table: people, column: name, to: legacy}\n"
+            "    - drop_dual_write: {table: people}\n",
+            "version: 1\nphases:\n  cleanup:\n    - unexpose: {schema: app_v2}\n",
+        ),
+        good=(
+            RENAME_EXAMPLE + "    - drop_dual_write: {table: people}\n"
+            "    - rename_column: {table: people, column: name, to: legacy}\n",
+        ),
+    ),
+    PlanRule(
+        "dual-write-writer-unknown",
+        Severity.warning,
+        "reverse mapping with no way for the new version to be known",
+        dual_write_writer_unknown,
+        bad=(REVERSE_EXAMPLE,),
+        good=(
+            REVERSE_EXAMPLE + "  dual_read:\n    - expose:\n        schema: app_v2\n"
+            "        tables: [{table: reviews, hide: [rating], rename: {rating_new: rating}}]\n",
         ),
     ),
 )

@@ -29,6 +29,10 @@ class Context:
     remembered: dict[str, Any] | None = None
     """For an inverse planner: what its step recorded before its first attempt (its memo
     query's value), or None when nothing was recorded (a step run by an older zdm)."""
+    state_schema: str = "zdm"
+    """zdm's state schema, where a dual-write trigger records the rows its mapping fails on."""
+    plan_name: str = ""
+    """The plan's name as its runs know it (the file's name when the plan gives none)."""
 
     def table(self, name: str) -> Table:
         return Table.parse(name, self.schema)

@@ -7,9 +7,13 @@ version keeps using the base tables. Each view selects plain columns of one tabl
 makes it auto-updatable: INSERT, UPDATE and DELETE through it become the same statements on the
 table, whose defaults, constraints and triggers apply as for any other write.
 
-The dual-write trigger (`operations/dual_write.py`) tells the two shapes apart by the written
-row's values alone (a mapped column left NULL on INSERT, changed or not on UPDATE), never by
-`search_path`, so a write through a view and a write to the table are kept in step alike.
+The views also say who writes, for the dual-write trigger (`operations/dual_write.py`): each view
+selects from a plain writer view (`zdm_w_<view>`, the same columns) under a condition that sets
+`zdm.writer = 'new'` for the rest of the transaction (a one-time filter, evaluated before any
+row is read or written); an INSTEAD OF INSERT trigger sets it and inserts into the writer view,
+since an INSERT reads no row. The view's columns carry the table's defaults, so a column the new
+version leaves out gets its default as on the table. ON CONFLICT cannot go through the view
+(PostgreSQL allows it only on auto-updatable views without INSTEAD OF triggers).
 
 The version schema belongs to zdm: `expose` creates it and marks it with a comment, refuses a
 schema that exists without that mark, and `unexpose` drops only a marked schema.
@@ -17,13 +21,15 @@ schema that exists without that mark, and `unexpose` drops only a marked schema.
 
 from __future__ import annotations
 
+import json
+
 from psycopg import sql
 
 from zdm.ddl import Action, LockMode, Statement, Table, Txn
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
 from zdm.operations.base import Context, Irreversible, forward, inverse
-from zdm.plan import Expose, ExposeTable, Unexpose
+from zdm.plan import Expose, ExposeTable, RenameColumn, RenameTable, StepSpec, Unexpose
 
 #: The comment that marks a schema as a zdm version schema, which zdm may drop.
 VERSION_SCHEMA_MARK = "zdm version schema: views made by an expose step"
@@ -78,13 +84,41 @@ def _create_schema(schema: str) -> Statement:
     )
 
 
+def writer_view(schema: str, spec: ExposeTable) -> Table:
+    """The plain view the exposed one selects from, and its INSERT trigger writes to."""
+    return Table(schema, f"zdm_w_{spec.view_name}")
+
+
+def _insert_function(schema: str, spec: ExposeTable) -> Table:
+    return Table(schema, f"zdm_insert_{spec.view_name}")
+
+
+def _marker(schema: str) -> Table:
+    return Table(schema, "zdm_writer_new")
+
+
+def _create_marker(schema: str) -> Statement:
+    body = (
+        "\nBEGIN\n  PERFORM pg_catalog.set_config('zdm.writer', 'new', true);\n"
+        "  RETURN true;\nEND;\n"
+    )
+    return Statement(
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}() RETURNS boolean LANGUAGE plpgsql STABLE AS {}"
+        ).format(_marker(schema).ident(), dollar_quoted(body)),
+        LockMode.NONE,
+        None,
+        note="marks a transaction that uses the version schema's views as the new version's",
+    )
+
+
 def _names(names: list[str]) -> sql.Composed:
     return sql.SQL(", ").join(map(sql.Literal, names))
 
 
 def _create_view(schema: str, spec: ExposeTable, ctx: Context) -> Statement:
     table = ctx.table(spec.table)
-    view = Table(schema, spec.view_name)
+    view = writer_view(schema, spec)
     renamed = "".join(f"; {old} shown as {new}" for old, new in spec.rename.items())
     if spec.columns is not None:
         items = [
@@ -105,7 +139,68 @@ def _create_view(schema: str, spec: ExposeTable, ctx: Context) -> Statement:
         query,
         LockMode.ACCESS_SHARE,
         table,
-        note=f"view {view} of {table}: {what}{renamed}; auto-updatable; catalog only",
+        note=f"writer view {view} of {table}: {what}{renamed}; auto-updatable; catalog only",
+    )
+
+
+def _create_exposed(schema: str, spec: ExposeTable, ctx: Context) -> Statement:
+    """The view the new version uses: the writer view under the marker, with the table's
+    defaults, and an INSTEAD OF INSERT trigger that marks the write."""
+    table = ctx.table(spec.table)
+    view = Table(schema, spec.view_name)
+    writer = writer_view(schema, spec)
+    function = _insert_function(schema, spec)
+    base_of = {shown: base for base, shown in spec.rename.items()}
+    body = sql.SQL(
+        "DECLARE\n"
+        "  zdm_col record;\n"
+        "  zdm_default text;\n"
+        "  zdm_cols text := '';\n"
+        "  zdm_values text := '';\n"
+        "BEGIN\n"
+        "  EXECUTE format('CREATE VIEW %s AS SELECT * FROM %s WHERE %s()', {view}, {writer}, {marker});\n"
+        "  FOR zdm_col IN\n"
+        "    SELECT a.attname AS shown, b.attname AS base, b.attidentity, b.attgenerated,\n"
+        "           pg_get_expr(d.adbin, d.adrelid) AS expr\n"
+        "      FROM pg_attribute a\n"
+        "      JOIN pg_attribute b ON b.attrelid = {table}::regclass\n"
+        "       AND b.attname = coalesce({base_of}::jsonb ->> a.attname::text, a.attname)\n"
+        "      LEFT JOIN pg_attrdef d ON d.adrelid = b.attrelid AND d.adnum = b.attnum\n"
+        "     WHERE a.attrelid = {writer}::regclass AND a.attnum > 0 ORDER BY a.attnum\n"
+        "  LOOP\n"
+        "    CONTINUE WHEN zdm_col.attgenerated <> '';\n"
+        "    zdm_default := CASE WHEN zdm_col.attidentity <> '' THEN\n"
+        "      format('nextval(%L::regclass)', pg_get_serial_sequence({table}, zdm_col.base))\n"
+        "      ELSE zdm_col.expr END;\n"
+        "    IF zdm_default IS NOT NULL THEN\n"
+        "      EXECUTE format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', {view}, zdm_col.shown,\n"
+        "                     zdm_default);\n"
+        "    END IF;\n"
+        "    zdm_cols := zdm_cols || CASE WHEN zdm_cols = '' THEN '' ELSE ', ' END || quote_ident(zdm_col.shown);\n"
+        "    zdm_values := zdm_values || CASE WHEN zdm_values = '' THEN '' ELSE ', ' END\n"
+        "      || 'NEW.' || quote_ident(zdm_col.shown);\n"
+        "  END LOOP;\n"
+        "  EXECUTE format('CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L', {function},\n"
+        "    format(E'BEGIN\\n  PERFORM pg_catalog.set_config(''zdm.writer'', ''new'', true);\\n'\n"
+        "           '  INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE VALUES (%s) RETURNING * INTO NEW;\\n'\n"
+        "           '  RETURN NEW;\\nEND;', {writer}, zdm_cols, zdm_values));\n"
+        "  EXECUTE format('CREATE TRIGGER zdm_insert INSTEAD OF INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()',\n"
+        "                 {view}, {function});\n"
+        "END;"
+    ).format(
+        view=sql.Literal(view.ident().as_string(None)),
+        writer=sql.Literal(writer.ident().as_string(None)),
+        marker=sql.Literal(_marker(schema).ident().as_string(None)),
+        table=sql.Literal(table.ident().as_string(None)),
+        function=sql.Literal(function.ident().as_string(None)),
+        base_of=sql.Literal(json.dumps(base_of)),
+    )
+    return Statement(
+        _do(body),
+        LockMode.ACCESS_SHARE,
+        table,
+        note=f"view {view} of {writer}: marks the new version's writes; the table's defaults;"
+        " an INSTEAD OF INSERT trigger; catalog only",
     )
 
 
@@ -167,7 +262,9 @@ def _view_block(table: Table, view: Table, spec: ExposeTable) -> sql.Composed:
 def expose(step: Expose, ctx: Context) -> list[Action]:
     schema = step.schema_
     views = [Table(schema, t.view_name) for t in step.tables]
-    statements = [_create_schema(schema), *(_create_view(schema, t, ctx) for t in step.tables)]
+    statements = [_create_schema(schema), _create_marker(schema)]
+    for spec in step.tables:
+        statements += [_create_view(schema, spec, ctx), _create_exposed(schema, spec, ctx)]
     return [
         Txn(
             tuple(statements),
@@ -180,27 +277,47 @@ def expose(step: Expose, ctx: Context) -> list[Action]:
 @inverse(Expose)
 def undo_expose(step: Expose, ctx: Context) -> list[Action]:
     schema = step.schema_
-    drops = [
-        Statement(
-            sql.SQL("DROP VIEW IF EXISTS {}").format(Table(schema, t.view_name).ident()),
-            LockMode.ACCESS_EXCLUSIVE,
-            Table(schema, t.view_name),
-            note="catalog only; the table and its data stay",
-        )
-        for t in step.tables
-    ]
+    drops = []
+    for t in step.tables:
+        view, writer = Table(schema, t.view_name), writer_view(schema, t)
+        drops += [
+            Statement(
+                sql.SQL("DROP VIEW IF EXISTS {}").format(view.ident()),
+                LockMode.ACCESS_EXCLUSIVE,
+                view,
+                note="catalog only; the table and its data stay",
+            ),
+            Statement(
+                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_insert_function(schema, t).ident()),
+                LockMode.NONE,
+                None,
+                note="its INSERT trigger's function",
+            ),
+            Statement(
+                sql.SQL("DROP VIEW IF EXISTS {}").format(writer.ident()),
+                LockMode.ACCESS_EXCLUSIVE,
+                writer,
+                note="catalog only",
+            ),
+        ]
     # Another expose step may share the schema: it is dropped only once it is empty.
     body = sql.SQL(
         "BEGIN\n"
         "  IF {marked} THEN\n"
         "    BEGIN\n"
+        "      DROP FUNCTION IF EXISTS {marker}();\n"
         "      DROP SCHEMA {s};\n"
         "    EXCEPTION WHEN dependent_objects_still_exist THEN\n"
         "      RAISE NOTICE 'version schema % still holds other views: kept', {name};\n"
         "    END;\n"
         "  END IF;\n"
         "END;"
-    ).format(marked=_marked(schema), s=sql.Identifier(schema), name=sql.Literal(schema))
+    ).format(
+        marked=_marked(schema),
+        s=sql.Identifier(schema),
+        name=sql.Literal(schema),
+        marker=_marker(schema).ident(),
+    )
     drop_schema = Statement(
         _do(body), LockMode.NONE, None, note=f"drops version schema {schema} once it is empty"
     )
@@ -227,7 +344,7 @@ def unexpose(step: Unexpose, ctx: Context) -> list[Action]:
         "schemas', {name};\n"
         "  END IF;\n"
         "  IF EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = {ns} AND relkind <> 'v')\n"
-        "     OR EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = {ns}) THEN\n"
+        "     OR EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = {ns} AND proname NOT LIKE 'zdm\\_%') THEN\n"
         "    RAISE EXCEPTION 'version schema % holds more than views; drop them yourself first', "
         "{name};\n"
         "  END IF;\n"
@@ -245,17 +362,49 @@ def unexpose(step: Unexpose, ctx: Context) -> list[Action]:
 
 @inverse(Unexpose)
 def undo_unexpose(step: Unexpose, ctx: Context) -> list[Action]:
-    steps = (
-        []
-        if ctx.plan is None
-        else [
-            spec
-            for _, _, spec in ctx.plan.iter_steps()
-            if isinstance(spec, Expose) and spec.schema_ == step.schema_
-        ]
-    )
-    if not steps:
+    specs: list[StepSpec] = [] if ctx.plan is None else [s for _, _, s in ctx.plan.iter_steps()]
+    at = next((i for i, s in enumerate(specs) if s is step), len(specs))
+    found = [
+        (i, spec)
+        for i, spec in enumerate(specs[:at])
+        if isinstance(spec, Expose) and spec.schema_ == step.schema_
+    ]
+    if not found:
         raise Irreversible(
             f"unexpose {step.schema_}: no expose step of this plan says what its views were"
         )
-    return [action for spec in steps for action in expose(spec, ctx)]
+    # Undone, unexpose meets the tables as the steps between expose and it left them: renamed
+    # tables and columns are still renamed (their own inverses come later in the rollback).
+    return [
+        action
+        for i, spec in found
+        for action in expose(renamed_expose(spec, specs[i + 1 : at], ctx), ctx)
+    ]
+
+
+def renamed_expose(spec: Expose, later: list[StepSpec], ctx: Context) -> Expose:
+    """`spec` as it reads after the renames among `later` steps: the same views, of the tables
+    and columns under their new names."""
+    tables = []
+    for t in spec.tables:
+        table = ctx.table(t.table)
+        view = t.view_name
+        columns, hide, rename = t.columns, list(t.hide), dict(t.rename)
+        for s in later:
+            if isinstance(s, RenameTable) and ctx.table(s.table) == table:
+                table = table.sibling(s.to)
+            elif isinstance(s, RenameColumn) and ctx.table(s.table) == table:
+
+                def moved(name: str, old: str = s.column, new: str = s.to) -> str:
+                    return new if name == old else name
+
+                columns = None if columns is None else [moved(c) for c in columns]
+                hide = [moved(c) for c in hide]
+                # The view keeps the name it showed: the renamed column is shown under it.
+                shown = rename.pop(s.column, s.column)
+                if shown != s.to:
+                    rename[s.to] = shown
+        tables.append(
+            ExposeTable(table=str(table), view=view, columns=columns, hide=hide, rename=rename)
+        )
+    return Expose(schema=spec.schema_, tables=tables)

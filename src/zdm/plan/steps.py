@@ -350,6 +350,10 @@ class DualWrite(StepSpec):
     set: dict[Name, SqlText] = Field(min_length=1)
     reverse: dict[Name, SqlText] = Field(default_factory=dict)
     name: Name | None = None
+    on_error: Literal["record", "fail"] = "record"
+    """What a mapping that raises for a row does: ``record`` (the application's write succeeds,
+    the column keeps what the write gave it, the error goes to ``mapping_errors``) or ``fail``
+    (the application's statement fails with the error)."""
 
     @property
     def trigger_name(self) -> str:

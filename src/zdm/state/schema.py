@@ -100,6 +100,40 @@ CREATE TABLE IF NOT EXISTS {s}.migrations (
     run_id bigint REFERENCES {s}.runs ON DELETE SET NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS {s}.mapping_errors (
+    id bigserial PRIMARY KEY,
+    plan text NOT NULL,
+    table_name text NOT NULL,          -- qualified, quoted form, e.g. public.users
+    row_key jsonb NOT NULL,            -- primary-key columns -> values; {{"ctid": "(0,1)"}} without a key
+    column_name text,                  -- the mapped column whose expression raised, if known
+    sqlstate text NOT NULL,
+    message text NOT NULL,
+    source text NOT NULL CHECK (source IN ('trigger', 'backfill', 'scan')),
+    at timestamptz NOT NULL DEFAULT now()
+);
+-- The dual-write triggers record here the rows their mapping raised for, as the application's
+-- role, which may have no rights on this schema but USAGE: hence SECURITY DEFINER (zdm's role)
+-- with a fixed search_path. row_data is the row as written: its key columns are kept (all of
+-- it for a table without a primary key).
+CREATE OR REPLACE FUNCTION {s}.record_mapping_error(
+    plan text, rel oid, row_data jsonb, column_name text, sqlstate text, message text, source text
+) RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $zdm$
+DECLARE
+    zdm_key jsonb;
+    zdm_table text;
+BEGIN
+    rel := coalesce(pg_partition_root(rel), rel);  -- a partition's row is its table's
+    SELECT format('%I.%I', n.nspname, c.relname) INTO zdm_table
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+    SELECT jsonb_object_agg(a.attname, row_data -> a.attname) INTO zdm_key
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = rel AND i.indisprimary;
+    INSERT INTO {s}.mapping_errors (plan, table_name, row_key, column_name, sqlstate, message, source)
+    VALUES (plan, coalesce(zdm_table, rel::text), coalesce(zdm_key, row_data), column_name,
+            sqlstate, message, source);
+END;
+$zdm$;
+GRANT USAGE ON SCHEMA {s} TO PUBLIC;
 """
 
 # Serialises concurrent first runs creating the schema (CREATE … IF NOT EXISTS races otherwise).
