@@ -10,11 +10,13 @@ from typing import Any
 import psycopg
 
 from zdm.engine.dryrun import dry_run_text
+from zdm.engine.facts import catalog_facts
 from zdm.engine.migrate import MigrateOutcome, Migrator, load_any
 from zdm.engine.migrate import history as migration_history
 from zdm.engine.runner import Outcome, Runner
 from zdm.engine.session import connect
 from zdm.plan import LoadedPlan
+from zdm.plan.dump import expanded_yaml
 from zdm.state import Store
 
 
@@ -27,30 +29,42 @@ def run_plan(
     force: bool = False,
     state_schema: str = "zdm",
 ) -> Outcome:
-    loaded = load_any(path)
+    loaded = _load(path, dsn)
     return Runner(loaded, dsn, state_schema=state_schema).run(until=until, cont=cont, force=force)
 
 
 def rollback(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> Outcome:
     from zdm.engine.rollback import Rollback
 
-    return Rollback(load_any(path), dsn, state_schema=state_schema).rollback()
+    return Rollback(_load(path, dsn), dsn, state_schema=state_schema).rollback()
 
 
 def rollback_dry_run(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> str:
     from zdm.engine.rollback import Rollback
 
-    lines = Rollback(load_any(path), dsn, state_schema=state_schema).dry_run_lines()
+    lines = Rollback(_load(path, dsn), dsn, state_schema=state_schema).dry_run_lines()
     return "\n".join(lines) + "\n"
 
 
 def dry_run(path: str | Path, dsn: str | None, *, state_schema: str = "zdm") -> str:
-    return dry_run_text(load_any(path), dsn, state_schema=state_schema)
+    return dry_run_text(_load(path, dsn), dsn, state_schema=state_schema)
 
 
-def load(path: str | Path) -> LoadedPlan:
+def load(path: str | Path, dsn: str | None = None) -> LoadedPlan:
     """A plan file, or a Flyway-style `V001__name.sql` migration adopted as a one-step plan."""
-    return load_any(path)
+    return _load(path, dsn)
+
+
+def _load(path: str | Path, dsn: str | None) -> LoadedPlan:
+    """The plan with its changes expanded; a change that copies a column reads the live
+    catalog through `dsn`."""
+    with catalog_facts(dsn) as facts:
+        return load_any(path, facts)
+
+
+def expand(path: str | Path, dsn: str | None = None) -> str:
+    """The plan's five phases, its `changes` expanded, as a YAML plan file."""
+    return expanded_yaml(_load(path, dsn))
 
 
 def migrate(
@@ -82,7 +96,7 @@ def history(
 
 def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list[str]]:
     """Loads the plan (raising PlanError); with a database, checks it against the live schema."""
-    loaded = load_any(path)
+    loaded = _load(path, dsn)
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems

@@ -255,6 +255,13 @@ def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
 
 
 @app.command()
+def expand(plan: PlanArg, dsn: DsnOpt = None) -> None:
+    """Print the plan with its `changes` expanded into the five phases (YAML)."""
+    url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
+    sys.stdout.write(guarded(lambda: api.expand(plan, url)))
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of plan files (for editors)."""
     sys.stdout.write(json.dumps(plan_json_schema(), indent=2) + "\n")

@@ -221,6 +221,17 @@ class DropNotNull(StepSpec):
     column: Name
 
 
+class SetComment(StepSpec):
+    """Set (or, with ``comment: null``, remove) the comment of a column, or of the table when
+    no column is named; catalog only."""
+
+    kind = "set_comment"
+
+    table: QualifiedName
+    column: Name | None = None
+    comment: str | None
+
+
 # --- indexes and constraints --------------------------------------------------------------
 
 
@@ -598,6 +609,7 @@ STEP_KINDS: dict[str, type[StepSpec]] = {
         DropConstraint,
         SetNotNull,
         DropNotNull,
+        SetComment,
         DualWrite,
         DropDualWrite,
         Backfill,

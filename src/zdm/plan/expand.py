@@ -1,0 +1,481 @@
+"""Expansion of high-level ``changes`` into the five phases of ordinary steps.
+
+A pure function of the plan and, for a change through a copy column, of what the live catalog
+says about the column the copy replaces (``ColumnFacts``, read by the engine). The result is a
+plan any person could have written by hand, so checkpoints, the lock policy, the dry-run,
+rollback and lint apply to it unchanged.
+
+How changes and hand-written steps combine: the changes expand first, in their order, and each
+phase's own steps (``phases:``) follow the expanded steps of that phase.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zdm.plan.changes import (
+    AddColumnChange,
+    AlterColumn,
+    ChangeSpec,
+    DropColumnChange,
+    RenameColumnChange,
+    RenameTableChange,
+)
+from zdm.plan.messages import Finding, Loc
+from zdm.plan.model import PHASES, Phases, Plan
+from zdm.plan.names import bare_name, split_qualified, truncate_identifier
+from zdm.plan.steps import (
+    AddCheck,
+    AddColumn,
+    AddForeignKey,
+    AddUnique,
+    Backfill,
+    CreateIndex,
+    DropColumn,
+    DropDefault,
+    DropDualWrite,
+    DropNotNull,
+    DualWrite,
+    Expose,
+    ExposeTable,
+    ForeignRef,
+    NewColumn,
+    RenameColumn,
+    RenameTable,
+    SetComment,
+    SetDefault,
+    SetNotNull,
+    Sql,
+    StepSpec,
+    Unexpose,
+)
+
+COPY_PREFIX = "_zdm_new_"
+"""The copy column of ``c`` is ``_zdm_new_c``; the copies of its indexes and constraints are
+named the same way until the swap gives them their old names back."""
+
+
+@dataclass(frozen=True)
+class IndexFact:
+    """A plain index (no expression, predicate, non-default opclass or sort order) on the
+    column, which a copy can be given by a ``create_index`` of the same shape."""
+
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+    method: str
+
+
+@dataclass(frozen=True)
+class ForeignKeyFact:
+    """A foreign key from the column (and maybe others) to another table."""
+
+    name: str
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
+    on_delete: str | None
+
+
+@dataclass(frozen=True)
+class ColumnFacts:
+    """What a copy of a column must carry over, read from the live catalog."""
+
+    type: str
+    not_null: bool
+    default: str | None
+    comment: str | None
+    indexes: tuple[IndexFact, ...] = ()
+    uniques: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    foreign_keys: tuple[ForeignKeyFact, ...] = ()
+    checks: tuple[str, ...] = ()
+    """CHECK constraints that use the column: a copy cannot carry them (their text names the
+    column), so only the change's own ``check`` may be among them."""
+    refusals: tuple[str, ...] = ()
+    """What cannot be carried over to a copy, in words (a check, a view, a referencing key)."""
+
+
+FactReader = Callable[[str, str, str], ColumnFacts | None]
+"""(schema, table, column) -> the column's facts, or None when the column does not exist."""
+
+
+class ExpansionError(Exception):
+    """A change that cannot be expanded; carries located findings."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        super().__init__(findings)
+        self.findings = findings
+
+
+@dataclass
+class _Out:
+    """The five phases being built, plus the version views every change contributes to."""
+
+    steps: dict[str, list[tuple[StepSpec, int]]] = field(
+        default_factory=lambda: {phase: [] for phase in PHASES}
+    )
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """table -> ExposeTable fields (hide, rename, view), merged over the changes."""
+    view_origin: int | None = None
+
+    def add(self, phase: str, index: int, *steps: StepSpec) -> None:
+        self.steps[phase].extend((step, index) for step in steps)
+
+    def view(self, index: int, table: str) -> dict[str, Any]:
+        if self.view_origin is None:
+            self.view_origin = index
+        return self.views.setdefault(table, {"table": table, "hide": [], "rename": {}})
+
+
+def q(name: str) -> str:
+    """A quoted identifier, for the SQL text of an expanded step."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def copy_name(name: str) -> str:
+    return truncate_identifier(COPY_PREFIX + name)
+
+
+def default_version_schema(plan_name: str) -> str:
+    """``zdm_`` and the plan's name, lower-cased, other characters made ``_``."""
+    return truncate_identifier("zdm_" + re.sub(r"[^a-z0-9_]", "_", plan_name.lower()))
+
+
+def _trigger_name(table: str, column: str) -> str:
+    return truncate_identifier(f"zdm_dw_{bare_name(table)}_{column}")
+
+
+def expand(plan: Plan, plan_name: str, facts: FactReader | None = None) -> tuple[Plan, list[int]]:
+    """The plan with its changes expanded into its phases, and for each step of the result (in
+    execution order) the index of the change it came from, or -1 for a hand-written step.
+
+    Raises ExpansionError naming each change that cannot be expanded."""
+    if not plan.changes:
+        steps = plan.steps()
+        return plan, [-1] * len(steps)
+    out = _Out()
+    findings: list[Finding] = []
+    for index, change in enumerate(plan.changes):
+        try:
+            _EXPANDERS[type(change)](change, index, plan, out, facts)
+        except _Refused as refused:
+            findings.append(Finding(("changes", index, change.kind, *refused.loc), str(refused)))
+    if findings:
+        raise ExpansionError(findings)
+    if out.views:
+        assert out.view_origin is not None
+        schema = plan.version_schema or default_version_schema(plan_name)
+        tables = [
+            ExposeTable(
+                table=v["table"],
+                view=v.get("view"),
+                hide=sorted(set(v["hide"])),
+                rename=v["rename"],
+            )
+            for v in out.views.values()
+        ]
+        # The views show the new shape once every copy is filled; they go first in cleanup.
+        out.steps["dual_read"].append((Expose(schema=schema, tables=tables), out.view_origin))
+        out.steps["cleanup"].insert(0, (Unexpose(schema=schema), out.view_origin))
+    phases: dict[str, list[StepSpec]] = {}
+    origins: list[int] = []
+    for phase in PHASES:
+        written = plan.phases.of(phase)  # type: ignore[arg-type]
+        phases[phase] = [step for step, _ in out.steps[phase]] + list(written)
+        origins += [origin for _, origin in out.steps[phase]] + [-1] * len(written)
+    expanded = plan.model_copy(update={"changes": [], "phases": Phases(**phases)})
+    return expanded, origins
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, *loc: str) -> None:
+        super().__init__(message)
+        self.loc: Loc = loc
+
+
+# --- alter_column -------------------------------------------------------------------------
+
+
+def _alter_column(
+    change: AlterColumn, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    if change.copies:
+        _alter_through_copy(change, index, plan, out, facts)
+    else:
+        _alter_in_place(change, index, out)
+
+
+def _alter_in_place(change: AlterColumn, index: int, out: _Out) -> None:
+    table, column = change.table, change.column
+    final = change.name or column
+    if change.sets_comment:
+        out.add("additive", index, SetComment(table=table, column=column, comment=change.comment))
+    if change.default is not None:
+        out.add("additive", index, SetDefault(table=table, column=column, default=change.default))
+    if change.name is not None:
+        out.view(index, table)["rename"][column] = change.name
+    if change.sets_default and change.default is None:
+        out.add("cleanup", index, DropDefault(table=table, column=column))
+    if change.nullable is True:
+        out.add("cleanup", index, DropNotNull(table=table, column=column))
+    elif change.nullable is False:
+        out.add("cleanup", index, SetNotNull(table=table, column=column))
+    if change.name is not None:
+        out.add("cleanup", index, RenameColumn(table=table, column=column, to=change.name))
+    _add_constraints(change, index, out, final)
+
+
+def _add_constraints(change: AlterColumn, index: int, out: _Out, column: str) -> None:
+    """The change's own constraints, on the column under its final name, in cleanup: the old
+    version, which may still write values they refuse, is gone by then."""
+    table = change.table
+    if change.unique is not None:
+        out.add("cleanup", index, AddUnique(table=table, name=change.unique.name, columns=[column]))
+    if change.check is not None:
+        out.add(
+            "cleanup",
+            index,
+            AddCheck(table=table, name=change.check.name, check=change.check.constraint),
+        )
+    if change.references is not None:
+        ref = change.references
+        out.add(
+            "cleanup",
+            index,
+            AddForeignKey(
+                table=table,
+                name=ref.name,
+                columns=[column],
+                references=ForeignRef(table=ref.table, columns=[ref.column]),
+                on_delete=ref.on_delete,
+            ),
+        )
+
+
+def _read_facts(change: AlterColumn, plan: Plan, facts: FactReader | None) -> ColumnFacts:
+    table, column = change.table, change.column
+    if facts is None:
+        raise _Refused(
+            f"the change copies column {column!r} of {table}; its default, NOT NULL, indexes, "
+            "constraints and comment, which the copy must carry over, are read from the "
+            "database: give a connection (--dsn, ZDM_DSN)",
+            "column",
+        )
+    schema, name = split_qualified(table, plan.schema_)
+    found = facts(schema, name, column)
+    if found is None:
+        raise _Refused(f"table {schema}.{name} has no column {column!r}", "column")
+    own = {spec.name for spec in (change.unique, change.check, change.references) if spec}
+    refusals = list(found.refusals)
+    refusals += [
+        f"check constraint {check} uses it (drop it first and restate it as this change's 'check')"
+        for check in found.checks
+        if check not in own
+    ]
+    if refusals:
+        raise _Refused(
+            f"column {column!r} of {table} cannot be copied: " + "; ".join(refusals),
+            "column",
+        )
+    return found
+
+
+def _alter_through_copy(
+    change: AlterColumn, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    table, column = change.table, change.column
+    final = change.name or column
+    known = _read_facts(change, plan, facts)
+    own = {spec.name for spec in (change.unique, change.check, change.references) if spec}
+    copy = copy_name(column)
+    new_type = change.type or known.type
+    up = change.up or f"CAST({q(column)} AS {new_type})"
+    # `down` names the column, meaning its new value: a subquery gives that name the copy's
+    # value, and every other name still reads the row.
+    down = change.down or q(column)
+    reverse = f"(SELECT ({down}) FROM (SELECT {q(copy)} AS {q(column)}) AS zdm_new)"
+    trigger = _trigger_name(table, column)
+
+    out.add("additive", index, AddColumn(table=table, column=NewColumn(name=copy, type=new_type)))
+    comment = change.comment if change.sets_comment else known.comment
+    if comment is not None:
+        out.add("additive", index, SetComment(table=table, column=copy, comment=comment))
+    out.add(
+        "dual_write",
+        index,
+        DualWrite(table=table, name=trigger, set={copy: up}, reverse={column: reverse}),
+    )
+    out.add("backfill", index, Backfill(table=table, set={copy: up}))
+
+    renames: list[str] = []
+
+    def swapped(names: tuple[str, ...]) -> list[str]:
+        return [copy if name == column else name for name in names]
+
+    for idx in known.indexes:
+        if idx.name in own:
+            continue
+        temp = copy_name(idx.name)
+        out.add(
+            "dual_read",
+            index,
+            CreateIndex(
+                table=table,
+                name=temp,
+                columns=swapped(idx.columns),
+                unique=idx.unique,
+                method=idx.method,  # type: ignore[arg-type]
+            ),
+        )
+        renames.append(f"ALTER INDEX {_sibling(table, temp)} RENAME TO {q(idx.name)}")
+    for name, cols in known.uniques:
+        if name in own:
+            continue
+        temp = copy_name(name)
+        out.add("dual_read", index, AddUnique(table=table, name=temp, columns=swapped(cols)))
+        renames.append(f"ALTER TABLE {_table(table)} RENAME CONSTRAINT {q(temp)} TO {q(name)}")
+    for fk in known.foreign_keys:
+        if fk.name in own:
+            continue
+        temp = copy_name(fk.name)
+        out.add(
+            "dual_read",
+            index,
+            AddForeignKey(
+                table=table,
+                name=temp,
+                columns=swapped(fk.columns),
+                references=ForeignRef(table=fk.ref_table, columns=list(fk.ref_columns)),
+                on_delete=fk.on_delete,  # type: ignore[arg-type]
+            ),
+        )
+        renames.append(f"ALTER TABLE {_table(table)} RENAME CONSTRAINT {q(temp)} TO {q(fk.name)}")
+    view = out.view(index, table)
+    view["hide"].append(column)
+    view["rename"][copy] = final
+
+    out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
+    default = change.default if change.sets_default else known.default
+    if default is not None:
+        out.add("cleanup", index, SetDefault(table=table, column=copy, default=default))
+    not_null = known.not_null if change.nullable is None else not change.nullable
+    if not_null:
+        out.add("cleanup", index, SetNotNull(table=table, column=copy))
+    swap = [
+        f"ALTER TABLE {_table(table)} DROP COLUMN {q(column)}",
+        f"ALTER TABLE {_table(table)} RENAME COLUMN {q(copy)} TO {q(final)}",
+        *renames,
+    ]
+    out.add(
+        "cleanup",
+        index,
+        Sql(
+            up=";\n".join(swap) + ";\n",
+            lock="ACCESS EXCLUSIVE",
+            tables=[table],
+        ),
+    )
+    _add_constraints(change, index, out, final)
+
+
+def _table(table: str) -> str:
+    return ".".join(q(part) for part in table.split("."))
+
+
+def _sibling(table: str, name: str) -> str:
+    schema, _, _ = table.rpartition(".")
+    return f"{q(schema)}.{q(name)}" if schema else q(name)
+
+
+# --- the simpler kinds --------------------------------------------------------------------
+
+
+def _rename_column(
+    change: RenameColumnChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    out.view(index, change.table)["rename"][change.from_] = change.to
+    out.add("cleanup", index, RenameColumn(table=change.table, column=change.from_, to=change.to))
+
+
+def _rename_table(
+    change: RenameTableChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    out.view(index, change.from_)["view"] = change.to
+    out.add("cleanup", index, RenameTable(table=change.from_, to=change.to))
+
+
+def _drop_column(
+    change: DropColumnChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    table, column = change.table, change.column
+    trigger = _trigger_name(table, column)
+    if change.down is not None:
+        # The old version still reads the column: rows the new version writes without it get
+        # `down`; a value someone wrote is kept.
+        fill = f"COALESCE({q(column)}, {change.down})"
+        out.add("dual_write", index, DualWrite(table=table, name=trigger, set={column: fill}))
+    out.view(index, table)["hide"].append(column)
+    if change.down is not None:
+        out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
+    out.add("cleanup", index, DropColumn(table=table, column=column))
+
+
+def _add_column(
+    change: AddColumnChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    table, column = change.table, change.column
+    name = column.name
+    if change.up is None:
+        new = NewColumn(
+            name=name, type=column.type, nullable=column.nullable, default=column.default
+        )
+        out.add("additive", index, AddColumn(table=table, column=new))
+    else:
+        # Old writers leave the column NULL and the trigger fills it, so its default and NOT
+        # NULL wait for cleanup, after the trigger is gone.
+        out.add(
+            "additive", index, AddColumn(table=table, column=NewColumn(name=name, type=column.type))
+        )
+    if column.comment is not None:
+        out.add("additive", index, SetComment(table=table, column=name, comment=column.comment))
+    if change.up is not None:
+        trigger = _trigger_name(table, name)
+        out.add("dual_write", index, DualWrite(table=table, name=trigger, set={name: change.up}))
+        out.add("backfill", index, Backfill(table=table, set={name: change.up}))
+        out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
+        if column.default is not None:
+            out.add("cleanup", index, SetDefault(table=table, column=name, default=column.default))
+        if not column.nullable:
+            out.add("cleanup", index, SetNotNull(table=table, column=name))
+    base = bare_name(table)
+    if column.unique:
+        unique = truncate_identifier(f"{base}_{name}_key")
+        out.add("cleanup", index, AddUnique(table=table, name=unique, columns=[name]))
+    if column.check is not None:
+        check = truncate_identifier(f"{base}_{name}_check")
+        out.add("cleanup", index, AddCheck(table=table, name=check, check=column.check))
+    if column.references is not None:
+        ref = column.references
+        out.add(
+            "cleanup",
+            index,
+            AddForeignKey(
+                table=table,
+                name=ref.name,
+                columns=[name],
+                references=ForeignRef(table=ref.table, columns=[ref.column]),
+                on_delete=ref.on_delete,
+            ),
+        )
+
+
+_EXPANDERS: dict[type[ChangeSpec], Callable[..., None]] = {
+    AlterColumn: _alter_column,
+    AddColumnChange: _add_column,
+    DropColumnChange: _drop_column,
+    RenameColumnChange: _rename_column,
+    RenameTableChange: _rename_table,
+}
