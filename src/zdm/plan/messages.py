@@ -89,11 +89,12 @@ def _descend(tp: Any, part: Any) -> Any:
     if origin is dict:
         return get_args(tp)[1]
     if origin in (Union, types.UnionType):
-        kind = None
-        if isinstance(part, str):
-            kind = STEP_KINDS.get(part) or CHANGE_KINDS.get(part)
-        if kind is not None and any(_strip(arg) is kind for arg in get_args(tp)):
-            return kind
+        if not isinstance(part, str):
+            return None
+        members = [_strip(arg) for arg in get_args(tp)]
+        for kind in (STEP_KINDS.get(part), CHANGE_KINDS.get(part)):
+            if kind is not None and kind in members:
+                return kind
         return None
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         for name, info in tp.model_fields.items():

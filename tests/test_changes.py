@@ -1,0 +1,612 @@
+"""High-level `changes`: their exact expansion into the five phases, and their whole lifecycle
+on PostgreSQL with the old and the new application version writing at once.
+
+The lifecycle of each change kind: the plan runs to its gate (before cleanup) while an old
+writer uses the base table and a new writer the version views; both shapes must agree on every
+row. Rollback must leave the catalog exactly as it was; the plan then runs again, both versions
+write again, and `--continue` completes it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent / "operations"))
+from ops_support import snapshot
+
+from zdm.cli import app
+from zdm.engine.facts import read_column_facts
+from zdm.logs import configure
+from zdm.plan import PlanError, parse_plan, plan_json_schema
+from zdm.plan.expand import ColumnFacts, ForeignKeyFact, IndexFact
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_stderr() -> None:
+    configure()
+
+
+def expanded(text: str, facts: dict[tuple[str, str, str], ColumnFacts] | None = None) -> Any:
+    """The expanded plan's phases as plain data, as `zdm expand` prints them."""
+    reader = None if facts is None else (lambda s, t, c: facts.get((s, t, c)))
+    loaded = parse_plan(text, "p.yaml", facts=reader)
+    data = loaded.plan.model_dump(by_alias=True, exclude_defaults=True)
+    return {phase: steps for phase, steps in data["phases"].items() if steps}
+
+
+def issues(text: str, facts: Any = None) -> list[str]:
+    with pytest.raises(PlanError) as error:
+        parse_plan(text, "p.yaml", facts=facts)
+    return [str(issue) for issue in error.value.issues]
+
+
+# --- exact expansions ---------------------------------------------------------------------
+
+
+def test_alter_column_in_place() -> None:
+    plan = """\
+version: 1
+name: tidy
+changes:
+  - alter_column:
+      table: orders
+      column: note
+      name: remark
+      nullable: false
+      default: "''"
+      comment: what the customer wrote
+      unique: {name: orders_remark_key}
+      check: {name: remark_short, constraint: "length(remark) < 100"}
+      references: {name: orders_remark_fk, table: remarks, column: body, on_delete: cascade}
+"""
+    assert expanded(plan) == {
+        "additive": [
+            {
+                "set_comment": {
+                    "table": "orders",
+                    "column": "note",
+                    "comment": "what the customer wrote",
+                }
+            },
+            {"set_default": {"table": "orders", "column": "note", "default": "''"}},
+        ],
+        "dual_read": [
+            {
+                "expose": {
+                    "schema": "zdm_tidy",
+                    "tables": [{"table": "orders", "rename": {"note": "remark"}}],
+                }
+            }
+        ],
+        "cleanup": [
+            {"unexpose": {"schema": "zdm_tidy"}},
+            {"set_not_null": {"table": "orders", "column": "note"}},
+            {"rename_column": {"table": "orders", "column": "note", "to": "remark"}},
+            {"add_unique": {"table": "orders", "name": "orders_remark_key", "columns": ["remark"]}},
+            {
+                "add_check": {
+                    "table": "orders",
+                    "name": "remark_short",
+                    "check": "length(remark) < 100",
+                }
+            },
+            {
+                "add_foreign_key": {
+                    "table": "orders",
+                    "name": "orders_remark_fk",
+                    "columns": ["remark"],
+                    "references": {"table": "remarks", "columns": ["body"]},
+                    "on_delete": "cascade",
+                }
+            },
+        ],
+    }
+
+
+def test_alter_column_drops_default_and_not_null_in_cleanup() -> None:
+    plan = """\
+version: 1
+changes:
+  - alter_column: {table: orders, column: note, nullable: true, default: null, comment: null}
+"""
+    assert expanded(plan) == {
+        "additive": [{"set_comment": {"table": "orders", "column": "note", "comment": None}}],
+        "cleanup": [
+            {"drop_default": {"table": "orders", "column": "note"}},
+            {"drop_not_null": {"table": "orders", "column": "note"}},
+        ],
+    }
+
+
+PRICE_FACTS = ColumnFacts(
+    type="text",
+    not_null=True,
+    default="'0'::text",
+    comment="list price",
+    indexes=(IndexFact("orders_price_idx", ("price",), False, "btree"),),
+    uniques=(("orders_sku_price_key", ("sku", "price")),),
+    foreign_keys=(
+        ForeignKeyFact("orders_price_fk", ("price",), "public.prices", ("label",), "cascade"),
+    ),
+)
+
+PRICE_PLAN = """\
+version: 1
+name: price
+changes:
+  - alter_column:
+      table: orders
+      column: price
+      type: numeric(10,2)
+      up: "nullif(price, '')::numeric(10,2)"
+      down: "price::text"
+      default: "0"
+"""
+
+
+def test_alter_column_type_through_a_copy() -> None:
+    facts = {("public", "orders", "price"): PRICE_FACTS}
+    reverse = '(SELECT (price::text) FROM (SELECT "_zdm_new_price" AS "price") AS zdm_new)'
+    up = "nullif(price, '')::numeric(10,2)"
+    assert expanded(PRICE_PLAN, facts) == {
+        "additive": [
+            {
+                "add_column": {
+                    "table": "orders",
+                    "column": {"name": "_zdm_new_price", "type": "numeric(10,2)"},
+                }
+            },
+            {
+                "set_comment": {
+                    "table": "orders",
+                    "column": "_zdm_new_price",
+                    "comment": "list price",
+                }
+            },
+        ],
+        "dual_write": [
+            {
+                "dual_write": {
+                    "table": "orders",
+                    "set": {"_zdm_new_price": up},
+                    "reverse": {"price": reverse},
+                    "name": "zdm_dw_orders_price",
+                }
+            }
+        ],
+        "backfill": [{"backfill": {"table": "orders", "set": {"_zdm_new_price": up}}}],
+        "dual_read": [
+            {
+                "create_index": {
+                    "table": "orders",
+                    "name": "_zdm_new_orders_price_idx",
+                    "columns": ["_zdm_new_price"],
+                }
+            },
+            {
+                "add_unique": {
+                    "table": "orders",
+                    "name": "_zdm_new_orders_sku_price_key",
+                    "columns": ["sku", "_zdm_new_price"],
+                }
+            },
+            {
+                "add_foreign_key": {
+                    "table": "orders",
+                    "name": "_zdm_new_orders_price_fk",
+                    "columns": ["_zdm_new_price"],
+                    "references": {"table": "public.prices", "columns": ["label"]},
+                    "on_delete": "cascade",
+                }
+            },
+            {
+                "expose": {
+                    "schema": "zdm_price",
+                    "tables": [
+                        {
+                            "table": "orders",
+                            "hide": ["price"],
+                            "rename": {"_zdm_new_price": "price"},
+                        }
+                    ],
+                }
+            },
+        ],
+        "cleanup": [
+            {"unexpose": {"schema": "zdm_price"}},
+            {"drop_dual_write": {"table": "orders", "name": "zdm_dw_orders_price"}},
+            {"set_default": {"table": "orders", "column": "_zdm_new_price", "default": "0"}},
+            {"set_not_null": {"table": "orders", "column": "_zdm_new_price"}},
+            {
+                "sql": {
+                    "up": 'ALTER TABLE "orders" DROP COLUMN "price";\n'
+                    'ALTER TABLE "orders" RENAME COLUMN "_zdm_new_price" TO "price";\n'
+                    'ALTER INDEX "_zdm_new_orders_price_idx" RENAME TO "orders_price_idx";\n'
+                    'ALTER TABLE "orders" RENAME CONSTRAINT "_zdm_new_orders_sku_price_key" '
+                    'TO "orders_sku_price_key";\n'
+                    'ALTER TABLE "orders" RENAME CONSTRAINT "_zdm_new_orders_price_fk" '
+                    'TO "orders_price_fk";\n',
+                    "lock": "ACCESS EXCLUSIVE",
+                    "tables": ["orders"],
+                }
+            },
+        ],
+    }
+
+
+def test_a_copy_without_a_database_is_refused_naming_what_it_cannot_know() -> None:
+    assert issues(PRICE_PLAN) == [
+        "p.yaml:6:15: changes[0].alter_column.column: the change copies column 'price' of "
+        "orders; its default, NOT NULL, indexes, constraints and comment, which the copy must "
+        "carry over, are read from the database: give a connection (--dsn, ZDM_DSN)"
+    ]
+
+
+def test_a_copy_refuses_what_it_cannot_carry_over() -> None:
+    facts = ColumnFacts(
+        type="text",
+        not_null=False,
+        default=None,
+        comment=None,
+        checks=("price_positive",),
+        refusals=("view public.cheap reads it",),
+    )
+    assert issues(PRICE_PLAN, lambda s, t, c: facts) == [
+        "p.yaml:6:15: changes[0].alter_column.column: column 'price' of orders cannot be "
+        "copied: view public.cheap reads it; check constraint price_positive uses it (drop it "
+        "first and restate it as this change's 'check')"
+    ]
+    assert issues(PRICE_PLAN, lambda s, t, c: None) == [
+        "p.yaml:6:15: changes[0].alter_column.column: table public.orders has no column 'price'"
+    ]
+
+
+def test_the_simpler_kinds() -> None:
+    plan = """\
+version: 1
+name: v2
+version_schema: app_v2
+changes:
+  - rename_table: {from: customers, to: clients}
+  - rename_column: {table: orders, from: qty, to: quantity}
+  - drop_column: {table: orders, column: legacy, down: "'x'"}
+  - add_column:
+      table: orders
+      column: {name: total, type: bigint, nullable: false, default: "0", comment: sum, unique: true, check: total >= 0}
+      up: qty * 10
+phases:
+  dual_read:
+    - verify: {sql: SELECT 1, expect: 1}
+"""
+    assert expanded(plan) == {
+        "additive": [
+            {"add_column": {"table": "orders", "column": {"name": "total", "type": "bigint"}}},
+            {"set_comment": {"table": "orders", "column": "total", "comment": "sum"}},
+        ],
+        "dual_write": [
+            {
+                "dual_write": {
+                    "table": "orders",
+                    "set": {"legacy": "COALESCE(\"legacy\", 'x')"},
+                    "name": "zdm_dw_orders_legacy",
+                }
+            },
+            {
+                "dual_write": {
+                    "table": "orders",
+                    "set": {"total": "qty * 10"},
+                    "name": "zdm_dw_orders_total",
+                }
+            },
+        ],
+        "backfill": [{"backfill": {"table": "orders", "set": {"total": "qty * 10"}}}],
+        "dual_read": [
+            {
+                "expose": {
+                    "schema": "app_v2",
+                    "tables": [
+                        {"table": "customers", "view": "clients"},
+                        {"table": "orders", "hide": ["legacy"], "rename": {"qty": "quantity"}},
+                    ],
+                }
+            },
+            {"verify": {"sql": "SELECT 1", "expect": 1}},
+        ],
+        "cleanup": [
+            {"unexpose": {"schema": "app_v2"}},
+            {"rename_table": {"table": "customers", "to": "clients"}},
+            {"rename_column": {"table": "orders", "column": "qty", "to": "quantity"}},
+            {"drop_dual_write": {"table": "orders", "name": "zdm_dw_orders_legacy"}},
+            {"drop_column": {"table": "orders", "column": "legacy"}},
+            {"drop_dual_write": {"table": "orders", "name": "zdm_dw_orders_total"}},
+            {"set_default": {"table": "orders", "column": "total", "default": "0"}},
+            {"set_not_null": {"table": "orders", "column": "total"}},
+            {"add_unique": {"table": "orders", "name": "orders_total_key", "columns": ["total"]}},
+            {"add_check": {"table": "orders", "name": "orders_total_check", "check": "total >= 0"}},
+        ],
+    }
+
+
+def test_change_errors_are_located() -> None:
+    plan = """\
+version: 1
+changes:
+  - alter_column: {table: orders, column: price}
+  - alter_column: {table: orders, column: price, type: bigint}
+  - alter_colum: {table: orders}
+  - rename_column: {table: orders, from: a, too: b}
+"""
+    assert issues(plan) == [
+        "p.yaml:3:19: changes[0].alter_column: alter_column changes nothing; give at least one "
+        "of name, type, nullable, default, unique, check, references, comment",
+        "p.yaml:4:56: changes[1].alter_column.type: a type change needs 'down': the old "
+        "column's value (new -> old) for rows the new version writes, e.g. the new column cast "
+        "back to the old type",
+        "p.yaml:5:5: changes[2]: unknown change kind 'alter_colum' (did you mean "
+        "'alter_column'?); known kinds: alter_column, add_column, drop_column, rename_column, "
+        "rename_table",
+        "p.yaml:6:20: changes[3].rename_column.to: missing required field 'to'",
+        "p.yaml:6:45: changes[3].rename_column.too: unknown key 'too' (did you mean 'to'?); "
+        "expected one of: table, from, to",
+    ]
+
+
+def test_the_json_schema_knows_changes() -> None:
+    schema = plan_json_schema()
+    change = schema["properties"]["changes"]["items"]
+    kinds = {next(iter(choice["properties"])) for choice in _choices(change, schema)}
+    assert kinds == {"alter_column", "add_column", "drop_column", "rename_column", "rename_table"}
+
+
+def _choices(items: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        return schema["$defs"][ref.rsplit("/", 1)[1]] if ref else node
+
+    items = resolve(items)
+    return [resolve(choice) for choice in items.get("oneOf", items.get("anyOf", []))]
+
+
+def test_zdm_expand_prints_a_plan_that_validates_again(tmp_path: Path) -> None:
+    path = tmp_path / "rename.yaml"
+    path.write_text("version: 1\nchanges:\n  - rename_column: {table: t, from: a, to: b}\n")
+    result = CliRunner().invoke(app, ["expand", str(path)])
+    assert result.exit_code == 0, result.output
+    again = parse_plan(result.stdout, "again.yaml")
+    assert not again.plan.changes
+    assert [step.kind for step in again.steps()] == ["expose", "unexpose", "rename_column"]
+    assert yaml.safe_load(result.stdout)["name"] == "rename"
+
+
+# --- lifecycles on PostgreSQL -------------------------------------------------------------
+
+
+@dataclass
+class Version:
+    """One application version writing on its own connection until stopped: inserts, then
+    updates of the rows it inserted, through `search_path` (the base tables or the views)."""
+
+    dsn: str
+    search_path: str
+    insert: str
+    update: str
+    errors: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Version:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"SET search_path = {self.search_path}")
+            n = 0
+            while not self._stop.is_set() or n < 4:
+                n += 1
+                try:
+                    if n % 2 or not self.ids:
+                        row = conn.execute(self.insert, {"n": n}).fetchone()
+                        assert row is not None
+                        self.ids.append(row[0])
+                    else:
+                        conn.execute(self.update, {"n": n, "id": self.ids[n % len(self.ids)]})
+                except psycopg.Error as error:
+                    self.errors.append(f"{type(error).__name__}: {error}")
+                self._stop.wait(0.005)
+
+
+def catalog(conn: Conn) -> dict[str, Any]:
+    """The public schema's catalog, without row checksums (the versions keep writing)."""
+    snap = snapshot(conn)
+    snap.pop("data", None)
+    return snap
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    id: str
+    setup: str
+    plan: str
+    old: tuple[str, str]
+    """(insert, update) of the old version, on the base tables."""
+    new: tuple[str, str]
+    """(insert, update) of the new version, through the version views."""
+    agree: str
+    """A count of rows whose two shapes disagree while both exist: must be 0 at the gate."""
+    done: Callable[[Conn], None]
+    """Checks of the final schema and data."""
+
+
+def _column(conn: Conn, table: str, name: str) -> tuple[str, bool, str | None, str | None] | None:
+    row = conn.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull,"
+        " pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum)"
+        " FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid"
+        " AND d.adnum = a.attnum WHERE a.attrelid = %s::regclass AND a.attname = %s"
+        " AND NOT a.attisdropped",
+        (table, name),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+def _names(conn: Conn, query: str) -> list[str]:
+    return [r[0] for r in conn.execute(query)]
+
+
+def _price_done(conn: Conn) -> None:
+    assert _column(conn, "orders", "price") == ("numeric(10,2)", True, "0", "list price")
+    assert _column(conn, "orders", "_zdm_new_price") is None
+    assert _names(
+        conn, "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1"
+    ) == ["orders_pkey", "orders_price_idx", "orders_sku_price_key"]
+    assert _names(
+        conn,
+        "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'orders'::regclass AND contype <> 'n' ORDER BY 1",
+    ) == [
+        "orders_pkey PRIMARY KEY (id)",
+        "orders_sku_price_key UNIQUE (sku, price)",
+        "price_positive CHECK ((price >= (0)::numeric))",
+    ]
+    assert conn.execute("SELECT count(*) FROM orders WHERE price IS NULL").fetchone() == (0,)
+    assert conn.execute("SELECT price FROM orders WHERE id = 1").fetchone() == (pytest.approx(1.5),)
+    assert not _names(conn, "SELECT nspname FROM pg_namespace WHERE nspname = 'zdm_price'")
+
+
+LIFECYCLES = [
+    Lifecycle(
+        "alter_column_type",
+        setup="""
+CREATE TABLE orders (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, sku text NOT NULL,
+                     price text NOT NULL);
+COMMENT ON COLUMN orders.price IS 'list price';
+CREATE INDEX orders_price_idx ON orders (price);
+ALTER TABLE orders ADD CONSTRAINT orders_sku_price_key UNIQUE (sku, price);
+INSERT INTO orders (sku, price) SELECT 'sku' || i, (i * 1.5)::text FROM generate_series(1, 300) i;
+""",
+        plan="""\
+version: 1
+name: price
+gates: [cleanup]
+changes:
+  - alter_column:
+      table: orders
+      column: price
+      type: numeric(10,2)
+      up: "price::numeric(10,2)"
+      down: "price::text"
+      default: "0"
+      check: {name: price_positive, constraint: "price >= 0"}
+""",
+        old=(
+            "INSERT INTO orders (sku, price) VALUES ('old' || txid_current(), (%(n)s * 0.25)::text) RETURNING id",
+            "UPDATE orders SET price = (%(n)s * 0.5)::text WHERE id = %(id)s",
+        ),
+        new=(
+            "INSERT INTO orders (sku, price) VALUES ('new' || txid_current(), %(n)s * 0.75) RETURNING id",
+            "UPDATE orders SET price = %(n)s * 0.125 WHERE id = %(id)s",
+        ),
+        agree="SELECT count(*) FROM public.orders"
+        " WHERE _zdm_new_price IS DISTINCT FROM price::numeric(10,2)"
+        " OR price IS DISTINCT FROM _zdm_new_price::text AND price::numeric <> _zdm_new_price",
+        done=_price_done,
+    ),
+]
+
+
+def _run(path: Path, dsn: str, *extra: str) -> None:
+    result = CliRunner().invoke(app, ["run", str(path), "--dsn", dsn, *extra])
+    assert result.exit_code == 0, result.output
+
+
+def _write_both(dsn: str, case: Lifecycle, schema: str) -> None:
+    old = Version(dsn, "public", *case.old)
+    new = Version(dsn, f"{schema}, public", *case.new)
+    with old, new:
+        threading.Event().wait(0.3)
+    assert old.errors == [] and new.errors == []
+    assert old.ids and new.ids
+
+
+@pytest.mark.parametrize("case", LIFECYCLES, ids=[c.id for c in LIFECYCLES])
+def test_lifecycle(case: Lifecycle, dsn: str, conn: Conn, tmp_path: Path) -> None:
+    conn.execute(case.setup)
+    path = tmp_path / "plan.yaml"
+    path.write_text(case.plan)
+    schema = "zdm_" + yaml.safe_load(case.plan)["name"]
+    before = catalog(conn)
+
+    old = Version(dsn, "public", *case.old)
+    with old:
+        _run(path, dsn)  # to the gate before cleanup
+    assert old.errors == []
+    _write_both(dsn, case, schema)
+    assert conn.execute(case.agree).fetchone() == (0,)
+
+    result = CliRunner().invoke(app, ["rollback", str(path), "--dsn", dsn])
+    assert result.exit_code == 0, result.output
+    assert catalog(conn) == before
+
+    with Version(dsn, "public", *case.old) as again:
+        _run(path, dsn)
+    assert again.errors == []
+    _write_both(dsn, case, schema)
+    assert conn.execute(case.agree).fetchone() == (0,)
+    _run(path, dsn, "--continue")
+    case.done(conn)
+
+
+def test_facts_of_a_live_column(conn: Conn) -> None:
+    conn.execute("""
+CREATE TABLE prices (label text PRIMARY KEY);
+CREATE TABLE "Odd" (id int PRIMARY KEY, "Price" text NOT NULL DEFAULT 'x'
+    REFERENCES prices ON DELETE SET NULL, sku text);
+COMMENT ON COLUMN "Odd"."Price" IS 'p';
+CREATE INDEX odd_plain ON "Odd" ("Price", sku);
+CREATE INDEX odd_lower ON "Odd" (lower("Price"));
+ALTER TABLE "Odd" ADD CONSTRAINT odd_u UNIQUE ("Price");
+ALTER TABLE "Odd" ADD CONSTRAINT odd_c CHECK ("Price" <> '');
+CREATE VIEW odd_view AS SELECT "Price" FROM "Odd";
+""")
+    facts = read_column_facts(conn, "public", "Odd", "Price")
+    assert facts == ColumnFacts(
+        type="text",
+        not_null=True,
+        default="'x'::text",
+        comment="p",
+        indexes=(IndexFact("odd_plain", ("Price", "sku"), False, "btree"),),
+        uniques=(("odd_u", ("Price",)),),
+        foreign_keys=(
+            ForeignKeyFact("Odd_Price_fkey", ("Price",), "public.prices", ("label",), "set null"),
+        ),
+        checks=("odd_c",),
+        refusals=(
+            "index odd_lower is not a plain list of columns (an expression, a predicate, "
+            "included columns, an operator class, a collation or a sort order)",
+            "view odd_view reads it",
+        ),
+    )
+    assert read_column_facts(conn, "public", "Odd", "nope") is None
+    assert read_column_facts(conn, "public", "Odd", "id") is not None
+    pk = read_column_facts(conn, "public", "Odd", "id")
+    assert pk is not None and pk.refusals == ("it is in the primary key Odd_pkey",)
