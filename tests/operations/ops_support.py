@@ -156,6 +156,10 @@ _SNAPSHOT_QUERIES: dict[str, str] = {
     "functions": """
         SELECT p.proname, md5(p.prosrc) FROM pg_proc p
         WHERE p.pronamespace = %(schema)s::regnamespace ORDER BY 1""",
+    "comments": """
+        SELECT c.relname, d.objsubid, d.description FROM pg_description d
+        JOIN pg_class c ON c.oid = d.objoid AND d.classoid = 'pg_class'::regclass
+        WHERE c.relnamespace = %(schema)s::regnamespace ORDER BY 1, 2""",
 }
 
 

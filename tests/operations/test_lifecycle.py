@@ -171,6 +171,13 @@ def set_note_default(conn: Conn, writer: Writer, version: int) -> None:
     assert rows == [("n/a",)]
 
 
+def commented_note(conn: Conn, writer: Writer, version: int) -> None:
+    row = conn.execute(
+        "SELECT col_description('items'::regclass, 5), obj_description('items'::regclass)"
+    ).fetchone()
+    assert row == ("what it says", "the items")
+
+
 def set_qty_default(conn: Conn, writer: Writer, version: int) -> None:
     assert column(conn, "items", "qty") == ("integer", True, "1")
     assert accepts(conn, "INSERT INTO items (id, name) VALUES (900001, 'x') RETURNING qty") == [
@@ -400,6 +407,13 @@ CASES = [
         "set_default",
         "additive:\n  - set_default: {table: items, column: note, default: \"'n/a'\"}\n",
         set_note_default,
+    ),
+    Case(
+        "set_comment",
+        "additive:\n  - set_comment: {table: items, column: note, comment: what it says}\n"
+        "  - set_comment: {table: items, comment: the items}\n",
+        commented_note,
+        setup="COMMENT ON COLUMN items.note IS 'before'",
     ),
     Case(
         "set_default_over_a_default",

@@ -33,6 +33,8 @@ class LoadedPlan:
     base_dir: Path
     """Directory that relative ``up_file``/``down_file`` paths are resolved against."""
     step_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    step_origins: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """Step key -> the change it was expanded from (``"changes[0] alter_column"``)."""
     source: Plan | None = field(default=None, repr=False, compare=False)
     """The plan as written, when it has ``changes`` (``plan`` is then their expansion)."""
 
@@ -137,10 +139,14 @@ def _load(
         raise PlanError(_sorted_unique(issues))
 
     step_lines = {}
+    step_origins = {}
     for ordinal, step in enumerate(plan.steps()):
         written = _written_index(plan, origins, step.phase, step.index)
         if origins and origins[ordinal] >= 0:
-            position = document.position(("changes", origins[ordinal]))
+            change = origins[ordinal]
+            assert source is not None
+            step_origins[step.key] = f"changes[{change}] {source.changes[change].kind}"
+            position = document.position(("changes", change))
         else:
             position = document.position(("phases", step.phase, written))
         if position is not None:
@@ -153,6 +159,7 @@ def _load(
         text=text,
         base_dir=path.absolute().parent,
         step_lines=step_lines,
+        step_origins=step_origins,
         source=source if source is not None and source.changes else None,
     )
 
