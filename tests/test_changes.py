@@ -339,6 +339,78 @@ phases:
     }
 
 
+def test_constraint_comment_identity_and_key_changes() -> None:
+    plan = """\
+version: 1
+changes:
+  - drop_constraint: {table: orders, name: qty_positive}
+  - rename_constraint: {table: orders, from: a_key, to: b_key}
+  - set_comment: {table: orders, comment: the orders}
+  - set_replica_identity: {table: orders, identity: {type: index, index: orders_code_key}}
+  - add_primary_key: {table: events, columns: [source, seq]}
+"""
+    assert expanded(plan) == {
+        "additive": [
+            {"set_comment": {"table": "orders", "comment": "the orders"}},
+            {
+                "set_replica_identity": {
+                    "table": "orders",
+                    "type": "index",
+                    "index": "orders_code_key",
+                }
+            },
+        ],
+        "cleanup": [
+            {"drop_constraint": {"table": "orders", "name": "qty_positive"}},
+            {"rename_constraint": {"table": "orders", "name": "a_key", "to": "b_key"}},
+            {"set_not_null": {"table": "events", "column": "source"}},
+            {"set_not_null": {"table": "events", "column": "seq"}},
+            {
+                "add_primary_key": {
+                    "table": "events",
+                    "name": "events_pkey",
+                    "columns": ["source", "seq"],
+                }
+            },
+        ],
+    }
+
+
+def test_drop_constraint_with_up_and_down_goes_through_a_copy() -> None:
+    plan = """\
+version: 1
+name: loose
+changes:
+  - drop_constraint:
+      table: orders
+      name: qty_positive
+      column: qty
+      up: qty
+      down: "greatest(qty, 1)"
+"""
+    facts = ColumnFacts(
+        type="integer", not_null=True, default=None, comment=None, checks=("qty_positive",)
+    )
+    result = expanded(plan, {("public", "orders", "qty"): facts})
+    assert result["additive"] == [
+        {"add_column": {"table": "orders", "column": {"name": "_zdm_new_qty", "type": "integer"}}}
+    ]
+    assert result["dual_write"][0]["dual_write"]["reverse"] == {
+        "qty": '(SELECT (greatest(qty, 1)) FROM (SELECT "_zdm_new_qty" AS "qty") AS zdm_new)'
+    }
+    assert [next(iter(step)) for step in result["cleanup"]] == [
+        "unexpose",
+        "drop_dual_write",
+        "set_not_null",
+        "sql",
+    ]
+    # Another check on the column is still refused: its text names the old column.
+    other = ColumnFacts(
+        type="integer", not_null=True, default=None, comment=None, checks=("qty_small",)
+    )
+    assert "check constraint qty_small uses it" in issues(plan, lambda s, t, c: other)[0]
+
+
 def test_change_errors_are_located() -> None:
     plan = """\
 version: 1
@@ -356,7 +428,8 @@ changes:
         "back to the old type",
         "p.yaml:5:5: changes[2]: unknown change kind 'alter_colum' (did you mean "
         "'alter_column'?); known kinds: alter_column, add_column, drop_column, rename_column, "
-        "rename_table",
+        "rename_table, drop_constraint, rename_constraint, set_comment, set_replica_identity, "
+        "add_primary_key",
         "p.yaml:6:20: changes[3].rename_column.to: missing required field 'to'",
         "p.yaml:6:45: changes[3].rename_column.too: unknown key 'too' (did you mean 'to'?); "
         "expected one of: table, from, to",
@@ -367,7 +440,18 @@ def test_the_json_schema_knows_changes() -> None:
     schema = plan_json_schema()
     change = schema["properties"]["changes"]["items"]
     kinds = {next(iter(choice["properties"])) for choice in _choices(change, schema)}
-    assert kinds == {"alter_column", "add_column", "drop_column", "rename_column", "rename_table"}
+    assert kinds == {
+        "alter_column",
+        "add_column",
+        "drop_column",
+        "rename_column",
+        "rename_table",
+        "drop_constraint",
+        "rename_constraint",
+        "set_comment",
+        "set_replica_identity",
+        "add_primary_key",
+    }
 
 
 def _choices(items: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, Any]]:

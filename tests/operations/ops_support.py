@@ -132,6 +132,9 @@ _SNAPSHOT_QUERIES: dict[str, str] = {
     "relations": """
         SELECT c.relname, c.relkind::text FROM pg_class c
         WHERE c.relnamespace = %(schema)s::regnamespace ORDER BY 1""",
+    "replica_identity": """
+        SELECT c.relname, c.relreplident::text FROM pg_class c
+        WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind = 'r' ORDER BY 1""",
     "columns": """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                pg_get_expr(d.adbin, d.adrelid), a.attidentity::text

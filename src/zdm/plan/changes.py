@@ -7,7 +7,7 @@ check: {name, constraint}, references: {name, table, column, on_delete}, comment
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -183,6 +183,84 @@ class AddColumnChange(ChangeSpec):
         return self
 
 
+class DropConstraintChange(ChangeSpec):
+    """Drop a constraint. Without ``up``/``down`` it is dropped in cleanup; with them, the new
+    version writes through a copy of ``column`` that lacks it (``up`` old -> new, ``down``
+    new -> old, a value the constraint accepts) until cleanup swaps the copy in."""
+
+    kind = "drop_constraint"
+
+    table: QualifiedName
+    name: Name
+    column: Name | None = None
+    up: SqlText | None = None
+    down: SqlText | None = None
+
+    @model_validator(mode="after")
+    def _check_copy(self) -> Self:
+        if (self.up is not None or self.down is not None) and self.column is None:
+            raise PlanValueError(
+                "'up' and 'down' go through a copy of the constrained column: name it in 'column'",
+                "column",
+            )
+        return self
+
+
+class RenameConstraintChange(ChangeSpec):
+    """Rename a constraint in cleanup."""
+
+    kind = "rename_constraint"
+    model_config = ConfigDict(validate_by_name=True)
+
+    table: QualifiedName
+    from_: Name = Field(alias="from")
+    to: Name
+
+
+class SetCommentChange(ChangeSpec):
+    """Set or remove (``null``) the comment of a column, or of the table with no column."""
+
+    kind = "set_comment"
+
+    table: QualifiedName
+    column: Name | None = None
+    comment: str | None
+
+
+class ReplicaIdentity(PlanModel):
+    """``type``: default, full, nothing or index (then ``index`` names a unique index)."""
+
+    type: Literal["default", "full", "nothing", "index"]
+    index: Name | None = None
+
+
+class SetReplicaIdentityChange(ChangeSpec):
+    """Set the table's replica identity (logical replication)."""
+
+    kind = "set_replica_identity"
+
+    table: QualifiedName
+    identity: ReplicaIdentity
+
+    @model_validator(mode="after")
+    def _check_index(self) -> Self:
+        if (self.identity.type == "index") != (self.identity.index is not None):
+            raise PlanValueError("give 'index' exactly when type is index", "identity")
+        return self
+
+
+class AddPrimaryKeyChange(ChangeSpec):
+    """Give a table a primary key: its columns made NOT NULL without a long lock, a unique index
+    built concurrently, then attached; all in cleanup."""
+
+    kind = "add_primary_key"
+
+    table: QualifiedName
+    columns: list[Name] = Field(min_length=1)
+    name: Name | None = None
+    """Defaults to ``<table>_pkey``."""
+
+
 CHANGE_KINDS: dict[str, type[ChangeSpec]] = {
     cls.kind: cls
     for cls in (
@@ -191,6 +269,11 @@ CHANGE_KINDS: dict[str, type[ChangeSpec]] = {
         DropColumnChange,
         RenameColumnChange,
         RenameTableChange,
+        DropConstraintChange,
+        RenameConstraintChange,
+        SetCommentChange,
+        SetReplicaIdentityChange,
+        AddPrimaryKeyChange,
     )
 }
 """Every change kind by its YAML key."""

@@ -18,11 +18,16 @@ from typing import Any
 
 from zdm.plan.changes import (
     AddColumnChange,
+    AddPrimaryKeyChange,
     AlterColumn,
     ChangeSpec,
     DropColumnChange,
+    DropConstraintChange,
     RenameColumnChange,
+    RenameConstraintChange,
     RenameTableChange,
+    SetCommentChange,
+    SetReplicaIdentityChange,
 )
 from zdm.plan.messages import Finding, Loc
 from zdm.plan.model import PHASES, Phases, Plan
@@ -31,10 +36,12 @@ from zdm.plan.steps import (
     AddCheck,
     AddColumn,
     AddForeignKey,
+    AddPrimaryKey,
     AddUnique,
     Backfill,
     CreateIndex,
     DropColumn,
+    DropConstraint,
     DropDefault,
     DropDualWrite,
     DropNotNull,
@@ -44,10 +51,12 @@ from zdm.plan.steps import (
     ForeignRef,
     NewColumn,
     RenameColumn,
+    RenameConstraint,
     RenameTable,
     SetComment,
     SetDefault,
     SetNotNull,
+    SetReplicaIdentity,
     Sql,
     StepSpec,
     Unexpose,
@@ -255,8 +264,9 @@ def _add_constraints(change: AlterColumn, index: int, out: _Out, column: str) ->
         )
 
 
-def _read_facts(change: AlterColumn, plan: Plan, facts: FactReader | None) -> ColumnFacts:
-    table, column = change.table, change.column
+def _read_facts(
+    table: str, column: str, plan: Plan, facts: FactReader | None, skip: set[str]
+) -> ColumnFacts:
     if facts is None:
         raise _Refused(
             f"the change copies column {column!r} of {table}; its default, NOT NULL, indexes, "
@@ -268,12 +278,11 @@ def _read_facts(change: AlterColumn, plan: Plan, facts: FactReader | None) -> Co
     found = facts(schema, name, column)
     if found is None:
         raise _Refused(f"table {schema}.{name} has no column {column!r}", "column")
-    own = {spec.name for spec in (change.unique, change.check, change.references) if spec}
     refusals = list(found.refusals)
     refusals += [
         f"check constraint {check} uses it (drop it first and restate it as this change's 'check')"
         for check in found.checks
-        if check not in own
+        if check not in skip
     ]
     if refusals:
         raise _Refused(
@@ -283,24 +292,59 @@ def _read_facts(change: AlterColumn, plan: Plan, facts: FactReader | None) -> Co
     return found
 
 
+@dataclass(frozen=True)
+class _Copy:
+    """A column replaced by a copy kept in step both ways and swapped in at cleanup."""
+
+    table: str
+    column: str
+    final: str
+    type: str | None
+    up: str | None
+    down: str | None
+    skip: frozenset[str] = frozenset()
+    """Constraints and indexes of the column the copy does not get (the change adds or drops
+    them itself)."""
+    default: tuple[str | None] | None = None
+    """The copy's default, when the change gives one (``(None,)``: none)."""
+    comment: tuple[str | None] | None = None
+    nullable: bool | None = None
+
+
 def _alter_through_copy(
     change: AlterColumn, index: int, plan: Plan, out: _Out, facts: FactReader | None
 ) -> None:
-    table, column = change.table, change.column
-    final = change.name or column
-    known = _read_facts(change, plan, facts)
     own = {spec.name for spec in (change.unique, change.check, change.references) if spec}
+    copy = _Copy(
+        table=change.table,
+        column=change.column,
+        final=change.name or change.column,
+        type=change.type,
+        up=change.up,
+        down=change.down,
+        skip=frozenset(own),
+        default=(change.default,) if change.sets_default else None,
+        comment=(change.comment,) if change.sets_comment else None,
+        nullable=change.nullable,
+    )
+    _copy_column(copy, index, plan, out, facts)
+    _add_constraints(change, index, out, copy.final)
+
+
+def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactReader | None) -> None:
+    table, column = spec.table, spec.column
+    known = _read_facts(table, column, plan, facts, set(spec.skip))
     copy = copy_name(column)
-    new_type = change.type or known.type
-    up = change.up or f"CAST({q(column)} AS {new_type})"
+    new_type = spec.type or known.type
+    up = spec.up or (f"CAST({q(column)} AS {spec.type})" if spec.type else q(column))
     # `down` names the column, meaning its new value: a subquery gives that name the copy's
     # value, and every other name still reads the row.
-    down = change.down or q(column)
+    down = spec.down or q(column)
     reverse = f"(SELECT ({down}) FROM (SELECT {q(copy)} AS {q(column)}) AS zdm_new)"
     trigger = _trigger_name(table, column)
 
     out.add("additive", index, AddColumn(table=table, column=NewColumn(name=copy, type=new_type)))
-    comment = change.comment if change.sets_comment else known.comment
+    comment = spec.comment[0] if spec.comment is not None else known.comment
     if comment is not None:
         out.add("additive", index, SetComment(table=table, column=copy, comment=comment))
     out.add(
@@ -316,7 +360,7 @@ def _alter_through_copy(
         return [copy if name == column else name for name in names]
 
     for idx in known.indexes:
-        if idx.name in own:
+        if idx.name in spec.skip:
             continue
         temp = copy_name(idx.name)
         out.add(
@@ -332,13 +376,13 @@ def _alter_through_copy(
         )
         renames.append(f"ALTER INDEX {_sibling(table, temp)} RENAME TO {q(idx.name)}")
     for name, cols in known.uniques:
-        if name in own:
+        if name in spec.skip:
             continue
         temp = copy_name(name)
         out.add("dual_read", index, AddUnique(table=table, name=temp, columns=swapped(cols)))
         renames.append(f"ALTER TABLE {_table(table)} RENAME CONSTRAINT {q(temp)} TO {q(name)}")
     for fk in known.foreign_keys:
-        if fk.name in own:
+        if fk.name in spec.skip:
             continue
         temp = copy_name(fk.name)
         out.add(
@@ -355,30 +399,25 @@ def _alter_through_copy(
         renames.append(f"ALTER TABLE {_table(table)} RENAME CONSTRAINT {q(temp)} TO {q(fk.name)}")
     view = out.view(index, table)
     view["hide"].append(column)
-    view["rename"][copy] = final
+    view["rename"][copy] = spec.final
 
     out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
-    default = change.default if change.sets_default else known.default
+    default = spec.default[0] if spec.default is not None else known.default
     if default is not None:
         out.add("cleanup", index, SetDefault(table=table, column=copy, default=default))
-    not_null = known.not_null if change.nullable is None else not change.nullable
+    not_null = known.not_null if spec.nullable is None else not spec.nullable
     if not_null:
         out.add("cleanup", index, SetNotNull(table=table, column=copy))
     swap = [
         f"ALTER TABLE {_table(table)} DROP COLUMN {q(column)}",
-        f"ALTER TABLE {_table(table)} RENAME COLUMN {q(copy)} TO {q(final)}",
+        f"ALTER TABLE {_table(table)} RENAME COLUMN {q(copy)} TO {q(spec.final)}",
         *renames,
     ]
     out.add(
         "cleanup",
         index,
-        Sql(
-            up=";\n".join(swap) + ";\n",
-            lock="ACCESS EXCLUSIVE",
-            tables=[table],
-        ),
+        Sql(up=";\n".join(swap) + ";\n", lock="ACCESS EXCLUSIVE", tables=[table]),
     )
-    _add_constraints(change, index, out, final)
 
 
 def _table(table: str) -> str:
@@ -472,10 +511,70 @@ def _add_column(
         )
 
 
+def _drop_constraint(
+    change: DropConstraintChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    if change.column is None:
+        out.add("cleanup", index, DropConstraint(table=change.table, name=change.name))
+        return
+    copy = _Copy(
+        table=change.table,
+        column=change.column,
+        final=change.column,
+        type=None,
+        up=change.up,
+        down=change.down,
+        skip=frozenset({change.name}),
+    )
+    _copy_column(copy, index, plan, out, facts)
+
+
+def _rename_constraint(
+    change: RenameConstraintChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    step = RenameConstraint(table=change.table, name=change.from_, to=change.to)
+    out.add("cleanup", index, step)
+
+
+def _set_comment(
+    change: SetCommentChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    step = SetComment(table=change.table, column=change.column, comment=change.comment)
+    out.add("additive", index, step)
+
+
+def _set_replica_identity(
+    change: SetReplicaIdentityChange,
+    index: int,
+    plan: Plan,
+    out: _Out,
+    facts: FactReader | None,
+) -> None:
+    identity = change.identity
+    step = SetReplicaIdentity(table=change.table, type=identity.type, index=identity.index)
+    out.add("additive", index, step)
+
+
+def _add_primary_key(
+    change: AddPrimaryKeyChange, index: int, plan: Plan, out: _Out, facts: FactReader | None
+) -> None:
+    table = change.table
+    name = change.name or truncate_identifier(f"{bare_name(table)}_pkey")
+    # NOT NULL first, through a validated constraint: attaching the key to nullable columns
+    # would set them NOT NULL with a scan under ACCESS EXCLUSIVE.
+    out.add("cleanup", index, *(SetNotNull(table=table, column=c) for c in change.columns))
+    out.add("cleanup", index, AddPrimaryKey(table=table, name=name, columns=change.columns))
+
+
 _EXPANDERS: dict[type[ChangeSpec], Callable[..., None]] = {
     AlterColumn: _alter_column,
     AddColumnChange: _add_column,
     DropColumnChange: _drop_column,
     RenameColumnChange: _rename_column,
     RenameTableChange: _rename_table,
+    DropConstraintChange: _drop_constraint,
+    RenameConstraintChange: _rename_constraint,
+    SetCommentChange: _set_comment,
+    SetReplicaIdentityChange: _set_replica_identity,
+    AddPrimaryKeyChange: _add_primary_key,
 }

@@ -345,6 +345,49 @@ class DropConstraint(StepSpec):
     name: Name
 
 
+class RenameConstraint(StepSpec):
+    """Rename a constraint (and the index of a unique or primary key one); catalog only."""
+
+    kind = "rename_constraint"
+    destructive = True
+
+    table: QualifiedName
+    name: Name
+    to: Name
+
+
+class AddPrimaryKey(StepSpec):
+    """A unique index built concurrently, then attached as the table's primary key; the columns
+    must already be NOT NULL (else the attach would scan under an exclusive lock)."""
+
+    kind = "add_primary_key"
+
+    table: QualifiedName
+    name: Name
+    columns: list[Name] = Field(min_length=1)
+
+
+ReplicaIdentityType = Literal["default", "full", "nothing", "index"]
+
+
+class SetReplicaIdentity(StepSpec):
+    """What logical replication writes of an updated or deleted row's old version; catalog
+    only."""
+
+    kind = "set_replica_identity"
+
+    table: QualifiedName
+    type: ReplicaIdentityType
+    index: Name | None = None
+    """The unique index, for type ``index``."""
+
+    @model_validator(mode="after")
+    def _check_index(self) -> Self:
+        if (self.type == "index") != (self.index is not None):
+            raise PlanValueError("give 'index' exactly when type is index", "index")
+        return self
+
+
 # --- data ---------------------------------------------------------------------------------
 
 
@@ -607,6 +650,9 @@ STEP_KINDS: dict[str, type[StepSpec]] = {
         AddUnique,
         ValidateConstraint,
         DropConstraint,
+        RenameConstraint,
+        AddPrimaryKey,
+        SetReplicaIdentity,
         SetNotNull,
         DropNotNull,
         SetComment,
