@@ -14,7 +14,9 @@ from zdm.plan.expand import COPY_PREFIX, ColumnFacts, FactReader, ForeignKeyFact
 _COLUMN = """
 SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull,
        pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum),
-       a.attidentity, a.attgenerated, c.relkind, a.attnum, c.oid
+       a.attidentity, a.attgenerated, c.relkind, a.attnum, c.oid,
+       (SELECT k.conname FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'n'
+        AND k.conkey = ARRAY[a.attnum])
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -105,7 +107,7 @@ def read_column_facts(
     row = conn.execute(_COLUMN, {"schema": schema, "table": table, "column": column}).fetchone()
     if row is None:
         return None
-    type_, not_null, default, comment, identity, generated, relkind, attnum, rel = row
+    type_, not_null, default, comment, identity, generated, relkind, attnum, rel, nn_name = row
     refusals: list[str] = []
     if identity:
         refusals.append("it is an identity column")
@@ -166,6 +168,7 @@ def read_column_facts(
         not_null=not_null,
         default=default,
         comment=comment,
+        not_null_name=nn_name,
         indexes=tuple(indexes),
         uniques=tuple(uniques),
         foreign_keys=tuple(foreign_keys),

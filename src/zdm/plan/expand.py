@@ -100,6 +100,9 @@ class ColumnFacts:
     indexes: tuple[IndexFact, ...] = ()
     uniques: tuple[tuple[str, tuple[str, ...]], ...] = ()
     foreign_keys: tuple[ForeignKeyFact, ...] = ()
+    not_null_name: str | None = None
+    """The name of the column's not-null constraint (PostgreSQL 18 names them), which the
+    copy's takes at the swap."""
     checks: tuple[str, ...] = ()
     """CHECK constraints that use the column: a copy cannot carry them (their text names the
     column), so only the change's own ``check`` may be among them."""
@@ -408,6 +411,8 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
     not_null = known.not_null if spec.nullable is None else not spec.nullable
     if not_null:
         out.add("cleanup", index, SetNotNull(table=table, column=copy))
+    if not_null and known.not_null_name is not None:
+        renames.append(_rename_not_null(table, spec.final, known.not_null_name))
     swap = [
         f"ALTER TABLE {_table(table)} DROP COLUMN {q(column)}",
         f"ALTER TABLE {_table(table)} RENAME COLUMN {q(copy)} TO {q(spec.final)}",
@@ -417,6 +422,23 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
         "cleanup",
         index,
         Sql(up=";\n".join(swap) + ";\n", lock="ACCESS EXCLUSIVE", tables=[table]),
+    )
+
+
+def _rename_not_null(table: str, column: str, name: str) -> str:
+    """A DO block giving the column's not-null constraint (whatever set_not_null named it on
+    the copy) the old column's name."""
+    rel = "'" + _table(table).replace("'", "''") + "'::regclass"
+    lit = "'" + name.replace("'", "''") + "'"
+    col = "'" + column.replace("'", "''") + "'"
+    return (
+        "DO $zdm$ DECLARE old name; BEGIN"
+        f" SELECT k.conname INTO old FROM pg_constraint k JOIN pg_attribute a"
+        f" ON a.attrelid = k.conrelid AND k.conkey = ARRAY[a.attnum]"
+        f" WHERE k.conrelid = {rel} AND k.contype = 'n' AND a.attname = {col};"
+        f" IF old IS NOT NULL AND old <> {lit} THEN"
+        f" EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', {rel}, old, {lit});"
+        " END IF; END $zdm$"
     )
 
 
