@@ -87,12 +87,6 @@ class AlterColumn(ChangeSpec):
             raise PlanValueError(f"the new name is the column's own name {self.column!r}", "name")
         if "nullable" in self.model_fields_set and self.nullable is None:
             raise PlanValueError("expected true or false", "nullable")
-        if self.type is not None and self.down is None:
-            raise PlanValueError(
-                "a type change needs 'down': the old column's value (new -> old) for rows the "
-                "new version writes, e.g. the new column cast back to the old type",
-                "type",
-            )
         if self.down is not None and not self.copies:
             raise PlanValueError(
                 "'down' is used only when the change goes through a copy column (a type "
@@ -103,7 +97,8 @@ class AlterColumn(ChangeSpec):
 
     @property
     def copies(self) -> bool:
-        """Whether the change goes through a copy column rather than in place."""
+        """Whether the change may go through a copy column rather than in place (a type change
+        that PostgreSQL makes without a rewrite, such as varchar widening, is done in place)."""
         constrains = self.unique is not None or self.check is not None
         constrains = constrains or self.references is not None or self.nullable is False
         return self.type is not None or (self.up is not None and constrains)

@@ -214,10 +214,63 @@ class _Refused(Exception):
 def _alter_column(
     change: AlterColumn, index: int, plan: Plan, out: _Out, facts: FactReader | None
 ) -> None:
+    constrains = change.unique or change.check or change.references or change.nullable is False
+    if change.type is not None and not (change.up is not None and constrains):
+        known = _read_facts(change.table, change.column, plan, facts, _own(change))
+        if _widens(known.type, change.type):
+            # The old version still reads and writes the column: a wider type takes all it
+            # writes, and PostgreSQL changes it without a rewrite (indexes stay valid).
+            _retype_in_place(change, index, known.type, out)
+            _alter_in_place(change, index, out)
+            return
     if change.copies:
+        if change.type is not None and change.down is None:
+            raise _Refused(
+                f"changing the type of {change.column!r} to {change.type} rewrites the "
+                "table, so it goes through a copy column, which needs 'down': the "
+                "old column's value (new -> old) for rows the new version writes, e.g. the "
+                "new value cast back to the old type",
+                "type",
+            )
         _alter_through_copy(change, index, plan, out, facts)
     else:
         _alter_in_place(change, index, out)
+
+
+def _own(change: AlterColumn) -> set[str]:
+    return {spec.name for spec in (change.unique, change.check, change.references) if spec}
+
+
+_VARCHAR = re.compile(r"^\s*(?:character\s+varying|varchar)\s*(?:\(\s*(\d+)\s*\))?\s*$", re.I)
+
+
+def _widens(old: str, new: str) -> bool:
+    """Whether PostgreSQL changes type ``old`` to ``new`` without rewriting the table or its
+    indexes: the same type, varchar to a longer or unbounded varchar, varchar to text."""
+    if " ".join(old.lower().split()) == " ".join(new.lower().split()):
+        return True
+    before = _VARCHAR.match(old)
+    if before is None:
+        return False
+    if new.strip().lower() == "text":
+        return True
+    after = _VARCHAR.match(new)
+    if after is None:
+        return False
+    if after.group(1) is None:
+        return True
+    return before.group(1) is not None and int(after.group(1)) >= int(before.group(1))
+
+
+def _retype_in_place(change: AlterColumn, index: int, old: str, out: _Out) -> None:
+    alter = f"ALTER TABLE {_table(change.table)} ALTER COLUMN {q(change.column)} TYPE"
+    step = Sql(
+        up=f"{alter} {change.type};\n",
+        down=f"{alter} {old};\n",
+        lock="ACCESS EXCLUSIVE",
+        tables=[change.table],
+    )
+    out.add("additive", index, step)
 
 
 def _alter_in_place(change: AlterColumn, index: int, out: _Out) -> None:
@@ -272,9 +325,9 @@ def _read_facts(
 ) -> ColumnFacts:
     if facts is None:
         raise _Refused(
-            f"the change copies column {column!r} of {table}; its default, NOT NULL, indexes, "
-            "constraints and comment, which the copy must carry over, are read from the "
-            "database: give a connection (--dsn, ZDM_DSN)",
+            f"changing column {column!r} of {table} needs the live catalog (whether its type "
+            "changes without a rewrite; the default, NOT NULL, indexes, constraints and comment "
+            "a copy must carry over): give a connection (--dsn, ZDM_DSN)",
             "column",
         )
     schema, name = split_qualified(table, plan.schema_)
@@ -317,7 +370,7 @@ class _Copy:
 def _alter_through_copy(
     change: AlterColumn, index: int, plan: Plan, out: _Out, facts: FactReader | None
 ) -> None:
-    own = {spec.name for spec in (change.unique, change.check, change.references) if spec}
+    own = _own(change)
     copy = _Copy(
         table=change.table,
         column=change.column,
