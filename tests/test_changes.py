@@ -231,12 +231,12 @@ def test_alter_column_type_through_a_copy() -> None:
             {"set_not_null": {"table": "orders", "column": "_zdm_new_price"}},
             {
                 "sql": {
-                    "up": 'ALTER TABLE "orders" DROP COLUMN "price";\n'
-                    'ALTER TABLE "orders" RENAME COLUMN "_zdm_new_price" TO "price";\n'
-                    'ALTER INDEX "_zdm_new_orders_price_idx" RENAME TO "orders_price_idx";\n'
-                    'ALTER TABLE "orders" RENAME CONSTRAINT "_zdm_new_orders_sku_price_key" '
+                    "up": 'ALTER TABLE "public"."orders" DROP COLUMN "price";\n'
+                    'ALTER TABLE "public"."orders" RENAME COLUMN "_zdm_new_price" TO "price";\n'
+                    'ALTER INDEX "public"."_zdm_new_orders_price_idx" RENAME TO "orders_price_idx";\n'
+                    'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_sku_price_key" '
                     'TO "orders_sku_price_key";\n'
-                    'ALTER TABLE "orders" RENAME CONSTRAINT "_zdm_new_orders_price_fk" '
+                    'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_price_fk" '
                     'TO "orders_price_fk";\n',
                     "lock": "ACCESS EXCLUSIVE",
                     "tables": ["orders"],
@@ -261,8 +261,8 @@ changes:
         "additive": [
             {
                 "sql": {
-                    "up": 'ALTER TABLE "users" ALTER COLUMN "email" TYPE text;\n',
-                    "down": 'ALTER TABLE "users" ALTER COLUMN "email" TYPE character varying(255);\n',
+                    "up": 'ALTER TABLE "public"."users" ALTER COLUMN "email" TYPE text;\n',
+                    "down": 'ALTER TABLE "public"."users" ALTER COLUMN "email" TYPE character varying(255);\n',
                     "lock": "ACCESS EXCLUSIVE",
                     "tables": ["users"],
                 }
@@ -270,8 +270,8 @@ changes:
             {"set_comment": {"table": "users", "column": "email", "comment": "address"}},
             {
                 "sql": {
-                    "up": 'ALTER TABLE "users" ALTER COLUMN "name" TYPE varchar(200);\n',
-                    "down": 'ALTER TABLE "users" ALTER COLUMN "name" TYPE character varying(100);\n',
+                    "up": 'ALTER TABLE "public"."users" ALTER COLUMN "name" TYPE varchar(200);\n',
+                    "down": 'ALTER TABLE "public"."users" ALTER COLUMN "name" TYPE character varying(100);\n',
                     "lock": "ACCESS EXCLUSIVE",
                     "tables": ["users"],
                 }
@@ -1021,7 +1021,7 @@ CREATE VIEW odd_view AS SELECT "Price" FROM "Odd";
     assert read_column_facts(conn, "public", "Odd", "nope") is None
     assert read_column_facts(conn, "public", "Odd", "id") is not None
     pk = read_column_facts(conn, "public", "Odd", "id")
-    assert pk is not None and pk.refusals == ("it is in the primary key Odd_pkey",)
+    assert pk is not None and pk.refusals == () and pk.primary_key == ("Odd_pkey", ("id",))
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from zdm.engine.session import connect
-from zdm.plan.expand import COPY_PREFIX, ColumnFacts, FactReader, ForeignKeyFact, IndexFact
+from zdm.plan.expand import (
+    COPY_PREFIX,
+    ColumnFacts,
+    FactReader,
+    ForeignKeyFact,
+    IndexFact,
+    ReferenceFact,
+)
 
 _COLUMN = """
 SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -68,12 +76,27 @@ WHERE co.conrelid = %(rel)s AND %(attnum)s = ANY (co.conkey) AND co.contype <> '
 ORDER BY co.conname
 """
 
-_DEPENDENTS = """
-SELECT 'foreign key ' || co.conname || ' of ' || co.conrelid::regclass::text
-       || ' references it'
+# Foreign keys of other tables (or this one) that reference the column.
+_REFERENCED_BY = """
+SELECT co.conname, n.nspname || '.' || c.relname, co.condeferrable, co.confupdtype,
+       co.confdeltype, co.confmatchtype, cardinality(co.confkey),
+       ARRAY(SELECT ka.attname FROM unnest(co.conkey) WITH ORDINALITY AS k(num, i)
+             JOIN pg_attribute ka ON ka.attrelid = co.conrelid AND ka.attnum = k.num
+             ORDER BY k.i)
 FROM pg_constraint co
+JOIN pg_class c ON c.oid = co.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE co.confrelid = %(rel)s AND %(attnum)s = ANY (co.confkey) AND co.contype = 'f'
-UNION ALL
+ORDER BY 1
+"""
+
+_SEQUENCE = """
+SELECT n.nspname || '.' || c.relname FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = pg_get_serial_sequence(%(table)s, %(column)s)::regclass
+"""
+
+_DEPENDENTS = """
 SELECT DISTINCT 'view ' || r.ev_class::regclass::text || ' reads it'
 FROM pg_depend dep JOIN pg_rewrite r ON r.oid = dep.objid
 WHERE dep.classid = 'pg_rewrite'::regclass AND dep.refobjid = %(rel)s
@@ -109,8 +132,6 @@ def read_column_facts(
         return None
     type_, not_null, default, comment, identity, generated, relkind, attnum, rel, nn_name = row
     refusals: list[str] = []
-    if identity:
-        refusals.append("it is an identity column")
     if generated:
         refusals.append("it is a generated column")
     if relkind not in ("r", "p"):
@@ -127,6 +148,7 @@ def read_column_facts(
             )
             continue
         indexes.append(IndexFact(name, tuple(columns), unique, method))
+    primary_key: tuple[str, tuple[str, ...]] | None = None
     uniques: list[tuple[str, tuple[str, ...]]] = []
     foreign_keys: list[ForeignKeyFact] = []
     checks: list[str] = []
@@ -144,7 +166,7 @@ def read_column_facts(
         if name.startswith(COPY_PREFIX):
             continue
         if contype == "p":
-            refusals.append(f"it is in the primary key {name}")
+            primary_key = (name, tuple(columns))
         elif contype == "x":
             refusals.append(f"exclusion constraint {name} uses it")
         elif deferrable:
@@ -162,13 +184,30 @@ def read_column_facts(
                         name, tuple(columns), ref_table, tuple(ref_columns), _ON_DELETE[on_delete]
                     )
                 )
+    referenced_by: list[ReferenceFact] = []
+    for name, child, deferrable, on_update, on_delete, match, arity, columns in conn.execute(
+        _REFERENCED_BY, args
+    ):
+        if deferrable or on_update != "a" or match != "s" or arity != 1:
+            refusals.append(
+                f"foreign key {name} of {child} references it with more than one column, "
+                "ON UPDATE, MATCH FULL or DEFERRABLE"
+            )
+        else:
+            referenced_by.append(ReferenceFact(name, child, tuple(columns), _ON_DELETE[on_delete]))
     refusals += [text for (text,) in conn.execute(_DEPENDENTS, args)]
+    qualified = sql.Identifier(schema, table).as_string(None)
+    sequence_row = conn.execute(_SEQUENCE, {"table": qualified, "column": column}).fetchone()
     return ColumnFacts(
         type=type_,
         not_null=not_null,
         default=default,
         comment=comment,
         not_null_name=nn_name,
+        primary_key=primary_key,
+        referenced_by=tuple(referenced_by),
+        sequence=sequence_row[0] if sequence_row else None,
+        identity=identity or None,
         indexes=tuple(indexes),
         uniques=tuple(uniques),
         foreign_keys=tuple(foreign_keys),

@@ -103,11 +103,29 @@ class ColumnFacts:
     not_null_name: str | None = None
     """The name of the column's not-null constraint (PostgreSQL 18 names them), which the
     copy's takes at the swap."""
+    primary_key: tuple[str, tuple[str, ...]] | None = None
+    """The primary key (name, columns) the column is in."""
+    referenced_by: tuple[ReferenceFact, ...] = ()
+    sequence: str | None = None
+    """The sequence that fills the column (serial or identity), qualified."""
+    identity: str | None = None
+    """``a`` (ALWAYS) or ``d`` (BY DEFAULT) for an identity column."""
     checks: tuple[str, ...] = ()
     """CHECK constraints that use the column: a copy cannot carry them (their text names the
     column), so only the change's own ``check`` may be among them."""
     refusals: tuple[str, ...] = ()
     """What cannot be carried over to a copy, in words (a check, a view, a referencing key)."""
+
+
+@dataclass(frozen=True)
+class ReferenceFact:
+    """A single-column foreign key of a table (``table``, qualified) that references the
+    column."""
+
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    on_delete: str | None
 
 
 FactReader = Callable[[str, str, str], ColumnFacts | None]
@@ -216,11 +234,14 @@ def _alter_column(
 ) -> None:
     constrains = change.unique or change.check or change.references or change.nullable is False
     if change.type is not None and not (change.up is not None and constrains):
-        known = _read_facts(change.table, change.column, plan, facts, _own(change))
+        known = _read_facts(change.table, change.column, plan, facts, _own(change), keys=True)
+        if known.primary_key is not None and not _widens(known.type, change.type):
+            _swap_primary_key(change, index, plan, out, known)
+            return
         if _widens(known.type, change.type):
             # The old version still reads and writes the column: a wider type takes all it
             # writes, and PostgreSQL changes it without a rewrite (indexes stay valid).
-            _retype_in_place(change, index, known.type, out)
+            _retype_in_place(change, index, plan, known.type, out)
             _alter_in_place(change, index, out)
             return
     if change.copies:
@@ -235,6 +256,113 @@ def _alter_column(
         _alter_through_copy(change, index, plan, out, facts)
     else:
         _alter_in_place(change, index, out)
+
+
+_BIGINT = {"bigint", "int8"}
+_NARROW_INTEGERS = {"integer", "smallint", "int", "int4", "int2"}
+
+
+def _swap_primary_key(
+    change: AlterColumn, index: int, plan: Plan, out: _Out, known: ColumnFacts
+) -> None:
+    """integer -> bigint of a one-column primary key: a copy filled by a trigger and a backfill,
+    its unique index built concurrently, every referencing foreign key added again on the copy
+    (NOT VALID, then validated), and one short swap of key, keys and sequence."""
+    table, column = change.table, change.column
+    assert known.primary_key is not None
+    pk_name, pk_columns = known.primary_key
+    others = set(change.model_fields_set) - {"table", "column", "type"}
+    problems = []
+    if pk_columns != (column,):
+        problems.append(f"the primary key {pk_name} has more columns than {column!r}")
+    if known.type not in _NARROW_INTEGERS or change.type.strip().lower() not in _BIGINT:  # type: ignore[union-attr]
+        problems.append(f"only integer -> bigint is swapped, not {known.type} -> {change.type}")
+    if others:
+        problems.append(
+            f"a primary key's type change takes only 'type', not {', '.join(sorted(others))}"
+        )
+    problems += [r for r in known.refusals]
+    if problems:
+        raise _Refused(
+            f"column {column!r} of {table} is the primary key: " + "; ".join(problems), "type"
+        )
+    copy = copy_name(column)
+    trigger = _trigger_name(table, column)
+    temp_pk = copy_name(pk_name)
+    out.add("additive", index, AddColumn(table=table, column=NewColumn(name=copy, type="bigint")))
+    out.add("dual_write", index, DualWrite(table=table, name=trigger, set={copy: q(column)}))
+    out.add("backfill", index, Backfill(table=table, set={copy: q(column)}))
+    out.add(
+        "dual_read",
+        index,
+        CreateIndex(table=table, name=temp_pk, columns=[copy], unique=True),
+    )
+    for ref in known.referenced_by:
+        out.add(
+            "dual_read",
+            index,
+            AddForeignKey(
+                table=ref.table,
+                name=copy_name(ref.name),
+                columns=list(ref.columns),
+                references=ForeignRef(table=table, columns=[copy]),
+                on_delete=ref.on_delete,  # type: ignore[arg-type]
+            ),
+        )
+    # The trigger fills the copy of every new row until the swap: NOT NULL holds meanwhile.
+    out.add("cleanup", index, SetNotNull(table=table, column=copy))
+    t = _qual(plan, table)
+    function = _sibling(plan, table, trigger)
+    swap = [f"DROP TRIGGER {q(trigger)} ON {t}", f"DROP FUNCTION {function}()"]
+    seq = known.sequence
+    if seq is not None and known.identity:
+        # The identity's sequence goes with the old column: carry its position over.
+        swap.append(
+            "SELECT set_config('zdm.key_sequence', (SELECT last_value || ',' || is_called"
+            f" FROM {_table(seq)}), true)"
+        )
+    elif seq is not None:
+        swap.append(f"ALTER SEQUENCE {_table(seq)} OWNED BY NONE")
+    swap += [
+        f"ALTER TABLE {_qual(plan, ref.table)} DROP CONSTRAINT {q(ref.name)}"
+        for ref in known.referenced_by
+    ]
+    swap += [
+        f"ALTER TABLE {t} DROP CONSTRAINT {q(pk_name)}",
+        f"ALTER TABLE {t} DROP COLUMN {q(column)}",
+        f"ALTER TABLE {t} RENAME COLUMN {q(copy)} TO {q(column)}",
+        f"ALTER TABLE {t} ADD CONSTRAINT {q(pk_name)} PRIMARY KEY USING INDEX {q(temp_pk)}",
+    ]
+    swap += [
+        f"ALTER TABLE {_qual(plan, ref.table)} RENAME CONSTRAINT {q(copy_name(ref.name))} TO {q(ref.name)}"
+        for ref in known.referenced_by
+    ]
+    if seq is not None and known.identity:
+        kind = "ALWAYS" if known.identity == "a" else "BY DEFAULT"
+        swap += [
+            f"ALTER TABLE {t} ALTER COLUMN {q(column)} ADD GENERATED {kind} AS IDENTITY",
+            f"SELECT setval(pg_get_serial_sequence({_literal(t)}, {_literal(column)}),"
+            " split_part(current_setting('zdm.key_sequence'), ',', 1)::bigint,"
+            " split_part(current_setting('zdm.key_sequence'), ',', 2)::boolean)",
+        ]
+    elif seq is not None:
+        swap += [
+            f"ALTER SEQUENCE {_table(seq)} AS bigint",
+            f"ALTER TABLE {t} ALTER COLUMN {q(column)} SET DEFAULT nextval({_literal(_table(seq))}::regclass)",
+            f"ALTER SEQUENCE {_table(seq)} OWNED BY {t}.{q(column)}",
+        ]
+    if known.not_null_name is not None:
+        swap.append(_rename_not_null(t, column, known.not_null_name))
+    tables = [table, *dict.fromkeys(ref.table for ref in known.referenced_by if ref.table != table)]
+    out.add(
+        "cleanup",
+        index,
+        Sql(up=";\n".join(swap) + ";\n", lock="ACCESS EXCLUSIVE", tables=tables),
+    )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _own(change: AlterColumn) -> set[str]:
@@ -262,8 +390,8 @@ def _widens(old: str, new: str) -> bool:
     return before.group(1) is not None and int(after.group(1)) >= int(before.group(1))
 
 
-def _retype_in_place(change: AlterColumn, index: int, old: str, out: _Out) -> None:
-    alter = f"ALTER TABLE {_table(change.table)} ALTER COLUMN {q(change.column)} TYPE"
+def _retype_in_place(change: AlterColumn, index: int, plan: Plan, old: str, out: _Out) -> None:
+    alter = f"ALTER TABLE {_qual(plan, change.table)} ALTER COLUMN {q(change.column)} TYPE"
     step = Sql(
         up=f"{alter} {change.type};\n",
         down=f"{alter} {old};\n",
@@ -320,8 +448,27 @@ def _add_constraints(change: AlterColumn, index: int, out: _Out, column: str) ->
         )
 
 
+def _key_refusals(found: ColumnFacts) -> list[str]:
+    """What a copy of a key column cannot carry over (only the bigint swap handles keys)."""
+    refusals = []
+    if found.primary_key is not None:
+        refusals.append(f"it is in the primary key {found.primary_key[0]}")
+    refusals += [
+        f"foreign key {ref.name} of {ref.table} references it" for ref in found.referenced_by
+    ]
+    if found.identity:
+        refusals.append("it is an identity column")
+    return refusals
+
+
 def _read_facts(
-    table: str, column: str, plan: Plan, facts: FactReader | None, skip: set[str]
+    table: str,
+    column: str,
+    plan: Plan,
+    facts: FactReader | None,
+    skip: set[str],
+    *,
+    keys: bool = False,
 ) -> ColumnFacts:
     if facts is None:
         raise _Refused(
@@ -335,6 +482,8 @@ def _read_facts(
     if found is None:
         raise _Refused(f"table {schema}.{name} has no column {column!r}", "column")
     refusals = list(found.refusals)
+    if not keys:
+        refusals += _key_refusals(found)
     refusals += [
         f"check constraint {check} uses it (drop it first and restate it as this change's 'check')"
         for check in found.checks
@@ -430,13 +579,13 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
                 method=idx.method,  # type: ignore[arg-type]
             ),
         )
-        renames.append(f"ALTER INDEX {_sibling(table, temp)} RENAME TO {q(idx.name)}")
+        renames.append(f"ALTER INDEX {_sibling(plan, table, temp)} RENAME TO {q(idx.name)}")
     for name, cols in known.uniques:
         if name in spec.skip:
             continue
         temp = copy_name(name)
         out.add("dual_read", index, AddUnique(table=table, name=temp, columns=swapped(cols)))
-        renames.append(f"ALTER TABLE {_table(table)} RENAME CONSTRAINT {q(temp)} TO {q(name)}")
+        renames.append(f"ALTER TABLE {_qual(plan, table)} RENAME CONSTRAINT {q(temp)} TO {q(name)}")
     for fk in known.foreign_keys:
         if fk.name in spec.skip:
             continue
@@ -452,7 +601,9 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
                 on_delete=fk.on_delete,  # type: ignore[arg-type]
             ),
         )
-        renames.append(f"ALTER TABLE {_table(table)} RENAME CONSTRAINT {q(temp)} TO {q(fk.name)}")
+        renames.append(
+            f"ALTER TABLE {_qual(plan, table)} RENAME CONSTRAINT {q(temp)} TO {q(fk.name)}"
+        )
     view = out.view(index, table)
     view["hide"].append(column)
     view["rename"][copy] = spec.final
@@ -465,10 +616,10 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
     if not_null:
         out.add("cleanup", index, SetNotNull(table=table, column=copy))
     if not_null and known.not_null_name is not None:
-        renames.append(_rename_not_null(table, spec.final, known.not_null_name))
+        renames.append(_rename_not_null(_qual(plan, table), spec.final, known.not_null_name))
     swap = [
-        f"ALTER TABLE {_table(table)} DROP COLUMN {q(column)}",
-        f"ALTER TABLE {_table(table)} RENAME COLUMN {q(copy)} TO {q(spec.final)}",
+        f"ALTER TABLE {_qual(plan, table)} DROP COLUMN {q(column)}",
+        f"ALTER TABLE {_qual(plan, table)} RENAME COLUMN {q(copy)} TO {q(spec.final)}",
         *renames,
     ]
     out.add(
@@ -479,9 +630,10 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
 
 
 def _rename_not_null(table: str, column: str, name: str) -> str:
+    """`table` is the quoted, qualified table."""
     """A DO block giving the column's not-null constraint (whatever set_not_null named it on
     the copy) the old column's name."""
-    rel = "'" + _table(table).replace("'", "''") + "'::regclass"
+    rel = "'" + table.replace("'", "''") + "'::regclass"
     lit = "'" + name.replace("'", "''") + "'"
     col = "'" + column.replace("'", "''") + "'"
     return (
@@ -499,9 +651,15 @@ def _table(table: str) -> str:
     return ".".join(q(part) for part in table.split("."))
 
 
-def _sibling(table: str, name: str) -> str:
-    schema, _, _ = table.rpartition(".")
-    return f"{q(schema)}.{q(name)}" if schema else q(name)
+def _qual(plan: Plan, table: str) -> str:
+    """The quoted table, qualified with the plan's schema when the plan does not."""
+    schema, name = split_qualified(table, plan.schema_)
+    return f"{q(schema)}.{q(name)}"
+
+
+def _sibling(plan: Plan, table: str, name: str) -> str:
+    schema, _ = split_qualified(table, plan.schema_)
+    return f"{q(schema)}.{q(name)}"
 
 
 # --- the simpler kinds --------------------------------------------------------------------
