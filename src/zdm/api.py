@@ -17,6 +17,7 @@ from zdm.engine.runner import Outcome, Runner
 from zdm.engine.session import connect
 from zdm.plan import LoadedPlan
 from zdm.plan.dump import expanded_yaml
+from zdm.plan.expand import offline_facts
 from zdm.state import Store
 
 
@@ -96,7 +97,8 @@ def history(
 
 def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list[str]]:
     """Loads the plan (raising PlanError); with a database, checks it against the live schema."""
-    loaded = _load(path, dsn)
+    # Without a database, changes that read the live catalog are checked as written.
+    loaded = _load(path, dsn) if dsn is not None else load_any(path, offline_facts)
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems

@@ -132,6 +132,12 @@ FactReader = Callable[[str, str, str], ColumnFacts | None]
 """(schema, table, column) -> the column's facts, or None when the column does not exist."""
 
 
+def offline_facts(schema: str, table: str, column: str) -> ColumnFacts:
+    """Facts for checking a plan without a database (`zdm lint`, `zdm validate` without
+    --dsn): a column of unknown type with nothing to carry over. Never used to run a plan."""
+    return ColumnFacts(type="unknown", not_null=False, default=None, comment=None)
+
+
 class ExpansionError(Exception):
     """A change that cannot be expanded; carries located findings."""
 

@@ -33,6 +33,11 @@ class LoadedPlan:
     base_dir: Path
     """Directory that relative ``up_file``/``down_file`` paths are resolved against."""
     step_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    step_paths: Mapping[str, tuple[str | int, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Step key -> where the step is written in the file: ``("phases", phase, index)``, or
+    ``("changes", index)`` for a step expanded from a change."""
     step_origins: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     """Step key -> the change it was expanded from (``"changes[0] alter_column"``)."""
     source: Plan | None = field(default=None, repr=False, compare=False)
@@ -140,15 +145,17 @@ def _load(
 
     step_lines = {}
     step_origins = {}
+    step_paths: dict[str, tuple[str | int, ...]] = {}
     for ordinal, step in enumerate(plan.steps()):
         written = _written_index(plan, origins, step.phase, step.index)
         if origins and origins[ordinal] >= 0:
             change = origins[ordinal]
             assert source is not None
             step_origins[step.key] = f"changes[{change}] {source.changes[change].kind}"
-            position = document.position(("changes", change))
+            step_paths[step.key] = ("changes", change)
         else:
-            position = document.position(("phases", step.phase, written))
+            step_paths[step.key] = ("phases", step.phase, written)
+        position = document.position(step_paths[step.key])
         if position is not None:
             step_lines[step.key] = position[0]
     return LoadedPlan(
@@ -160,6 +167,7 @@ def _load(
         base_dir=path.absolute().parent,
         step_lines=step_lines,
         step_origins=step_origins,
+        step_paths=step_paths,
         source=source if source is not None and source.changes else None,
     )
 
