@@ -542,8 +542,30 @@ def _alter_through_copy(
     _add_constraints(change, index, out, copy.final)
 
 
+def _written_steps_on(plan: Plan, table: str, column: str) -> list[str]:
+    """The plan's own steps that name `column` of `table`: they would act on the old column,
+    which the swap drops (an index built on it is lost with it)."""
+    key = split_qualified(table, plan.schema_)
+    found = []
+    for phase, i, step in plan.iter_steps():
+        if split_qualified(getattr(step, "table", "") or "", plan.schema_) != key:
+            continue
+        named = {getattr(step, "column", None), *(getattr(step, "columns", None) or [])}
+        if column in named:
+            found.append(f"phases.{phase}[{i}] {step.kind}")
+    return found
+
+
 def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactReader | None) -> None:
     table, column = spec.table, spec.column
+    clashes = _written_steps_on(plan, table, column)
+    if clashes:
+        raise _Refused(
+            f"the change replaces column {column!r} of {table} by a copy, but "
+            f"{', '.join(clashes)} act on the old column, which the swap drops; make that part "
+            "of this change (default, nullable, unique, check, references) or a later plan",
+            "column",
+        )
     known = _read_facts(table, column, plan, facts, set(spec.skip))
     copy = copy_name(column)
     new_type = spec.type or known.type
