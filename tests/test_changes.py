@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent / "operations"))
 from ops_support import snapshot
 
+from zdm import api
 from zdm.cli import app
 from zdm.engine.facts import read_column_facts
 from zdm.logs import configure
@@ -1265,3 +1266,49 @@ def test_bigint_swap_under_traffic(dsn: str, conn: Conn, tmp_path: Path) -> None
     assert conn.execute(
         "SELECT count(*) FROM orders o LEFT JOIN accounts a ON a.id = o.account_id WHERE a.id IS NULL"
     ).fetchone() == (0,)
+
+
+def test_a_copy_refuses_hand_written_steps_on_the_old_column() -> None:
+    plan = PRICE_PLAN + (
+        "phases:\n"
+        "  additive:\n"
+        "    - create_index: {table: orders, name: by_price, columns: [price]}\n"
+        "    - create_index: {table: orders, name: by_sku, columns: [sku]}\n"
+    )
+    facts = ColumnFacts("text", True, None, None)
+    assert issues(plan, lambda s, t, c: facts) == [
+        "p.yaml:6:15: changes[0].alter_column.column: the change replaces column 'price' of "
+        "orders by a copy, but phases.additive[0] create_index act on the old column, which the "
+        "swap drops; make that part of this change (default, nullable, unique, check, "
+        "references) or a later plan"
+    ]
+
+
+def test_hand_written_steps_follow_the_expanded_ones_and_keep_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.yaml"
+    path.write_text(
+        "version: 1\n"
+        "changes:\n"
+        "  - rename_column: {table: t, from: a, to: b}\n"
+        "phases:\n"
+        "  cleanup:\n"
+        "    - drop_column: {table: t, column: c}\n"
+    )
+    loaded = api.load(path)
+    assert [(s.key, s.kind) for s in loaded.steps()] == [
+        ("dual_read[0]", "expose"),
+        ("cleanup[0]", "unexpose"),
+        ("cleanup[1]", "rename_column"),
+        ("cleanup[2]", "drop_column"),
+    ]
+    assert dict(loaded.step_lines) == {
+        "dual_read[0]": 3,
+        "cleanup[0]": 3,
+        "cleanup[1]": 3,
+        "cleanup[2]": 6,
+    }
+    assert loaded.step_origins["cleanup[1]"] == "changes[0] rename_column"
+    assert "cleanup[2]" not in loaded.step_origins
+    text = api.dry_run(path, None)
+    assert "-- step cleanup[1] rename_column (from changes[0] rename_column)" in text
+    assert "-- step cleanup[2] drop_column\n" in text
