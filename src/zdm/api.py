@@ -56,6 +56,11 @@ def load(path: str | Path, dsn: str | None = None) -> LoadedPlan:
     return _load(path, dsn)
 
 
+def plan_name(path: str | Path) -> str:
+    """The name a plan file's runs go by (its changes need no database for that)."""
+    return load_any(path, offline_facts).name
+
+
 def _load(path: str | Path, dsn: str | None) -> LoadedPlan:
     """The plan with its changes expanded; a change that copies a column reads the live
     catalog through `dsn`."""

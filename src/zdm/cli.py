@@ -186,7 +186,7 @@ def status(
 def _plan_name(plan: str) -> str:
     path = Path(plan)
     if path.suffix in (".yaml", ".yml", ".sql") and path.exists():
-        return guarded(lambda: api.load(path).name)
+        return guarded(lambda: api.plan_name(path))
     return plan
 
 
