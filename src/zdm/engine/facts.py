@@ -196,6 +196,10 @@ def read_column_facts(
         else:
             referenced_by.append(ReferenceFact(name, child, tuple(columns), _ON_DELETE[on_delete]))
     refusals += [text for (text,) in conn.execute(_DEPENDENTS, args)]
+    if relkind == "p" and (indexes or uniques or primary_key):
+        refusals.append(
+            f"{schema}.{table} is partitioned: the copy's indexes cannot be built concurrently"
+        )
     qualified = sql.Identifier(schema, table).as_string(None)
     sequence_row = conn.execute(_SEQUENCE, {"table": qualified, "column": column}).fetchone()
     return ColumnFacts(
