@@ -39,7 +39,7 @@ changes:
   - alter_column:
       table: t
       column: c
-      type: bigint
+      type: numeric(10,2)
       down: c::integer
   # zdm-lint: ignore drop-column-without-down
   - drop_column: {table: t, column: d}

@@ -59,8 +59,14 @@ def _constraint_without_up(change: ChangeSpec) -> Iterator[ChangeProblem]:
             )
 
 
+# Targets every usual source type casts to (integer -> bigint, the key swap; anything -> text).
+_ALWAYS_CASTS = {"bigint", "int8", "text"}
+
+
 def _type_without_up(change: ChangeSpec) -> Iterator[ChangeProblem]:
-    if isinstance(change, AlterColumn) and change.type is not None and change.up is None:
+    if not isinstance(change, AlterColumn) or change.type is None or change.up is not None:
+        return
+    if change.type.strip().lower() not in _ALWAYS_CASTS:
         yield ChangeProblem(
             "type",
             f"without `up`, a copy of {change.column} is filled with CAST({change.column} AS "

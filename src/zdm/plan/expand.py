@@ -251,7 +251,8 @@ def _alter_column(
             _alter_in_place(change, index, out)
             return
     if change.copies:
-        if change.type is not None and change.down is None:
+        offline = facts is offline_facts
+        if change.type is not None and change.down is None and not offline:
             raise _Refused(
                 f"changing the type of {change.column!r} to {change.type} rewrites the "
                 "table, so it goes through a copy column, which needs 'down': the "
