@@ -1355,3 +1355,35 @@ def test_hand_written_steps_follow_the_expanded_ones_and_keep_their_lines(tmp_pa
     text = api.dry_run(path, None)
     assert "-- step cleanup[1] rename_column (from changes[0] rename_column)" in text
     assert "-- step cleanup[2] drop_column\n" in text
+
+
+def test_add_column_without_up_and_drop_column_without_down() -> None:
+    plan = """\
+version: 1
+name: plain
+changes:
+  - add_column: {table: t, column: {name: flag, type: boolean, nullable: false, default: "false"}}
+  - drop_column: {table: t, column: legacy}
+"""
+    assert expanded(plan) == {
+        "additive": [
+            {
+                "add_column": {
+                    "table": "t",
+                    "column": {
+                        "name": "flag",
+                        "type": "boolean",
+                        "nullable": False,
+                        "default": "false",
+                    },
+                }
+            }
+        ],
+        "dual_read": [
+            {"expose": {"schema": "zdm_plain", "tables": [{"table": "t", "hide": ["legacy"]}]}}
+        ],
+        "cleanup": [
+            {"unexpose": {"schema": "zdm_plain"}},
+            {"drop_column": {"table": "t", "column": "legacy"}},
+        ],
+    }
