@@ -98,7 +98,6 @@ changes:
             }
         ],
         "cleanup": [
-            {"unexpose": {"schema": "zdm_tidy"}},
             {"set_not_null": {"table": "orders", "column": "note"}},
             {"rename_column": {"table": "orders", "column": "note", "to": "remark"}},
             {"add_unique": {"table": "orders", "name": "orders_remark_key", "columns": ["remark"]}},
@@ -118,6 +117,7 @@ changes:
                     "on_delete": "cascade",
                 }
             },
+            {"unexpose": {"schema": "zdm_tidy"}},
         ],
     }
 
@@ -232,23 +232,24 @@ def test_alter_column_type_through_a_copy() -> None:
             },
         ],
         "cleanup": [
-            {"unexpose": {"schema": "zdm_price"}},
-            {"drop_dual_write": {"table": "orders", "name": "zdm_dw_orders_price"}},
-            {"set_default": {"table": "orders", "column": "_zdm_new_price", "default": "0"}},
             {"set_not_null": {"table": "orders", "column": "_zdm_new_price"}},
             {
                 "sql": {
-                    "up": 'ALTER TABLE "public"."orders" DROP COLUMN "price";\n'
+                    "up": 'DROP TRIGGER "zdm_dw_orders_price" ON "public"."orders";\n'
+                    'DROP FUNCTION "public"."zdm_dw_orders_price"();\n'
+                    'ALTER TABLE "public"."orders" DROP COLUMN "price";\n'
                     'ALTER TABLE "public"."orders" RENAME COLUMN "_zdm_new_price" TO "price";\n'
                     'ALTER INDEX "public"."_zdm_new_orders_price_idx" RENAME TO "orders_price_idx";\n'
                     'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_sku_price_key" '
                     'TO "orders_sku_price_key";\n'
                     'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_price_fk" '
-                    'TO "orders_price_fk";\n',
+                    'TO "orders_price_fk";\n'
+                    'ALTER TABLE "public"."orders" ALTER COLUMN "price" SET DEFAULT 0;\n',
                     "lock": "ACCESS EXCLUSIVE",
                     "tables": ["orders"],
                 }
             },
+            {"unexpose": {"schema": "zdm_price"}},
         ],
     }
 
@@ -377,16 +378,16 @@ phases:
             {"verify": {"sql": "SELECT 1", "expect": 1}},
         ],
         "cleanup": [
-            {"unexpose": {"schema": "app_v2"}},
             {"rename_table": {"table": "customers", "to": "clients"}},
             {"rename_column": {"table": "orders", "column": "qty", "to": "quantity"}},
-            {"drop_dual_write": {"table": "orders", "name": "zdm_dw_orders_legacy"}},
+            # drop_column drops the trigger that reads the column, in its own transaction.
             {"drop_column": {"table": "orders", "column": "legacy"}},
-            {"drop_dual_write": {"table": "orders", "name": "zdm_dw_orders_total"}},
-            {"set_default": {"table": "orders", "column": "total", "default": "0"}},
             {"set_not_null": {"table": "orders", "column": "total"}},
+            {"set_default": {"table": "orders", "column": "total", "default": "0"}},
+            {"drop_dual_write": {"table": "orders", "name": "zdm_dw_orders_total"}},
             {"add_unique": {"table": "orders", "name": "orders_total_key", "columns": ["total"]}},
             {"add_check": {"table": "orders", "name": "orders_total_check", "check": "total >= 0"}},
+            {"unexpose": {"schema": "app_v2"}},
         ],
     }
 
@@ -450,12 +451,7 @@ changes:
     assert result["dual_write"][0]["dual_write"]["reverse"] == {
         "qty": '(SELECT (greatest(qty, 1)) FROM (SELECT "_zdm_new_qty" AS "qty") AS zdm_new)'
     }
-    assert [next(iter(step)) for step in result["cleanup"]] == [
-        "unexpose",
-        "drop_dual_write",
-        "set_not_null",
-        "sql",
-    ]
+    assert [next(iter(step)) for step in result["cleanup"]] == ["set_not_null", "sql", "unexpose"]
     # Another check on the column is still refused: its text names the old column.
     other = ColumnFacts(
         type="integer", not_null=True, default=None, comment=None, checks=("qty_small",)
@@ -519,7 +515,7 @@ def test_zdm_expand_prints_a_plan_that_validates_again(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     again = parse_plan(result.stdout, "again.yaml")
     assert not again.plan.changes
-    assert [step.kind for step in again.steps()] == ["expose", "unexpose", "rename_column"]
+    assert [step.kind for step in again.steps()] == ["expose", "rename_column", "unexpose"]
     assert yaml.safe_load(result.stdout)["name"] == "rename"
 
 
@@ -1340,8 +1336,8 @@ def test_hand_written_steps_follow_the_expanded_ones_and_keep_their_lines(tmp_pa
     loaded = api.load(path)
     assert [(s.key, s.kind) for s in loaded.steps()] == [
         ("dual_read[0]", "expose"),
-        ("cleanup[0]", "unexpose"),
-        ("cleanup[1]", "rename_column"),
+        ("cleanup[0]", "rename_column"),
+        ("cleanup[1]", "unexpose"),
         ("cleanup[2]", "drop_column"),
     ]
     assert dict(loaded.step_lines) == {
@@ -1350,10 +1346,10 @@ def test_hand_written_steps_follow_the_expanded_ones_and_keep_their_lines(tmp_pa
         "cleanup[1]": 3,
         "cleanup[2]": 6,
     }
-    assert loaded.step_origins["cleanup[1]"] == "changes[0] rename_column"
+    assert loaded.step_origins["cleanup[0]"] == "changes[0] rename_column"
     assert "cleanup[2]" not in loaded.step_origins
     text = api.dry_run(path, None)
-    assert "-- step cleanup[1] rename_column (from changes[0] rename_column)" in text
+    assert "-- step cleanup[0] rename_column (from changes[0] rename_column)" in text
     assert "-- step cleanup[2] drop_column\n" in text
 
 
@@ -1383,7 +1379,39 @@ changes:
             {"expose": {"schema": "zdm_plain", "tables": [{"table": "t", "hide": ["legacy"]}]}}
         ],
         "cleanup": [
-            {"unexpose": {"schema": "zdm_plain"}},
             {"drop_column": {"table": "t", "column": "legacy"}},
+            {"unexpose": {"schema": "zdm_plain"}},
         ],
     }
+
+
+def test_referencing_columns_follow_in_a_later_plan(dsn: str, conn: Conn, tmp_path: Path) -> None:
+    """After the key swap, the referencing columns change with alter_column of their own: the
+    copy carries the foreign key (validated again) and the index."""
+    conn.execute(ACCOUNTS + "CREATE INDEX orders_account_idx ON orders (account_id);")
+    first = tmp_path / "bigint_ids.yaml"
+    first.write_text(BIGINT_PLAN.replace("gates: [cleanup]\n", ""))
+    _run(first, dsn)
+    second = tmp_path / "bigint_refs.yaml"
+    second.write_text(
+        "version: 1\n"
+        "changes:\n"
+        "  - alter_column: {table: orders, column: account_id, type: bigint,"
+        " up: account_id, down: account_id}\n"
+    )
+    with Traffic(dsn) as traffic:
+        _run(second, dsn)
+    assert traffic.errors == []
+    assert _column(conn, "orders", "account_id") == ("bigint", True, None, None)
+    assert _names(
+        conn,
+        "SELECT conname || ' ' || pg_get_constraintdef(oid) || ' ' || convalidated"
+        " FROM pg_constraint WHERE conrelid = 'orders'::regclass AND contype = 'f'",
+    ) == [
+        "orders_account_id_fkey FOREIGN KEY (account_id) REFERENCES accounts(id)"
+        " ON DELETE CASCADE true"
+    ]
+    assert _names(
+        conn, "SELECT indexdef FROM pg_indexes WHERE indexname = 'orders_account_idx'"
+    ) == ["CREATE INDEX orders_account_idx ON public.orders USING btree (account_id)"]
+    _no_copy_names(conn)

@@ -213,9 +213,11 @@ def expand(plan: Plan, plan_name: str, facts: FactReader | None = None) -> tuple
             )
             for v in out.views.values()
         ]
-        # The views show the new shape once every copy is filled; they go first in cleanup.
+        # The views show the new shape once every copy is filled. They go last in cleanup:
+        # they keep working across the swaps and renames (views name columns and tables by
+        # number), so the new version never meets a half-changed table.
         out.steps["dual_read"].append((Expose(schema=schema, tables=tables), out.view_origin))
-        out.steps["cleanup"].insert(0, (Unexpose(schema=schema), out.view_origin))
+        out.steps["cleanup"].append((Unexpose(schema=schema), out.view_origin))
     phases: dict[str, list[StepSpec]] = {}
     origins: list[int] = []
     for phase in PHASES:
@@ -637,20 +639,25 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
     view["hide"].append(column)
     view["rename"][copy] = spec.final
 
-    out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
-    default = spec.default[0] if spec.default is not None else known.default
-    if default is not None:
-        out.add("cleanup", index, SetDefault(table=table, column=copy, default=default))
+    # The trigger keeps the copy filled until the swap, which drops it in the same transaction:
+    # no write between them leaves the copy, or the old column, without a value.
     not_null = known.not_null if spec.nullable is None else not spec.nullable
     if not_null:
         out.add("cleanup", index, SetNotNull(table=table, column=copy))
     if not_null and known.not_null_name is not None:
         renames.append(_rename_not_null(_qual(plan, table), spec.final, known.not_null_name))
+    default = spec.default[0] if spec.default is not None else known.default
+    t = _qual(plan, table)
     swap = [
-        f"ALTER TABLE {_qual(plan, table)} DROP COLUMN {q(column)}",
-        f"ALTER TABLE {_qual(plan, table)} RENAME COLUMN {q(copy)} TO {q(spec.final)}",
+        f"DROP TRIGGER {q(trigger)} ON {t}",
+        f"DROP FUNCTION {_sibling(plan, table, trigger)}()",
+        f"ALTER TABLE {t} DROP COLUMN {q(column)}",
+        f"ALTER TABLE {t} RENAME COLUMN {q(copy)} TO {q(spec.final)}",
         *renames,
     ]
+    if default is not None:
+        # Set only now: a default on the copy would stop the trigger filling it.
+        swap.append(f"ALTER TABLE {t} ALTER COLUMN {q(spec.final)} SET DEFAULT {default}")
     out.add(
         "cleanup",
         index,
@@ -719,8 +726,7 @@ def _drop_column(
         fill = f"COALESCE({q(column)}, {change.down})"
         out.add("dual_write", index, DualWrite(table=table, name=trigger, set={column: fill}))
     out.view(index, table)["hide"].append(column)
-    if change.down is not None:
-        out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
+    # drop_column drops a trigger that reads the column in its own transaction.
     out.add("cleanup", index, DropColumn(table=table, column=column))
 
 
@@ -746,11 +752,13 @@ def _add_column(
         trigger = _trigger_name(table, name)
         out.add("dual_write", index, DualWrite(table=table, name=trigger, set={name: change.up}))
         out.add("backfill", index, Backfill(table=table, set={name: change.up}))
-        out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
-        if column.default is not None:
-            out.add("cleanup", index, SetDefault(table=table, column=name, default=column.default))
+        # NOT NULL while the trigger still fills the column; the default before the trigger
+        # goes, so that no insert meets neither.
         if not column.nullable:
             out.add("cleanup", index, SetNotNull(table=table, column=name))
+        if column.default is not None:
+            out.add("cleanup", index, SetDefault(table=table, column=name, default=column.default))
+        out.add("cleanup", index, DropDualWrite(table=table, name=trigger))
     base = bare_name(table)
     if column.unique:
         unique = truncate_identifier(f"{base}_{name}_key")
