@@ -1415,3 +1415,20 @@ def test_referencing_columns_follow_in_a_later_plan(dsn: str, conn: Conn, tmp_pa
         conn, "SELECT indexdef FROM pg_indexes WHERE indexname = 'orders_account_idx'"
     ) == ["CREATE INDEX orders_account_idx ON public.orders USING btree (account_id)"]
     _no_copy_names(conn)
+
+
+def test_a_resume_refuses_an_expansion_the_live_schema_changed(
+    dsn: str, conn: Conn, tmp_path: Path
+) -> None:
+    conn.execute(LIFECYCLES[0].setup)
+    path = tmp_path / "plan.yaml"
+    path.write_text(LIFECYCLES[0].plan)
+    _run(path, dsn)  # to the gate
+    conn.execute("CREATE INDEX orders_price_sku_idx ON orders (price, sku)")
+    result = CliRunner().invoke(app, ["run", str(path), "--dsn", dsn, "--continue"])
+    assert result.exit_code == 2, result.output
+    assert "expand differently from when run 1 started" in result.output
+    assert "  dual_read[1] create_index: was dual_read[1] add_unique\n" in result.output
+    conn.execute("DROP INDEX orders_price_sku_idx")
+    _run(path, dsn, "--continue")
+    LIFECYCLES[0].done(conn)
