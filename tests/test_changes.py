@@ -1432,3 +1432,38 @@ def test_a_resume_refuses_an_expansion_the_live_schema_changed(
     conn.execute("DROP INDEX orders_price_sku_idx")
     _run(path, dsn, "--continue")
     LIFECYCLES[0].done(conn)
+
+
+def test_two_changes_of_one_column_and_a_key_swap_beside_its_referencing_table() -> None:
+    plan = """\
+version: 1
+changes:
+  - alter_column: {table: t, column: c, nullable: false}
+  - rename_column: {table: t, from: c, to: d}
+"""
+    assert issues(plan) == [
+        "p.yaml:4:20: changes[1].rename_column: column 'c' is changed by changes[0] too; give "
+        "one change all it needs (alter_column takes name, type, nullable, default, "
+        "constraints and comment together)"
+    ]
+    key = ColumnFacts(
+        "integer",
+        True,
+        None,
+        None,
+        primary_key=("accounts_pkey", ("id",)),
+        referenced_by=(ReferenceFact("orders_fk", "public.orders", ("account_id",), None),),
+    )
+    other = ColumnFacts("integer", True, None, None)
+    swap_and_child = """\
+version: 1
+changes:
+  - alter_column: {table: accounts, column: id, type: bigint}
+  - alter_column: {table: orders, column: account_id, type: bigint, down: account_id}
+"""
+    found = issues(swap_and_child, lambda s, t, c: key if t == "accounts" else other)
+    assert found == [
+        "p.yaml:3:55: changes[0].alter_column.type: column 'id' of accounts is the primary "
+        "key: changes[1] changes a column that references it: the key swap drops and renames "
+        "that foreign key, so change the column in a later plan"
+    ]

@@ -194,6 +194,20 @@ def expand(plan: Plan, plan_name: str, facts: FactReader | None = None) -> tuple
         return plan, [-1] * len(steps)
     out = _Out()
     findings: list[Finding] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for index, change in enumerate(plan.changes):
+        for column in _columns_of(change):
+            key = (*split_qualified(_table_of(change), plan.schema_), column)
+            if key in seen:
+                findings.append(
+                    Finding(
+                        ("changes", index, change.kind),
+                        f"column {column!r} is changed by changes[{seen[key]}] too; give one "
+                        "change all it needs (alter_column takes name, type, nullable, "
+                        "default, constraints and comment together)",
+                    )
+                )
+            seen.setdefault(key, index)
     for index, change in enumerate(plan.changes):
         try:
             _EXPANDERS[type(change)](change, index, plan, out, facts)
@@ -226,6 +240,25 @@ def expand(plan: Plan, plan_name: str, facts: FactReader | None = None) -> tuple
         origins += [origin for _, origin in out.steps[phase]] + [-1] * len(written)
     expanded = plan.model_copy(update={"changes": [], "phases": Phases(**phases)})
     return expanded, origins
+
+
+def _table_of(change: ChangeSpec) -> str:
+    """The table a change acts on (``from`` for rename_table)."""
+    if isinstance(change, RenameTableChange):
+        return change.from_
+    table: str = getattr(change, "table")  # noqa: B009 - every other kind has one
+    return table
+
+
+def _columns_of(change: ChangeSpec) -> list[str]:
+    """The existing columns a change alters, renames or drops."""
+    if isinstance(change, AlterColumn | DropColumnChange):
+        return [change.column]
+    if isinstance(change, RenameColumnChange):
+        return [change.from_]
+    if isinstance(change, DropConstraintChange) and change.column is not None:
+        return [change.column]
+    return []
 
 
 class _Refused(Exception):
@@ -291,6 +324,25 @@ def _swap_primary_key(
             f"a primary key's type change takes only 'type', not {', '.join(sorted(others))}"
         )
     problems += [r for r in known.refusals]
+    # A change of a referencing column would copy the foreign key that the swap drops.
+    referencing = {
+        (*split_qualified(ref.table, plan.schema_), c)
+        for ref in known.referenced_by
+        for c in ref.columns
+    }
+    others_near = [
+        i
+        for i, other in enumerate(plan.changes)
+        if any(
+            (*split_qualified(_table_of(other), plan.schema_), c) in referencing
+            for c in _columns_of(other)
+        )
+    ]
+    if others_near:
+        problems.append(
+            f"changes[{others_near[0]}] changes a column that references it: the key swap drops "
+            "and renames that foreign key, so change the column in a later plan"
+        )
     if problems:
         raise _Refused(
             f"column {column!r} of {table} is the primary key: " + "; ".join(problems), "type"
