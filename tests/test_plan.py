@@ -84,6 +84,10 @@ MINIMAL: dict[str, tuple[Phase, str]] = {
     "rename_column": ("cleanup", "{table: t, column: c, to: d}"),
     "set_default": ("additive", "{table: t, column: c, default: '0'}"),
     "drop_default": ("cleanup", "{table: t, column: c}"),
+    "set_comment": ("additive", "{table: t, column: c, comment: hello}"),
+    "rename_constraint": ("cleanup", "{table: t, name: a, to: b}"),
+    "add_primary_key": ("additive", "{table: t, name: t_pkey, columns: [c]}"),
+    "set_replica_identity": ("additive", "{table: t, type: full}"),
     "create_index": ("additive", "{table: t, name: i, columns: [c]}"),
     "drop_index": ("cleanup", "{name: i}"),
     "add_check": ("additive", "{table: t, name: k, check: c > 0}"),
@@ -113,6 +117,7 @@ DESTRUCTIVE = {
     "drop_default",
     "drop_index",
     "drop_constraint",
+    "rename_constraint",
     "set_not_null",
     "drop_not_null",
     "drop_dual_write",
@@ -407,7 +412,7 @@ def test_missing_field_in_block_mapping() -> None:
 def test_missing_top_level_fields() -> None:
     assert issues_of("name: x\n") == [
         "p.yaml:1:1: version: missing required field 'version'",
-        "p.yaml:1:1: phases: missing required field 'phases'",
+        "p.yaml:1:1: phases: missing required field 'phases' (or 'changes')",
     ]
 
 
@@ -425,7 +430,7 @@ def test_python_field_names_are_not_plan_keys() -> None:
     )
     assert issues_of(text) == [
         "p.yaml:2:1: schema_: unknown key 'schema_' (did you mean 'schema'?); expected one of: "
-        "version, name, description, schema, settings, gates, phases",
+        "version, name, description, schema, settings, gates, version_schema, changes, phases",
         "p.yaml:5:28: phases.backfill[0].backfill.from_: unknown key 'from_' (did you mean "
         "'from'?); expected one of: table, set, where, from, batch_size, batch_time, min_batch, "
         "max_batch, workers, pause, max_replica_lag, throttle_query, pause_on_autovacuum",
@@ -780,7 +785,7 @@ def test_json_schema() -> None:
     assert json.loads(text) == schema
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "zdm plan"
-    assert schema["required"] == ["version", "phases"]
+    assert schema["required"] == ["version"]
     assert schema["additionalProperties"] is False
     definitions = schema["$defs"]
     kinds_in_schema = set()

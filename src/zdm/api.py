@@ -10,11 +10,14 @@ from typing import Any
 import psycopg
 
 from zdm.engine.dryrun import dry_run_text
+from zdm.engine.facts import catalog_facts
 from zdm.engine.migrate import MigrateOutcome, Migrator, load_any
 from zdm.engine.migrate import history as migration_history
 from zdm.engine.runner import Outcome, Runner
 from zdm.engine.session import connect
 from zdm.plan import LoadedPlan
+from zdm.plan.dump import expanded_yaml
+from zdm.plan.expand import offline_facts
 from zdm.state import Store
 from zdm.state.mapping_errors import trigger_errors
 
@@ -28,30 +31,47 @@ def run_plan(
     force: bool = False,
     state_schema: str = "zdm",
 ) -> Outcome:
-    loaded = load_any(path)
+    loaded = _load(path, dsn)
     return Runner(loaded, dsn, state_schema=state_schema).run(until=until, cont=cont, force=force)
 
 
 def rollback(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> Outcome:
     from zdm.engine.rollback import Rollback
 
-    return Rollback(load_any(path), dsn, state_schema=state_schema).rollback()
+    return Rollback(_load(path, dsn), dsn, state_schema=state_schema).rollback()
 
 
 def rollback_dry_run(path: str | Path, dsn: str, *, state_schema: str = "zdm") -> str:
     from zdm.engine.rollback import Rollback
 
-    lines = Rollback(load_any(path), dsn, state_schema=state_schema).dry_run_lines()
+    lines = Rollback(_load(path, dsn), dsn, state_schema=state_schema).dry_run_lines()
     return "\n".join(lines) + "\n"
 
 
 def dry_run(path: str | Path, dsn: str | None, *, state_schema: str = "zdm") -> str:
-    return dry_run_text(load_any(path), dsn, state_schema=state_schema)
+    return dry_run_text(_load(path, dsn), dsn, state_schema=state_schema)
 
 
-def load(path: str | Path) -> LoadedPlan:
+def load(path: str | Path, dsn: str | None = None) -> LoadedPlan:
     """A plan file, or a Flyway-style `V001__name.sql` migration adopted as a one-step plan."""
-    return load_any(path)
+    return _load(path, dsn)
+
+
+def plan_name(path: str | Path) -> str:
+    """The name a plan file's runs go by (its changes need no database for that)."""
+    return load_any(path, offline_facts).name
+
+
+def _load(path: str | Path, dsn: str | None) -> LoadedPlan:
+    """The plan with its changes expanded; a change that copies a column reads the live
+    catalog through `dsn`."""
+    with catalog_facts(dsn) as facts:
+        return load_any(path, facts)
+
+
+def expand(path: str | Path, dsn: str | None = None) -> str:
+    """The plan's five phases, its `changes` expanded, as a YAML plan file."""
+    return expanded_yaml(_load(path, dsn))
 
 
 def migrate(
@@ -83,7 +103,8 @@ def history(
 
 def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list[str]]:
     """Loads the plan (raising PlanError); with a database, checks it against the live schema."""
-    loaded = load_any(path)
+    # Without a database, changes that read the live catalog are checked as written.
+    loaded = _load(path, dsn) if dsn is not None else load_any(path, offline_facts)
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems

@@ -191,7 +191,7 @@ def status(
 def _plan_name(plan: str) -> str:
     path = Path(plan)
     if path.suffix in (".yaml", ".yml", ".sql") and path.exists():
-        return guarded(lambda: api.load(path).name)
+        return guarded(lambda: api.plan_name(path))
     return plan
 
 
@@ -268,6 +268,13 @@ def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
         f"[green]ok[/green]: plan {loaded.name}, {len(steps)} steps in "
         f"{len({s.phase for s in steps})} phases{where}"
     )
+
+
+@app.command()
+def expand(plan: PlanArg, dsn: DsnOpt = None) -> None:
+    """Print the plan with its `changes` expanded into the five phases (YAML)."""
+    url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
+    sys.stdout.write(guarded(lambda: api.expand(plan, url)))
 
 
 @app.command()

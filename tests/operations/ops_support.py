@@ -132,6 +132,9 @@ _SNAPSHOT_QUERIES: dict[str, str] = {
     "relations": """
         SELECT c.relname, c.relkind::text FROM pg_class c
         WHERE c.relnamespace = %(schema)s::regnamespace ORDER BY 1""",
+    "replica_identity": """
+        SELECT c.relname, c.relreplident::text FROM pg_class c
+        WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind = 'r' ORDER BY 1""",
     "columns": """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
@@ -156,6 +159,10 @@ _SNAPSHOT_QUERIES: dict[str, str] = {
     "functions": """
         SELECT p.proname, md5(p.prosrc) FROM pg_proc p
         WHERE p.pronamespace = %(schema)s::regnamespace ORDER BY 1""",
+    "comments": """
+        SELECT c.relname, d.objsubid, d.description FROM pg_description d
+        JOIN pg_class c ON c.oid = d.objoid AND d.classoid = 'pg_class'::regclass
+        WHERE c.relnamespace = %(schema)s::regnamespace ORDER BY 1, 2""",
 }
 
 

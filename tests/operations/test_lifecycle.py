@@ -171,6 +171,33 @@ def set_note_default(conn: Conn, writer: Writer, version: int) -> None:
     assert rows == [("n/a",)]
 
 
+def commented_note(conn: Conn, writer: Writer, version: int) -> None:
+    row = conn.execute(
+        "SELECT col_description('items'::regclass, 5), obj_description('items'::regclass)"
+    ).fetchone()
+    assert row == ("what it says", "the items")
+
+
+def renamed_constraint(conn: Conn, writer: Writer, version: int) -> None:
+    names = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'items'::regclass AND contype = 'c'"
+    ).fetchall()
+    assert names == [("qty_not_huge",)]
+
+
+def identity_full(conn: Conn, writer: Writer, version: int) -> None:
+    row = conn.execute("SELECT relreplident FROM pg_class WHERE oid = 'items'::regclass")
+    assert row.fetchone() == ("f",)
+
+
+def keyed(conn: Conn, writer: Writer, version: int) -> None:
+    row = conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'keyless'::regclass AND contype = 'p'"
+    ).fetchone()
+    assert row == ("keyless_pkey", "PRIMARY KEY (a, b)")
+
+
 def set_qty_default(conn: Conn, writer: Writer, version: int) -> None:
     assert column(conn, "items", "qty") == ("integer", True, "1")
     assert accepts(conn, "INSERT INTO items (id, name) VALUES (900001, 'x') RETURNING qty") == [
@@ -403,6 +430,31 @@ CASES = [
         "set_default",
         "additive:\n  - set_default: {table: items, column: note, default: \"'n/a'\"}\n",
         set_note_default,
+    ),
+    Case(
+        "set_comment",
+        "additive:\n  - set_comment: {table: items, column: note, comment: what it says}\n"
+        "  - set_comment: {table: items, comment: the items}\n",
+        commented_note,
+        setup="COMMENT ON COLUMN items.note IS 'before'",
+    ),
+    Case(
+        "rename_constraint",
+        "cleanup:\n  - rename_constraint: {table: items, name: qty_small, to: qty_not_huge}\n",
+        renamed_constraint,
+        setup="ALTER TABLE items ADD CONSTRAINT qty_small CHECK (qty < 1000)",
+    ),
+    Case(
+        "set_replica_identity",
+        "additive:\n  - set_replica_identity: {table: items, type: full}\n",
+        identity_full,
+    ),
+    Case(
+        "add_primary_key",
+        "additive:\n  - add_primary_key: {table: keyless, name: keyless_pkey, columns: [a, b]}\n",
+        keyed,
+        setup="CREATE TABLE keyless (a int NOT NULL, b text NOT NULL);"
+        " INSERT INTO keyless SELECT g, 'b' || g FROM generate_series(1, 50) g",
     ),
     Case(
         "set_default_over_a_default",
@@ -886,6 +938,21 @@ def test_invalid_index_of_the_same_name_is_dropped_and_rebuilt(
     assert (out.status, out.exit_code) == ("completed", 0), out.message
     check(conn, Writer(dsn), server_version)
     assert scalar(conn, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
+
+
+def test_add_primary_key_refuses_nullable_columns(base: Conn, dsn: str, tmp_path: Path) -> None:
+    base.execute(
+        "CREATE TABLE keyless (a int NOT NULL, b text); INSERT INTO keyless VALUES (1, 'x')"
+    )
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        "additive:\n  - add_primary_key: {table: keyless, name: keyless_pkey, columns: [a, b]}\n",
+    )
+    outcome = api.run_plan(plan, dsn)
+    assert (outcome.status, outcome.exit_code) == ("failed", 1)
+    assert "column b of public.keyless may be NULL" in outcome.message
+    # Refused before anything was built.
+    assert scalar(base, "SELECT count(*) FROM pg_class WHERE relname = 'keyless_pkey'") == 0
 
 
 def test_add_column_refuses_a_volatile_default(base: Conn, dsn: str, tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ def _rel(table: Table) -> sql.Composed:
     return sql.SQL("to_regclass({})").format(_lit(table.ident().as_string(None)))
 
 
+regclass = _rel
+
+
 def table_exists(table: Table) -> sql.Composed:
     return sql.SQL("SELECT {} IS NOT NULL").format(_rel(table))
 

@@ -89,8 +89,11 @@ class DryRun:
                     yield "-- ===== gate: the run stops here until `zdm run --continue` ====="
                 yield f"-- ===== phase {phase} ====="
             yield ""
-            yield f"-- step {step.key} {step.kind}" + (
-                " — already done by this run: skipped" if step.key in done else ""
+            origin = self.loaded.step_origins.get(step.key)
+            yield (
+                f"-- step {step.key} {step.kind}"
+                + (f" (from {origin})" if origin else "")
+                + (" — already done by this run: skipped" if step.key in done else "")
             )
             if ordinal in absorbed:
                 yield f"-- walked in the same pass over the table as step {absorbed[ordinal]}"

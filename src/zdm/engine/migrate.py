@@ -27,10 +27,12 @@ import structlog
 import yaml
 
 from zdm.engine.dryrun import DryRun
+from zdm.engine.facts import catalog_facts
 from zdm.engine.pooling import require_pinned
 from zdm.engine.runner import PlanChanged, Runner, RunRefused
 from zdm.engine.session import connect
 from zdm.plan import LoadedPlan, PlanError, PlanIssue, load_plan, parse_plan
+from zdm.plan.expand import FactReader
 from zdm.state import PlanLock, Store
 from zdm.state.migrations import MigrationRow, accept_checksum, read_history, record_applied
 
@@ -160,20 +162,21 @@ def adopt_sql(path: Path, undo: Path | None = None) -> LoadedPlan:
     return replace(loaded, sha256=_sha256(path))
 
 
-def load_any(path: str | Path) -> LoadedPlan:
-    """A plan file, or a Flyway-style `.sql` migration adopted as a plan."""
+def load_any(path: str | Path, facts: FactReader | None = None) -> LoadedPlan:
+    """A plan file, or a Flyway-style `.sql` migration adopted as a plan; `facts` reads the
+    live catalog for changes that copy a column."""
     path = Path(path)
     if path.suffix == ".sql":
         if not path.is_file():
             raise MigrationsRefused(f"cannot read {path}: no such file")
         return adopt_sql(path, find_undo(path))
-    return load_plan(path)
+    return load_plan(path, facts)
 
 
-def _load(migration: Migration) -> LoadedPlan:
+def _load(migration: Migration, facts: FactReader | None = None) -> LoadedPlan:
     if migration.is_sql:
         return adopt_sql(migration.path, migration.undo)
-    return load_plan(migration.path)
+    return load_plan(migration.path, facts)
 
 
 @dataclass(frozen=True)
@@ -202,11 +205,12 @@ class Migrator:
         """Every migration with its plan; every file is checked before anything runs."""
         loaded: list[tuple[Migration, LoadedPlan]] = []
         issues: list[PlanIssue] = []
-        for m in scan(self.directory):
-            try:
-                loaded.append((m, _load(m)))
-            except PlanError as error:
-                issues += error.issues
+        with catalog_facts(self.dsn) as facts:
+            for m in scan(self.directory):
+                try:
+                    loaded.append((m, _load(m, facts)))
+                except PlanError as error:
+                    issues += error.issues
         if issues:
             raise PlanError(issues)
         seen: dict[str, str] = {}

@@ -452,6 +452,18 @@ class Runner:
                 )
             self.log.warning("plan_changed_forced", run=run.id, differences=diffs)
             self.store.replace_steps(work, run, wanted, sha)
+        elif self.loaded.source is not None:
+            # Changes expand against the live catalog: the same file may expand differently
+            # (an index added to a column being copied), and the run's steps must still match.
+            diffs = step_differences(self.store.steps(work, run.id), wanted)
+            if diffs:
+                raise PlanChanged(
+                    f"the changes of plan {name} expand differently from when run {run.id}"
+                    " started (the live schema changed); steps that differ:\n  "
+                    + "\n  ".join(diffs)
+                    + "\nput the schema back as it was (the differing steps say what changed), then"
+                    " resume or roll back"
+                )
         self.log.info("run_resume", run=run.id, status=run.status, phase=run.phase)
         return run
 

@@ -30,6 +30,7 @@ import copy
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from zdm.lint.change_rules import CHANGE_RULE_IDS
 from zdm.lint.files import LintError, LintFile, discover, read_text, wrap_of
 from zdm.lint.findings import Finding, Problem, Rule, Severity
 from zdm.lint.plan_rules import PLAN_RULE_IDS, PLAN_RULES
@@ -58,7 +59,7 @@ def _known_rules() -> set[str] | None:
         from zdm.lint.rules import RULES_BY_ID
     except ImportError:
         return None
-    return set(RULES_BY_ID) | set(PLAN_RULE_IDS)
+    return set(RULES_BY_ID) | set(PLAN_RULE_IDS) | set(CHANGE_RULE_IDS)
 
 
 def _lint_sql(item: LintFile, schema: Schema) -> tuple[list[Finding], list[tuple[str, int, str]]]:

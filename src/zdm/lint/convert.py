@@ -24,6 +24,7 @@ import yaml
 from zdm.lint.files import LintError, read_text
 from zdm.lint.source import PglastMissing, SqlSyntaxError, require_pglast
 from zdm.plan import MAX_IDENTIFIER_BYTES, PHASES, PlanError, parse_plan
+from zdm.plan.expand import offline_facts
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
@@ -117,7 +118,8 @@ def convert_sql(text: str, name: str, origin: str) -> str:
     result = converter.run()
     plan = render(result, name or "converted", origin)
     try:
-        parse_plan(plan, f"{name or 'converted'}.yaml")
+        # A change that copies a column is expanded against the database when it runs.
+        parse_plan(plan, f"{name or 'converted'}.yaml", facts=offline_facts)
     except PlanError as error:  # pragma: no cover - a bug in the converter
         raise ConvertError(f"the converted plan does not load (a zdm bug):\n{error}") from None
     return plan
@@ -174,12 +176,14 @@ def _place(result: Converted) -> list[Step]:
     """Index and constraint steps on a table that is backfilled go after its backfill."""
     backfilled = {s.fields.get("table") for s in result.steps if s.kind == "backfill"}
     for step in result.steps:
+        if step.phase == "changes":
+            continue
         if step.movable_table is not None and step.movable_table in backfilled:
             step.phase = "cleanup"
             step.rank = RANK_BUILD
     order = {phase: index for index, phase in enumerate(PHASES)}
     return sorted(
-        result.steps,
+        (step for step in result.steps if step.phase != "changes"),
         key=lambda s: (order[s.phase], s.rank if s.phase == "cleanup" else 0),
     )
 
@@ -197,6 +201,13 @@ def render(result: Converted, name: str, origin: str) -> str:
     ]
     for note in result.notes:
         lines.append(f"# {note}")
+    changes = [step for step in result.steps if step.phase == "changes"]
+    if changes:
+        lines.append("changes:")
+        for step in changes:
+            lines.extend(row[2:] for row in _render_step(step))
+        if not steps:
+            return "\n".join(lines) + "\n"
     lines.append("phases:")
     current = None
     for step in steps:

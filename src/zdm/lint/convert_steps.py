@@ -92,6 +92,7 @@ class Converter:
         self.new_tables: set[str] = set()
         self._origin: list[str] = []
         self._line = 0
+        self.pending_types: list[tuple[ast.RangeVar, str, ast.ColumnDef, list[str], int]] = []
 
     def run(self) -> Converted:
         for stmt in self.source.statements:
@@ -99,7 +100,29 @@ class Converter:
             first = " ".join(stmt.text.split())
             self._origin = [f"line {line}: {first if len(first) <= 90 else first[:87] + '...'}"]
             self.statement(stmt)
+        self._settle_type_changes()
         return self.result
+
+    def _settle_type_changes(self) -> None:
+        """An alter_column replaces its column by a copy at cleanup: when another statement of
+        the file acts on that column, the steps are written out by hand instead, in order."""
+        changes = [step for step in self.result.steps if step.phase == "changes"]
+        for step, (rel, column, definition, origin, line) in zip(
+            changes, self.pending_types, strict=True
+        ):
+            table = step.fields["table"]
+            others = [
+                s
+                for s in self.result.steps
+                if s.phase != "changes"
+                and s.fields.get("table") == table
+                and column in {s.fields.get("column"), *(s.fields.get("columns") or [])}
+            ]
+            if not others:
+                continue
+            self.result.steps.remove(step)
+            self._origin, self._line = origin, line
+            self.change_type_by_hand(rel, column, definition)
 
     # -- emitting ----------------------------------------------------------------------------
 
@@ -545,6 +568,34 @@ class Converter:
         )
 
     def change_type(self, rel: ast.RangeVar, column: str, definition: ast.ColumnDef) -> None:
+        assert definition.typeName is not None
+        table = table_name(rel)
+        type_text = deparse(definition.typeName)
+        using = definition.raw_default
+        old = identifier(column)
+        fields: dict[str, Any] = {"table": table, "column": column, "type": type_text}
+        fields["up"] = deparse(using) if using is not None else f"CAST({old} AS {type_text})"
+        fields["down"] = old
+        self.pending_types.append((rel, column, definition, list(self._origin), self._line))
+        self.add(
+            "changes",
+            "alter_column",
+            fields,
+            comments=[
+                f"changing the type of {column} rewrites the table under ACCESS EXCLUSIVE: "
+                "alter_column does it in place when PostgreSQL needs no rewrite (varchar "
+                "widening, to text), else through a copy kept in step both ways and swapped "
+                "in at cleanup, with the old column's default, NOT NULL, indexes and "
+                "constraints (`zdm expand` with --dsn shows the steps)",
+                f"down: the value old readers see for rows written in the new type; `{old}` "
+                "(the new value, cast back on assignment) fails for values the old type "
+                "cannot hold",
+            ],
+        )
+
+    def change_type_by_hand(
+        self, rel: ast.RangeVar, column: str, definition: ast.ColumnDef
+    ) -> None:
         assert definition.typeName is not None
         table = table_name(rel)
         type_text = deparse(definition.typeName)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zdm.ddl.locks import LockMode
+from zdm.lint.change_rules import CHANGE_RULES
 from zdm.lint.files import LintError, read_text
 from zdm.lint.findings import Finding
 from zdm.lint.plan_rules import PLAN_RULES
@@ -28,6 +29,7 @@ from zdm.plan import (
     Sql,
     load_plan,
 )
+from zdm.plan.expand import offline_facts
 from zdm.plan.yamlsource import YamlDocument, read_yaml
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ def lint_plan(path: Path, schema: Schema | None = None) -> PlanResult:
     result = PlanResult()
     file = str(path)
     try:
-        loaded = load_plan(path)
+        loaded = load_plan(path, offline_facts)
     except PlanError as error:
         result.errors.extend(
             LintError(
@@ -90,9 +92,7 @@ def lint_plan(path: Path, schema: Schema | None = None) -> PlanResult:
         for problem in rule.check(loaded.plan):
             if rule.id in ignored.get(problem.step.key, set()):
                 continue
-            line, column = document.position(
-                ("phases", problem.step.phase, problem.step.index)
-            ) or (1, 1)
+            line, column = document.position(loaded.step_paths[problem.step.key]) or (1, 1)
             result.findings.append(
                 Finding(
                     rule.id,
@@ -105,6 +105,9 @@ def lint_plan(path: Path, schema: Schema | None = None) -> PlanResult:
                 )
             )
 
+    if loaded.source is not None:
+        _lint_changes(loaded, document, lines, result)
+
     if any(isinstance(step.spec, Sql) for step in steps):
         try:
             require_pglast()
@@ -114,6 +117,30 @@ def lint_plan(path: Path, schema: Schema | None = None) -> PlanResult:
             _lint_sql_steps(loaded, document, steps, ignored, schema, result)
     result.findings.sort(key=lambda f: (f.file, f.line, f.column))
     return result
+
+
+def _lint_changes(
+    loaded: LoadedPlan, document: YamlDocument, lines: list[str], result: PlanResult
+) -> None:
+    """The change rules, at each change's field; `# zdm-lint: ignore RULE` above the change
+    silences one."""
+    assert loaded.source is not None
+    file = str(loaded.path)
+    for index, change in enumerate(loaded.source.changes):
+        where = document.position(("changes", index))
+        ignored = _step_suppressions(lines, where[0]) if where else {}
+        result.suppressions.extend((file, at, rule) for rule, at in ignored.items())
+        for rule in CHANGE_RULES:
+            if rule.id in ignored:
+                continue
+            for problem in rule.check(change):
+                loc = ("changes", index, change.kind, problem.field)
+                line, column = document.position(loc) or where or (1, 1)
+                result.findings.append(
+                    Finding(
+                        rule.id, rule.severity, file, line, column, problem.message, problem.fix
+                    )
+                )
 
 
 def _lint_sql_steps(
@@ -149,12 +176,12 @@ def _lint_sql_steps(
             for name in _names(spec.table, plan_schema):
                 state.new_tables.discard(table_key(name))
             continue
-        if not isinstance(spec, Sql):
-            continue
+        if not isinstance(spec, Sql) or step.key in loaded.step_origins:
+            continue  # the SQL that changes expand into is zdm's own, not the plan's to lint
         file = str(loaded.path)
         if spec.up is not None:
             text = spec.up
-            loc = ("phases", step.phase, step.index, "sql", "up")
+            loc = (*loaded.step_paths[step.key], "sql", "up")
             first_line, first_column, indent = _scalar_origin(loaded.text, document, loc)
         else:
             assert spec.up_file is not None

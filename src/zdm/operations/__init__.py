@@ -6,11 +6,21 @@ from dataclasses import replace
 from typing import Any
 
 from zdm.ddl import Action, Query
-from zdm.operations import columns, constraints, data, dual_write, indexes, tables, views
+from zdm.operations import (
+    columns,
+    comments,
+    constraints,
+    data,
+    dual_write,
+    indexes,
+    keys,
+    tables,
+    views,
+)
 from zdm.operations.base import FORWARD, INVERSE, MEMO, Context, Irreversible
 from zdm.plan import StepSpec
 
-_MODULES = (columns, constraints, data, dual_write, indexes, tables, views)
+_MODULES = (columns, comments, constraints, data, dual_write, indexes, keys, tables, views)
 
 
 def plan_step(step: StepSpec, ctx: Context) -> list[Action]:

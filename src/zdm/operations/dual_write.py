@@ -357,7 +357,7 @@ def dual_write(step: DualWrite, ctx: Context) -> list[Action]:
     )
     return [
         Txn(
-            (create_function, create_trigger, exercise(table, next(iter(step.set)))),
+            (create_function, create_trigger, exercise(table, next(iter(step.set or step.reverse)))),
             f"create dual-write trigger {name}",
             skip_if=cat.trigger_exists(table, name),
         )

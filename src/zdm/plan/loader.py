@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from zdm.plan.durations import PLAN_FILE_CONTEXT
 from zdm.plan.errors import PlanError, PlanIssue, describe
+from zdm.plan.expand import ExpansionError, FactReader, expand
 from zdm.plan.messages import Finding, translate
 from zdm.plan.model import Plan, PlanStep
 from zdm.plan.rules import check_plan
@@ -32,6 +33,15 @@ class LoadedPlan:
     base_dir: Path
     """Directory that relative ``up_file``/``down_file`` paths are resolved against."""
     step_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    step_paths: Mapping[str, tuple[str | int, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Step key -> where the step is written in the file: ``("phases", phase, index)``, or
+    ``("changes", index)`` for a step expanded from a change."""
+    step_origins: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """Step key -> the change it was expanded from (``"changes[0] alter_column"``)."""
+    source: Plan | None = field(default=None, repr=False, compare=False)
+    """The plan as written, when it has ``changes`` (``plan`` is then their expansion)."""
 
     def steps(self) -> list[PlanStep]:
         """The plan's steps in execution order."""
@@ -46,8 +56,11 @@ class LoadedPlan:
         return self.base_dir / relative
 
 
-def load_plan(path: str | Path) -> LoadedPlan:
-    """Read and validate a plan file; raise PlanError listing every problem found."""
+def load_plan(path: str | Path, facts: FactReader | None = None) -> LoadedPlan:
+    """Read and validate a plan file; raise PlanError listing every problem found.
+
+    ``facts`` reads the live catalog for changes that copy a column; without it they are
+    refused, naming what cannot be known."""
     path = Path(path)
     file = str(path)
     try:
@@ -63,16 +76,27 @@ def load_plan(path: str | Path) -> LoadedPlan:
         line = data.count(b"\n", 0, error.start) + 1
         message = f"the plan is not UTF-8 text (byte {data[error.start]:#04x})"
         raise PlanError([PlanIssue(file, line, None, "", message)]) from None
-    return _load(text, file, path, hashlib.sha256(data).hexdigest(), check_files=True)
+    digest = hashlib.sha256(data).hexdigest()
+    return _load(text, file, path, digest, check_files=True, facts=facts)
 
 
-def parse_plan(text: str, filename: str = "<string>") -> LoadedPlan:
+def parse_plan(
+    text: str, filename: str = "<string>", facts: FactReader | None = None
+) -> LoadedPlan:
     """Validate plan text; ``filename`` names it in messages and gives the default name."""
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return _load(text, filename, Path(filename), digest, check_files=False)
+    return _load(text, filename, Path(filename), digest, check_files=False, facts=facts)
 
 
-def _load(text: str, file: str, path: Path, digest: str, *, check_files: bool) -> LoadedPlan:
+def _load(
+    text: str,
+    file: str,
+    path: Path,
+    digest: str,
+    *,
+    check_files: bool,
+    facts: FactReader | None = None,
+) -> LoadedPlan:
     try:
         document = read_yaml(text)
     except YamlSyntaxError as error:
@@ -98,8 +122,19 @@ def _load(text: str, file: str, path: Path, digest: str, *, check_files: bool) -
     except ValidationError as error:
         findings: Iterable[Finding] = (translate(detail, Plan) for detail in error.errors())
         issues += (_issue(file, document, finding) for finding in findings)
+    source = plan
+    origins: list[int] = []
+    if plan is not None and not issues:
+        try:
+            plan, origins = expand(plan, plan.name or path.stem, facts)
+        except ExpansionError as error:
+            issues += (_issue(file, document, finding) for finding in error.findings)
+            plan = None
     if plan is not None:
-        issues += (_issue(file, document, finding) for finding in check_plan(plan))
+        issues += (
+            _issue(file, document, _relocated(finding, plan, origins))
+            for finding in check_plan(plan)
+        )
         if check_files:
             base_dir = path.absolute().parent
             issues += (
@@ -109,8 +144,18 @@ def _load(text: str, file: str, path: Path, digest: str, *, check_files: bool) -
         raise PlanError(_sorted_unique(issues))
 
     step_lines = {}
-    for step in plan.steps():
-        position = document.position(("phases", step.phase, step.index))
+    step_origins = {}
+    step_paths: dict[str, tuple[str | int, ...]] = {}
+    for ordinal, step in enumerate(plan.steps()):
+        written = _written_index(plan, origins, step.phase, step.index)
+        if origins and origins[ordinal] >= 0:
+            change = origins[ordinal]
+            assert source is not None
+            step_origins[step.key] = f"changes[{change}] {source.changes[change].kind}"
+            step_paths[step.key] = ("changes", change)
+        else:
+            step_paths[step.key] = ("phases", step.phase, written)
+        position = document.position(step_paths[step.key])
         if position is not None:
             step_lines[step.key] = position[0]
     return LoadedPlan(
@@ -121,7 +166,42 @@ def _load(text: str, file: str, path: Path, digest: str, *, check_files: bool) -
         text=text,
         base_dir=path.absolute().parent,
         step_lines=step_lines,
+        step_origins=step_origins,
+        step_paths=step_paths,
+        source=source if source is not None and source.changes else None,
     )
+
+
+def _written_index(plan: Plan, origins: list[int], phase: str, index: int) -> int:
+    """The index under ``phases.<phase>`` in the file of the expanded plan's step there."""
+    if not origins:
+        return index
+    start = 0
+    for step in plan.steps():
+        if step.phase == phase:
+            break
+        start += 1
+    expanded = sum(1 for origin in origins[start : start + index] if origin >= 0)
+    return index - expanded
+
+
+def _relocated(finding: Finding, plan: Plan, origins: list[int]) -> Finding:
+    """A rule's finding about an expanded step, moved to the change it came from, and one about
+    a hand-written step moved to its place in the file."""
+    loc = finding.loc
+    if not origins or len(loc) < 3 or loc[0] != "phases":
+        return finding
+    phase, index = loc[1], loc[2]
+    ordinal = next(
+        (n for n, step in enumerate(plan.steps()) if step.phase == phase and step.index == index),
+        None,
+    )
+    if ordinal is None:
+        return finding
+    if origins[ordinal] >= 0:
+        return Finding(("changes", origins[ordinal]), finding.message, "value")
+    written = _written_index(plan, origins, str(phase), int(index))
+    return Finding(("phases", phase, written, *loc[3:]), finding.message, finding.at)
 
 
 def _missing_files(plan: Plan, base_dir: Path) -> list[Finding]:

@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
+from zdm.plan.changes import CHANGE_KINDS
 from zdm.plan.errors import PlanValueError, describe
-from zdm.plan.model import STEP_KIND_ERROR
+from zdm.plan.model import CHANGE_KIND_ERROR, STEP_KIND_ERROR
 from zdm.plan.steps import STEP_KINDS
 
 Loc = tuple[Any, ...]
@@ -88,9 +89,12 @@ def _descend(tp: Any, part: Any) -> Any:
     if origin is dict:
         return get_args(tp)[1]
     if origin in (Union, types.UnionType):
-        kind = STEP_KINDS.get(part) if isinstance(part, str) else None
-        if kind is not None and any(_strip(arg) is kind for arg in get_args(tp)):
-            return kind
+        if not isinstance(part, str):
+            return None
+        members = [_strip(arg) for arg in get_args(tp)]
+        for kind in (STEP_KINDS.get(part), CHANGE_KINDS.get(part)):
+            if kind is not None and kind in members:
+                return kind
         return None
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         for name, info in tp.model_fields.items():
@@ -115,29 +119,30 @@ def keys_of(model: type[BaseModel]) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()]
 
 
-def _step_kind_message(value: Any) -> str:
-    kinds = list(STEP_KINDS)
+def _step_kind_message(value: Any, what: str = "step", registry: Any = STEP_KINDS) -> str:
+    kinds = list(registry)
     known = "known kinds: " + ", ".join(kinds)
+    example = "add_column" if what == "step" else "alter_column"
     if not isinstance(value, dict):
         return (
-            "expected a step: a mapping with one key naming its kind, such as add_column; "
+            f"expected a {what}: a mapping with one key naming its kind, such as {example}; "
             f"got {describe(value)}; {known}"
         )
     if not value:
-        return f"empty step; expected one key naming its kind; {known}"
+        return f"empty {what}; expected one key naming its kind; {known}"
     if len(value) > 1:
         keys = ", ".join(str(key) for key in value)
         hint = ""
-        if any(key in STEP_KINDS for key in value):
-            hint = " (indent the step's fields under its kind)"
+        if any(key in registry for key in value):
+            hint = f" (indent the {what}'s fields under its kind)"
         return (
-            f"a step is a mapping with exactly one key, its kind; got {len(value)} keys: "
+            f"a {what} is a mapping with exactly one key, its kind; got {len(value)} keys: "
             f"{keys}{hint}; {known}"
         )
     (key,) = value
     if not isinstance(key, str):
-        return f"expected a step kind as key, got {describe(key)}; {known}"
-    return f"unknown step kind {key!r}{_suggest(key, kinds)}; {known}"
+        return f"expected a {what} kind as key, got {describe(key)}; {known}"
+    return f"unknown {what} kind {key!r}{_suggest(key, kinds)}; {known}"
 
 
 _TYPE_NAMES = {
@@ -176,6 +181,8 @@ def translate(error: ErrorDetails, root: type[BaseModel]) -> Finding:
     message: str
     if kind == "missing":
         message, at = f"missing required field {loc[-1]!r}", "parent"
+        if loc == ("phases",):
+            message += " (or 'changes')"
     elif kind == "extra_forbidden":
         model = model_at(root, loc[:-1])
         keys = keys_of(model) if model else []
@@ -187,6 +194,8 @@ def translate(error: ErrorDetails, root: type[BaseModel]) -> Finding:
         message, at = f"expected a string as key, got {describe(value)}", "key"
     elif kind == STEP_KIND_ERROR:
         message = _step_kind_message(value)
+    elif kind == CHANGE_KIND_ERROR:
+        message = _step_kind_message(value, "change", CHANGE_KINDS)
     elif kind in ("model_type", "model_attributes_type"):
         model = model_at(root, loc)
         fields = f" (keys: {', '.join(keys_of(model))})" if model else ""

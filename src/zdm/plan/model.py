@@ -18,7 +18,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from zdm.plan.changes import CHANGE_KINDS, ChangeSpec
 from zdm.plan.durations import Duration, format_duration
 from zdm.plan.errors import PlanValueError
 from zdm.plan.names import Name
@@ -29,6 +31,8 @@ Phase = Literal["additive", "dual_write", "backfill", "dual_read", "cleanup"]
 
 #: Error type of a list item that is not a one-key mapping naming a known kind.
 STEP_KIND_ERROR = "step_kind"
+#: The same for an item of ``changes``.
+CHANGE_KIND_ERROR = "change_kind"
 
 
 def step_kind_of(value: Any) -> str | None:
@@ -42,7 +46,18 @@ def step_kind_of(value: Any) -> str | None:
     return None
 
 
-def _step_choice(cls: type[StepSpec]) -> Any:
+def change_kind_of(value: Any) -> str | None:
+    """The kind a raw change selects: its single key if that names a change kind, else None."""
+    if isinstance(value, ChangeSpec):
+        return value.kind
+    if isinstance(value, dict) and len(value) == 1:
+        (key,) = value
+        if isinstance(key, str) and key in CHANGE_KINDS:
+            return key
+    return None
+
+
+def _step_choice(cls: type[StepSpec] | type[ChangeSpec]) -> Any:
     """``{kind: {fields}}`` validated as ``cls``; the tag puts the kind into error paths."""
     kind = cls.kind
 
@@ -59,13 +74,16 @@ def _step_choice(cls: type[StepSpec]) -> Any:
     return Annotated[cls, BeforeValidator(unwrap, json_schema_input_type=wrapper), Tag(kind)]
 
 
-def _dump_step(spec: StepSpec, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+def _dump_step(
+    spec: StepSpec | ChangeSpec, handler: SerializerFunctionWrapHandler
+) -> dict[str, Any]:
     """Dump a step as the plan writes it, so that dumped plans validate again."""
     return {spec.kind: handler(spec)}
 
 
 if TYPE_CHECKING:
     Step = StepSpec
+    Change = ChangeSpec
 else:
     Step = Annotated[
         Union[tuple(_step_choice(cls) for cls in STEP_KINDS.values())],  # noqa: UP007
@@ -77,6 +95,16 @@ else:
         WrapSerializer(_dump_step),
     ]
     """A step as YAML writes it (``{add_column: {...}}``), validated to its ``StepSpec``."""
+    Change = Annotated[
+        Union[tuple(_step_choice(cls) for cls in CHANGE_KINDS.values())],  # noqa: UP007
+        Discriminator(
+            change_kind_of,
+            custom_error_type=CHANGE_KIND_ERROR,
+            custom_error_message="expected a one-key mapping naming a change kind",
+        ),
+        WrapSerializer(_dump_step),
+    ]
+    """A change as YAML writes it (``{alter_column: {...}}``), validated to its ``ChangeSpec``."""
 
 
 class Settings(PlanModel):
@@ -150,6 +178,9 @@ class PlanStep:
         return self.spec.kind
 
 
+_NO_WORK = object()
+
+
 class Plan(PlanModel):
     """A migration plan, version 1 (see DESIGN.md, "Plan format")."""
 
@@ -165,7 +196,13 @@ class Plan(PlanModel):
     settings: Settings = Settings()
     gates: list[Phase] = Field(default_factory=list)
     """Phases before which a run stops until ``zdm run --continue``."""
-    phases: Phases
+    version_schema: Name | None = None
+    """The schema of the version views that ``changes`` expose the new shape in until cleanup;
+    defaults to ``zdm_`` and the plan's name."""
+    changes: list[Change] = Field(default_factory=list)
+    """High-level changes, in order; zdm expands them into the five phases, ahead of each
+    phase's own steps (``zdm expand PLAN`` prints the result)."""
+    phases: Phases = Phases()
 
     @field_validator("version", mode="before")
     @classmethod
@@ -173,6 +210,21 @@ class Plan(PlanModel):
         # Literal[1] would accept True, since True == 1.
         if isinstance(value, bool):
             raise ValueError("expected the plan format version 1, got a boolean")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_work(cls, data: Any) -> Any:
+        # Either may be left out, not both: report that as the missing `phases`.
+        if isinstance(data, dict) and "phases" not in data and "changes" not in data:
+            return {**data, "phases": _NO_WORK}
+        return data
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _phases_given(cls, value: Any) -> Any:
+        if value is _NO_WORK:
+            raise PydanticCustomError("missing", "Field required")
         return value
 
     def iter_steps(self) -> Iterator[tuple[Phase, int, StepSpec]]:

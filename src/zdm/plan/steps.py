@@ -221,6 +221,17 @@ class DropNotNull(StepSpec):
     column: Name
 
 
+class SetComment(StepSpec):
+    """Set (or, with ``comment: null``, remove) the comment of a column, or of the table when
+    no column is named; catalog only."""
+
+    kind = "set_comment"
+
+    table: QualifiedName
+    column: Name | None = None
+    comment: str | None
+
+
 # --- indexes and constraints --------------------------------------------------------------
 
 
@@ -334,6 +345,49 @@ class DropConstraint(StepSpec):
     name: Name
 
 
+class RenameConstraint(StepSpec):
+    """Rename a constraint (and the index of a unique or primary key one); catalog only."""
+
+    kind = "rename_constraint"
+    destructive = True
+
+    table: QualifiedName
+    name: Name
+    to: Name
+
+
+class AddPrimaryKey(StepSpec):
+    """A unique index built concurrently, then attached as the table's primary key; the columns
+    must already be NOT NULL (else the attach would scan under an exclusive lock)."""
+
+    kind = "add_primary_key"
+
+    table: QualifiedName
+    name: Name
+    columns: list[Name] = Field(min_length=1)
+
+
+ReplicaIdentityType = Literal["default", "full", "nothing", "index"]
+
+
+class SetReplicaIdentity(StepSpec):
+    """What logical replication writes of an updated or deleted row's old version; catalog
+    only."""
+
+    kind = "set_replica_identity"
+
+    table: QualifiedName
+    type: ReplicaIdentityType
+    index: Name | None = None
+    """The unique index, for type ``index``."""
+
+    @model_validator(mode="after")
+    def _check_index(self) -> Self:
+        if (self.type == "index") != (self.index is not None):
+            raise PlanValueError("give 'index' exactly when type is index", "index")
+        return self
+
+
 # --- data ---------------------------------------------------------------------------------
 
 
@@ -347,13 +401,22 @@ class DualWrite(StepSpec):
     kind = "dual_write"
 
     table: QualifiedName
-    set: dict[Name, SqlText] = Field(min_length=1)
+    set: dict[Name, SqlText] = Field(default_factory=dict)
+    """New column -> expression over the old columns, for the old version's writes."""
     reverse: dict[Name, SqlText] = Field(default_factory=dict)
+    """Old column -> expression over the new shape, for the new version's writes (a column
+    the new version drops gets its `down` this way)."""
     name: Name | None = None
     on_error: Literal["record", "fail"] = "record"
     """What a mapping that raises for a row does: ``record`` (the application's write succeeds,
     the column keeps what the write gave it, the error goes to ``mapping_errors``) or ``fail``
     (the application's statement fails with the error)."""
+
+    @model_validator(mode="after")
+    def _check_mappings(self) -> Self:
+        if not self.set and not self.reverse:
+            raise PlanValueError("a dual_write needs `set`, `reverse` or both", "set")
+        return self
 
     @property
     def trigger_name(self) -> str:
@@ -601,8 +664,12 @@ STEP_KINDS: dict[str, type[StepSpec]] = {
         AddUnique,
         ValidateConstraint,
         DropConstraint,
+        RenameConstraint,
+        AddPrimaryKey,
+        SetReplicaIdentity,
         SetNotNull,
         DropNotNull,
+        SetComment,
         DualWrite,
         DropDualWrite,
         Backfill,
