@@ -53,6 +53,15 @@ __all__ = [
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
+class ParserMissing(LintError):
+    """SQL files not checked because pglast is missing; ``files`` counts them."""
+
+    def __init__(self, sql_files: list[str]) -> None:
+        where = sql_files[0] if len(sql_files) == 1 else f"{len(sql_files)} .sql files"
+        super().__init__(where, f"not checked: {PglastMissing()}")
+        self.files = len(sql_files)
+
+
 def _known_rules() -> set[str] | None:
     try:
         from zdm.lint.rules import RULES_BY_ID
@@ -119,13 +128,7 @@ def lint_paths(paths: list[str]) -> tuple[list[Finding], list[LintError], int]:
         except Exception as error:  # a bug in a rule must not hide the other files' findings
             errors.append(LintError(str(item.path), f"internal error, please report it: {error!r}"))
     if pglast_missing:
-        sql_files = [str(f.path) for f in files if not f.plan]
-        errors.append(
-            LintError(
-                sql_files[0] if len(sql_files) == 1 else f"{len(sql_files)} .sql files",
-                f"not checked: {PglastMissing()}",
-            )
-        )
+        errors.append(ParserMissing([str(f.path) for f in files if not f.plan]))
     known = _known_rules()
     if known is not None:
         for file, line, rule in suppressions:
@@ -152,7 +155,10 @@ def run_lint(paths: list[str], fmt: str, out: TextIO) -> int:
     write(findings, fmt, out)
     for error in errors:
         sys.stderr.write(f"{error}\n")
-    if fmt == "text":
+    # Only SQL files and no parser: the one line naming the extra says it all.
+    only = errors[0] if len(errors) == 1 else None
+    nothing_checked = isinstance(only, ParserMissing) and only.files == count
+    if fmt == "text" and not nothing_checked:
         unchecked = len({error.file for error in errors})
         tail = f"; {unchecked} could not be checked (see above)" if errors else ""
         sys.stderr.write(summary(findings, count) + tail + "\n")

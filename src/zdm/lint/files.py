@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zdm.lint.context import Wrap
+if TYPE_CHECKING:  # context needs pglast, which plan linting does without
+    from zdm.lint.context import Wrap
 
 PLAN_SUFFIXES = (".yaml", ".yml")
 _FLYWAY = re.compile(r"^([VUR])(\d+(?:[._]\d+)*)?__", re.IGNORECASE)
@@ -111,6 +113,8 @@ def discover(paths: list[str]) -> tuple[list[LintFile], list[LintError]]:
 
 def wrap_of(path: Path) -> Wrap:
     """Migration tools run a file in one transaction unless told not to (Flyway: a .conf file)."""
+    from zdm.lint.context import Wrap
+
     conf = path.with_name(path.name + ".conf")
     if conf.is_file():
         try:
