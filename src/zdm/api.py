@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+# The engine and psycopg are imported by the verbs that use them: `zdm validate` and
+# `zdm --help` start without them.
+if TYPE_CHECKING:
+    import psycopg
 
-from zdm.engine.dryrun import dry_run_text
-from zdm.engine.migrate import MigrateOutcome, Migrator, load_any
-from zdm.engine.migrate import history as migration_history
-from zdm.engine.runner import Outcome, Runner
-from zdm.engine.session import connect
-from zdm.plan import LoadedPlan
-from zdm.state import Store
+    from zdm.engine.migrate import MigrateOutcome
+    from zdm.engine.runner import Outcome
+    from zdm.plan import LoadedPlan
 
 
 def run_plan(
@@ -27,6 +26,8 @@ def run_plan(
     force: bool = False,
     state_schema: str = "zdm",
 ) -> Outcome:
+    from zdm.engine.runner import Runner
+
     loaded = load_any(path)
     return Runner(loaded, dsn, state_schema=state_schema).run(until=until, cont=cont, force=force)
 
@@ -45,12 +46,20 @@ def rollback_dry_run(path: str | Path, dsn: str, *, state_schema: str = "zdm") -
 
 
 def dry_run(path: str | Path, dsn: str | None, *, state_schema: str = "zdm") -> str:
+    from zdm.engine.dryrun import dry_run_text
+
     return dry_run_text(load_any(path), dsn, state_schema=state_schema)
 
 
 def load(path: str | Path) -> LoadedPlan:
     """A plan file, or a Flyway-style `V001__name.sql` migration adopted as a one-step plan."""
     return load_any(path)
+
+
+def load_any(path: str | Path) -> LoadedPlan:
+    from zdm.engine.migrate import load_any as load_plan_or_sql
+
+    return load_plan_or_sql(path)
 
 
 def migrate(
@@ -62,6 +71,8 @@ def migrate(
     state_schema: str = "zdm",
 ) -> MigrateOutcome:
     """Applies a directory's plans in version order; stops at a gate or a failure."""
+    from zdm.engine.migrate import Migrator
+
     return Migrator(directory, dsn, state_schema=state_schema).migrate(force=force, cont=cont)
 
 
@@ -69,6 +80,8 @@ def migrate_dry_run(
     directory: str | Path, dsn: str | None, *, force: bool = False, state_schema: str = "zdm"
 ) -> str:
     """What `migrate` would apply, with each pending plan's dry-run."""
+    from zdm.engine.migrate import Migrator
+
     lines = Migrator(directory, dsn, state_schema=state_schema).dry_run_lines(force=force)
     return "\n".join(lines) + "\n"
 
@@ -77,6 +90,8 @@ def history(
     dsn: str, directory: str | Path | None = None, *, state_schema: str = "zdm"
 ) -> list[dict[str, Any]]:
     """Applied migrations (and, given the directory, the pending ones) in version order."""
+    from zdm.engine.migrate import history as migration_history
+
     return migration_history(dsn, directory, state_schema=state_schema)
 
 
@@ -86,6 +101,7 @@ def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems
+        from zdm.engine.session import connect
 
         with connect(dsn, f"validate {loaded.name}") as conn:
             problems = live_schema_problems(conn, loaded)
@@ -94,6 +110,9 @@ def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list
 
 def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[dict[str, Any]]:
     """The state of each plan's latest run, with its steps and backfill progress."""
+    from zdm.engine.session import connect
+    from zdm.state import Store
+
     store = Store(state_schema)
     with connect(dsn, "status") as conn:
         if not store.exists(conn):
@@ -171,6 +190,9 @@ def _owner_alive(conn: psycopg.Connection[Any], plan: str) -> bool:
 
 
 def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> Any:
+    from zdm.engine.session import connect
+    from zdm.state import Store
+
     store = Store(state_schema)
     with connect(dsn, "pause") as conn:
         if not store.exists(conn):

@@ -11,26 +11,27 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table as RichTable
 
-from zdm import api
-from zdm.engine.runner import PlanChanged, RunRefused
-from zdm.engine.session import ConnectionFailed, redact
-from zdm.engine.session import resolve_dsn as _resolve_dsn
-from zdm.logs import configure
-from zdm.plan import PHASES, PlanError, plan_json_schema
-from zdm.state import LockHeld
+from zdm import __version__
+from zdm.lazy import lazy_module
+
+# What a command needs is imported when it runs: `zdm --help` and `zdm validate` do not pay for
+# psycopg, the engine or the lint rules (see tests/test_cli_startup.py).
+if TYPE_CHECKING:
+    from zdm import api
+else:
+    api = lazy_module("zdm.api")
 
 app = typer.Typer(
     name="zdm",
     help="Zero-downtime online migrations for PostgreSQL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 # No hard wraps: messages stay greppable.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -64,8 +65,21 @@ PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_defa
 T = TypeVar("T")
 
 
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"zdm {__version__}\n")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def main_options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     log_format: Annotated[
         LogFormat, typer.Option("--log-format", help="Logs on stderr.")
     ] = LogFormat.console,
@@ -73,25 +87,52 @@ def main_options(
         str, typer.Option("--log-level", help="debug shows every SQL statement.")
     ] = "info",
 ) -> None:
-    configure(log_format.value, log_level)
+    ctx.obj = (log_format.value, log_level)
+    if ctx.invoked_subcommand not in QUIET:
+        _configure_logs(ctx)
+
+
+# Commands that log nothing unless they connect: they configure logging (and import structlog)
+# only then, to start fast.
+QUIET = frozenset({"validate", "schema", "lint", "convert", "status"})
+
+
+def _configure_logs(ctx: typer.Context) -> None:
+    from zdm.logs import configure
+
+    log_format, log_level = ctx.find_root().obj
+    configure(log_format, log_level)
 
 
 def guarded(fn: Callable[[], T]) -> T:
     """Runs a command body, turning every expected failure into a message and an exit code."""
     try:
         return fn()
-    except PlanError as e:
-        err.print(f"[red]invalid plan[/red]\n{_escape(str(e))}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except (PlanChanged, RunRefused) as e:
-        err.print(f"[red]refused:[/red] {_escape(str(e))}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except LockHeld as e:
-        err.print(f"[red]locked:[/red] {_escape(str(e))}")
-        raise typer.Exit(EXIT_LOCKED) from None
-    except ConnectionFailed as e:
-        err.print(f"[red]error:[/red] {_escape(str(e))}")
-        raise typer.Exit(EXIT_FAILED) from None
+    except Exception as e:
+        failure = _expected(e)
+        if failure is None:
+            raise
+        label, separator, code = failure
+        err.print(f"[red]{label}[/red]{separator}{_escape(str(e))}")
+        raise typer.Exit(code) from None
+
+
+# Expected failures: (module, exception classes, label, separator, exit code). An exception can
+# only come from a module already imported, so none is imported just to be checked for.
+_EXPECTED = (
+    ("zdm.plan.errors", ("PlanError",), "invalid plan", "\n", EXIT_USAGE),
+    ("zdm.engine.refusals", ("PlanChanged", "RunRefused"), "refused:", " ", EXIT_USAGE),
+    ("zdm.state.lock", ("LockHeld",), "locked:", " ", EXIT_LOCKED),
+    ("zdm.engine.session", ("ConnectionFailed",), "error:", " ", EXIT_FAILED),
+)
+
+
+def _expected(e: Exception) -> tuple[str, str, int] | None:
+    for module, names, label, separator, code in _EXPECTED:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(e, tuple(getattr(loaded, n) for n in names)):
+            return label, separator, code
+    return None
 
 
 def _escape(text: str) -> str:
@@ -104,6 +145,8 @@ def resolve_dsn(explicit: str | None) -> str:
 
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
+
+    from zdm.engine.session import resolve_dsn as _resolve_dsn
 
     dsn = _resolve_dsn(explicit)
     try:
@@ -208,6 +251,8 @@ def _print_run(r: dict[str, Any]) -> None:
             for w in r["backfills"]:
                 if w["ordinal"] == b["ordinal"]:
                     out.print(f"    worker {w['worker']}: {_backfill_line(w)}")
+    from rich.table import Table as RichTable
+
     table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("step", "kind", "status", "attempts", "error"):
         table.add_column(col)
@@ -237,9 +282,11 @@ def _duration(seconds: float) -> str:
 
 
 @app.command()
-def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
+def validate(ctx: typer.Context, plan: PlanArg, dsn: DsnOpt = None) -> None:
     """Check a plan file; with a database, also against the live schema."""
     url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
+    if url:
+        _configure_logs(ctx)
     loaded, problems = guarded(lambda: api.validate(plan, url))
     if problems:
         err.print(f"[red]plan {loaded.name} does not fit the database[/red]")
@@ -247,16 +294,24 @@ def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
             err.print(f"{plan}: {_escape(p)}")
         raise typer.Exit(EXIT_USAGE)
     steps = loaded.plan.steps()
-    where = f" against {redact(url)}" if url else ""
+    where = f" against {_redacted(url)}" if url else ""
     err.print(
         f"[green]ok[/green]: plan {loaded.name}, {len(steps)} steps in "
         f"{len({s.phase for s in steps})} phases{where}"
     )
 
 
+def _redacted(url: str) -> str:
+    from zdm.engine.session import redact
+
+    return redact(url)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of plan files (for editors)."""
+    from zdm.plan import plan_json_schema
+
     sys.stdout.write(json.dumps(plan_json_schema(), indent=2) + "\n")
 
 
@@ -490,5 +545,3 @@ def report(
 def main() -> None:
     app()
 
-
-assert tuple(p.value for p in Phase) == PHASES

@@ -16,20 +16,14 @@ import structlog
 from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
+from zdm.engine.refusals import PlanChanged as PlanChanged  # re-exported
+from zdm.engine.refusals import RunRefused as RunRefused
 from zdm.engine.session import connect, scrub, server_version
 from zdm.operations import Context, plan_memo, plan_step
 from zdm.plan import PHASES, LoadedPlan, PlanStep, StepSpec
 from zdm.state import NewStep, PlanLock, Run, Store
 
 HEARTBEAT_S = 5.0
-
-
-class PlanChanged(Exception):
-    """The plan file differs from the one the unfinished run started with (exit 2 without --force)."""
-
-
-class RunRefused(Exception):
-    """The run cannot proceed in its current state, e.g. a rollback is under way (exit 2)."""
 
 
 @dataclass(frozen=True)
