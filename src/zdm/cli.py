@@ -478,14 +478,63 @@ def history(
 @app.command()
 def lint(
     paths: Annotated[
-        list[Path], typer.Argument(help="Plan files (.yaml), .sql files or directories.")
+        list[Path],
+        typer.Argument(help="Plan files (.yaml), .sql files or directories; - reads SQL from stdin."),
     ],
-    fmt: Annotated[str, typer.Option("--format", help="text, json or github.")] = "text",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="text (default), json, github or sarif.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", "-e", help="A rule not to report (repeat, or comma-separated)."),
+    ] = None,
+    pg_version: Annotated[
+        int | None, typer.Option("--pg-version", help="Major version of the target server.")
+    ] = None,
+    assume_in_transaction: Annotated[
+        bool | None,
+        typer.Option(
+            "--assume-in-transaction/--no-assume-in-transaction",
+            help="Each SQL file runs in one transaction, or statement by statement. Default: "
+            "files in one transaction (as migration tools run them), stdin as written.",
+            show_default=False,
+        ),
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--dsn",
+            help="Lint against this live database: current column types, table sizes, version.",
+        ),
+    ] = None,
 ) -> None:
-    """Static safety checks of plans and .sql migrations (exit 1 on findings)."""
-    from zdm.lint import run_lint
+    """Static safety checks of plans and .sql migrations (exit 1 on findings).
 
-    raise typer.Exit(run_lint([str(p) for p in paths], fmt, sys.stdout))
+    Settings may also come from [tool.zdm.lint] in pyproject.toml or [lint] in .zdm.toml.
+    """
+    from zdm.lint import LintOptions, run_lint
+    from zdm.lint.config import ConfigError, load_config
+
+    try:
+        config = load_config(Path.cwd())
+    except ConfigError as e:
+        err.print(f"zdm lint: {_escape(str(e))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    names = [*config.exclude, *(exclude or [])]
+    stdin = sys.stdin.read() if any(str(p) == "-" for p in paths) else None
+    options = LintOptions(
+        exclude=frozenset(r.strip() for n in names for r in n.split(",") if r.strip()),
+        assume_in_transaction=(
+            assume_in_transaction
+            if assume_in_transaction is not None
+            else config.assume_in_transaction
+        ),
+        stdin=stdin,
+        pg_version=pg_version if pg_version is not None else config.pg_version,
+        dsn=resolve_dsn(dsn) if dsn else None,
+    )
+    chosen = fmt or config.format or "text"
+    raise typer.Exit(run_lint([str(p) for p in paths], chosen, sys.stdout, options))
 
 
 @app.command()
