@@ -540,7 +540,7 @@ def lint(
 @app.command()
 def convert(
     sql_file: Annotated[
-        Path, typer.Argument(help="A .sql migration to turn into a safe zdm plan.")
+        Path, typer.Argument(help="A .sql migration to turn into a safe zdm plan; - reads stdin.")
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the plan here.")
@@ -549,7 +549,8 @@ def convert(
     """Write a five-phase zdm plan that makes the same change as a .sql file, safely."""
     from zdm.lint.convert import convert_command
 
-    raise typer.Exit(convert_command(sql_file, output, sys.stdout))
+    stdin = sys.stdin.read() if str(sql_file) == "-" else None
+    raise typer.Exit(convert_command(sql_file, output, sys.stdout, stdin))
 
 
 @app.command()
