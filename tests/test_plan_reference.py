@@ -276,3 +276,19 @@ def test_readme_links_the_reference_and_nothing_outside_the_repository() -> None
         assert not target.startswith("..") and not target.startswith("/"), target
         if "://" not in target:
             assert (DOC.parent.parent / target).exists(), f"README links a missing file: {target}"
+
+
+def test_json_schema_keeps_the_field_docstrings() -> None:
+    """Field docstrings are read when the schema is made, not at import (start-up time)."""
+    from zdm.plan import plan_json_schema
+
+    schema = plan_json_schema()
+    backfill = schema["$defs"]["Backfill"]["properties"]
+    assert backfill["batch_time"]["description"] == (
+        "Target duration of one batch when batch_size is auto."
+    )
+    assert backfill["from"]["description"].startswith("Another table joined into the UPDATE")
+    assert schema["properties"]["name"]["description"].startswith("Names the plan's runs")
+    settings = schema["$defs"]["Settings"]["properties"]
+    assert settings["lock_retries"]["description"].startswith("Attempts per step")
+    assert Plan.model_fields["name"].description is None  # not paid for at import
