@@ -5,21 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+# The engine and psycopg are imported by the verbs that use them: `zdm validate` and
+# `zdm --help` start without them.
+if TYPE_CHECKING:
+    import psycopg
 
-from zdm.engine.dryrun import dry_run_text
-from zdm.engine.facts import catalog_facts
-from zdm.engine.migrate import MigrateOutcome, Migrator, load_any
-from zdm.engine.migrate import history as migration_history
-from zdm.engine.runner import Outcome, Runner
-from zdm.engine.session import connect
-from zdm.plan import LoadedPlan
-from zdm.plan.dump import expanded_yaml
-from zdm.plan.expand import offline_facts
-from zdm.state import Store
-from zdm.state.mapping_errors import trigger_errors
+    from zdm.engine.migrate import MigrateOutcome
+    from zdm.engine.runner import Outcome
+    from zdm.plan import LoadedPlan
+    from zdm.plan.expand import FactReader
 
 
 def run_plan(
@@ -31,6 +27,8 @@ def run_plan(
     force: bool = False,
     state_schema: str = "zdm",
 ) -> Outcome:
+    from zdm.engine.runner import Runner
+
     loaded = _load(path, dsn)
     return Runner(loaded, dsn, state_schema=state_schema).run(until=until, cont=cont, force=force)
 
@@ -49,6 +47,8 @@ def rollback_dry_run(path: str | Path, dsn: str, *, state_schema: str = "zdm") -
 
 
 def dry_run(path: str | Path, dsn: str | None, *, state_schema: str = "zdm") -> str:
+    from zdm.engine.dryrun import dry_run_text
+
     return dry_run_text(_load(path, dsn), dsn, state_schema=state_schema)
 
 
@@ -59,19 +59,31 @@ def load(path: str | Path, dsn: str | None = None) -> LoadedPlan:
 
 def plan_name(path: str | Path) -> str:
     """The name a plan file's runs go by (its changes need no database for that)."""
+    from zdm.plan.expand import offline_facts
+
     return load_any(path, offline_facts).name
 
 
 def _load(path: str | Path, dsn: str | None) -> LoadedPlan:
     """The plan with its changes expanded; a change that copies a column reads the live
     catalog through `dsn`."""
+    from zdm.engine.facts import catalog_facts
+
     with catalog_facts(dsn) as facts:
         return load_any(path, facts)
 
 
 def expand(path: str | Path, dsn: str | None = None) -> str:
     """The plan's five phases, its `changes` expanded, as a YAML plan file."""
+    from zdm.plan.dump import expanded_yaml
+
     return expanded_yaml(_load(path, dsn))
+
+
+def load_any(path: str | Path, facts: FactReader | None = None) -> LoadedPlan:
+    from zdm.engine.migrate import load_any as load_plan_or_sql
+
+    return load_plan_or_sql(path, facts)
 
 
 def migrate(
@@ -83,6 +95,8 @@ def migrate(
     state_schema: str = "zdm",
 ) -> MigrateOutcome:
     """Applies a directory's plans in version order; stops at a gate or a failure."""
+    from zdm.engine.migrate import Migrator
+
     return Migrator(directory, dsn, state_schema=state_schema).migrate(force=force, cont=cont)
 
 
@@ -90,6 +104,8 @@ def migrate_dry_run(
     directory: str | Path, dsn: str | None, *, force: bool = False, state_schema: str = "zdm"
 ) -> str:
     """What `migrate` would apply, with each pending plan's dry-run."""
+    from zdm.engine.migrate import Migrator
+
     lines = Migrator(directory, dsn, state_schema=state_schema).dry_run_lines(force=force)
     return "\n".join(lines) + "\n"
 
@@ -98,16 +114,21 @@ def history(
     dsn: str, directory: str | Path | None = None, *, state_schema: str = "zdm"
 ) -> list[dict[str, Any]]:
     """Applied migrations (and, given the directory, the pending ones) in version order."""
+    from zdm.engine.migrate import history as migration_history
+
     return migration_history(dsn, directory, state_schema=state_schema)
 
 
 def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list[str]]:
     """Loads the plan (raising PlanError); with a database, checks it against the live schema."""
+    from zdm.plan.expand import offline_facts
+
     # Without a database, changes that read the live catalog are checked as written.
     loaded = _load(path, dsn) if dsn is not None else load_any(path, offline_facts)
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems
+        from zdm.engine.session import connect
 
         with connect(dsn, f"validate {loaded.name}") as conn:
             problems = live_schema_problems(conn, loaded)
@@ -116,6 +137,10 @@ def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list
 
 def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[dict[str, Any]]:
     """The state of each plan's latest run, with its steps and backfill progress."""
+    from zdm.engine.session import connect
+    from zdm.state import Store
+    from zdm.state.mapping_errors import trigger_errors
+
     store = Store(state_schema)
     with connect(dsn, "status") as conn:
         if not store.exists(conn):
@@ -194,6 +219,9 @@ def _owner_alive(conn: psycopg.Connection[Any], plan: str) -> bool:
 
 
 def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> Any:
+    from zdm.engine.session import connect
+    from zdm.state import Store
+
     store = Store(state_schema)
     with connect(dsn, "pause") as conn:
         if not store.exists(conn):

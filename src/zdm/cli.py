@@ -11,28 +11,27 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table as RichTable
 
-from zdm import api
-from zdm.engine.pooling import PoolerRefused
-from zdm.engine.runner import PlanChanged, RunRefused
-from zdm.engine.session import ConnectionFailed, redact
-from zdm.engine.session import resolve_dsn as _resolve_dsn
-from zdm.logs import configure
-from zdm.plan import PHASES, PlanError, plan_json_schema
-from zdm.state import LockHeld
-from zdm.state.lease import OwnershipLost
+from zdm import __version__
+from zdm.lazy import lazy_module
+
+# What a command needs is imported when it runs: `zdm --help` and `zdm validate` do not pay for
+# psycopg, the engine or the lint rules (see tests/test_cli_startup.py).
+if TYPE_CHECKING:
+    from zdm import api
+else:
+    api = lazy_module("zdm.api")
 
 app = typer.Typer(
     name="zdm",
     help="Zero-downtime online migrations for PostgreSQL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 # No hard wraps: messages stay greppable.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -66,8 +65,21 @@ PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_defa
 T = TypeVar("T")
 
 
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"zdm {__version__}\n")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def main_options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     log_format: Annotated[
         LogFormat, typer.Option("--log-format", help="Logs on stderr.")
     ] = LogFormat.console,
@@ -75,28 +87,54 @@ def main_options(
         str, typer.Option("--log-level", help="debug shows every SQL statement.")
     ] = "info",
 ) -> None:
-    configure(log_format.value, log_level)
+    ctx.obj = (log_format.value, log_level)
+    if ctx.invoked_subcommand not in QUIET:
+        _configure_logs(ctx)
+
+
+# Commands that log nothing unless they connect: they configure logging (and import structlog)
+# only then, to start fast.
+QUIET = frozenset({"validate", "schema", "lint", "convert", "status"})
+
+
+def _configure_logs(ctx: typer.Context) -> None:
+    from zdm.logs import configure
+
+    log_format, log_level = ctx.find_root().obj
+    configure(log_format, log_level)
 
 
 def guarded(fn: Callable[[], T]) -> T:
     """Runs a command body, turning every expected failure into a message and an exit code."""
     try:
         return fn()
-    except PlanError as e:
-        err.print(f"[red]invalid plan[/red]\n{_escape(str(e))}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except (PlanChanged, RunRefused) as e:
-        err.print(f"[red]refused:[/red] {_escape(str(e))}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except PoolerRefused as e:
-        err.print(f"[red]refused:[/red] {_escape(str(e))}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except (LockHeld, OwnershipLost) as e:
-        err.print(f"[red]locked:[/red] {_escape(str(e))}")
-        raise typer.Exit(EXIT_LOCKED) from None
-    except ConnectionFailed as e:
-        err.print(f"[red]error:[/red] {_escape(str(e))}")
-        raise typer.Exit(EXIT_FAILED) from None
+    except Exception as e:
+        failure = _expected(e)
+        if failure is None:
+            raise
+        label, separator, code = failure
+        err.print(f"[red]{label}[/red]{separator}{_escape(str(e))}")
+        raise typer.Exit(code) from None
+
+
+# Expected failures: (module, exception classes, label, separator, exit code). An exception can
+# only come from a module already imported, so none is imported just to be checked for.
+_EXPECTED = (
+    ("zdm.plan.errors", ("PlanError",), "invalid plan", "\n", EXIT_USAGE),
+    ("zdm.engine.refusals", ("PlanChanged", "RunRefused"), "refused:", " ", EXIT_USAGE),
+    ("zdm.engine.pooling", ("PoolerRefused",), "refused:", " ", EXIT_USAGE),
+    ("zdm.state.lock", ("LockHeld",), "locked:", " ", EXIT_LOCKED),
+    ("zdm.state.lease", ("OwnershipLost",), "locked:", " ", EXIT_LOCKED),
+    ("zdm.engine.session", ("ConnectionFailed",), "error:", " ", EXIT_FAILED),
+)
+
+
+def _expected(e: Exception) -> tuple[str, str, int] | None:
+    for module, names, label, separator, code in _EXPECTED:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(e, tuple(getattr(loaded, n) for n in names)):
+            return label, separator, code
+    return None
 
 
 def _escape(text: str) -> str:
@@ -109,6 +147,8 @@ def resolve_dsn(explicit: str | None) -> str:
 
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
+
+    from zdm.engine.session import resolve_dsn as _resolve_dsn
 
     dsn = _resolve_dsn(explicit)
     try:
@@ -224,6 +264,8 @@ def _print_run(r: dict[str, Any]) -> None:
             for w in r["backfills"]:
                 if w["ordinal"] == b["ordinal"]:
                     out.print(f"    worker {w['worker']}: {_backfill_line(w)}")
+    from rich.table import Table as RichTable
+
     table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("step", "kind", "status", "attempts", "error"):
         table.add_column(col)
@@ -253,9 +295,11 @@ def _duration(seconds: float) -> str:
 
 
 @app.command()
-def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
+def validate(ctx: typer.Context, plan: PlanArg, dsn: DsnOpt = None) -> None:
     """Check a plan file; with a database, also against the live schema."""
     url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
+    if url:
+        _configure_logs(ctx)
     loaded, problems = guarded(lambda: api.validate(plan, url))
     if problems:
         err.print(f"[red]plan {loaded.name} does not fit the database[/red]")
@@ -263,11 +307,17 @@ def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
             err.print(f"{plan}: {_escape(p)}")
         raise typer.Exit(EXIT_USAGE)
     steps = loaded.plan.steps()
-    where = f" against {redact(url)}" if url else ""
+    where = f" against {_redacted(url)}" if url else ""
     err.print(
         f"[green]ok[/green]: plan {loaded.name}, {len(steps)} steps in "
         f"{len({s.phase for s in steps})} phases{where}"
     )
+
+
+def _redacted(url: str) -> str:
+    from zdm.engine.session import redact
+
+    return redact(url)
 
 
 @app.command()
@@ -280,6 +330,8 @@ def expand(plan: PlanArg, dsn: DsnOpt = None) -> None:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of plan files (for editors)."""
+    from zdm.plan import plan_json_schema
+
     sys.stdout.write(json.dumps(plan_json_schema(), indent=2) + "\n")
 
 
@@ -446,20 +498,69 @@ def history(
 @app.command()
 def lint(
     paths: Annotated[
-        list[Path], typer.Argument(help="Plan files (.yaml), .sql files or directories.")
+        list[Path],
+        typer.Argument(help="Plan files (.yaml), .sql files or directories; - reads SQL from stdin."),
     ],
-    fmt: Annotated[str, typer.Option("--format", help="text, json or github.")] = "text",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="text (default), json, github or sarif.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", "-e", help="A rule not to report (repeat, or comma-separated)."),
+    ] = None,
+    pg_version: Annotated[
+        int | None, typer.Option("--pg-version", help="Major version of the target server.")
+    ] = None,
+    assume_in_transaction: Annotated[
+        bool | None,
+        typer.Option(
+            "--assume-in-transaction/--no-assume-in-transaction",
+            help="Each SQL file runs in one transaction, or statement by statement. Default: "
+            "files in one transaction (as migration tools run them), stdin as written.",
+            show_default=False,
+        ),
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--dsn",
+            help="Lint against this live database: current column types, table sizes, version.",
+        ),
+    ] = None,
 ) -> None:
-    """Static safety checks of plans and .sql migrations (exit 1 on findings)."""
-    from zdm.lint import run_lint
+    """Static safety checks of plans and .sql migrations (exit 1 on findings).
 
-    raise typer.Exit(run_lint([str(p) for p in paths], fmt, sys.stdout))
+    Settings may also come from [tool.zdm.lint] in pyproject.toml or [lint] in .zdm.toml.
+    """
+    from zdm.lint import LintOptions, run_lint
+    from zdm.lint.config import ConfigError, load_config
+
+    try:
+        config = load_config(Path.cwd())
+    except ConfigError as e:
+        err.print(f"zdm lint: {_escape(str(e))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    names = [*config.exclude, *(exclude or [])]
+    stdin = sys.stdin.read() if any(str(p) == "-" for p in paths) else None
+    options = LintOptions(
+        exclude=frozenset(r.strip() for n in names for r in n.split(",") if r.strip()),
+        assume_in_transaction=(
+            assume_in_transaction
+            if assume_in_transaction is not None
+            else config.assume_in_transaction
+        ),
+        stdin=stdin,
+        pg_version=pg_version if pg_version is not None else config.pg_version,
+        dsn=resolve_dsn(dsn) if dsn else None,
+    )
+    chosen = fmt or config.format or "text"
+    raise typer.Exit(run_lint([str(p) for p in paths], chosen, sys.stdout, options))
 
 
 @app.command()
 def convert(
     sql_file: Annotated[
-        Path, typer.Argument(help="A .sql migration to turn into a safe zdm plan.")
+        Path, typer.Argument(help="A .sql migration to turn into a safe zdm plan; - reads stdin.")
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the plan here.")
@@ -468,7 +569,8 @@ def convert(
     """Write a five-phase zdm plan that makes the same change as a .sql file, safely."""
     from zdm.lint.convert import convert_command
 
-    raise typer.Exit(convert_command(sql_file, output, sys.stdout))
+    stdin = sys.stdin.read() if str(sql_file) == "-" else None
+    raise typer.Exit(convert_command(sql_file, output, sys.stdout, stdin))
 
 
 @app.command()
@@ -513,5 +615,3 @@ def report(
 def main() -> None:
     app()
 
-
-assert tuple(p.value for p in Phase) == PHASES

@@ -9,8 +9,6 @@ from typing import Any
 
 import structlog
 
-from zdm.engine.session import scrub
-
 
 def _scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     return {k: _scrubbed(v) for k, v in event.items()}
@@ -19,6 +17,8 @@ def _scrub(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping
 def _scrubbed(value: Any) -> Any:
     """Strings anywhere in the value (blockers' query texts sit in nested lists and dicts)."""
     if isinstance(value, str):
+        from zdm.engine.session import scrub  # psycopg: imported once something is logged
+
         return scrub(value)
     if isinstance(value, dict):
         return {k: _scrubbed(v) for k, v in value.items()}

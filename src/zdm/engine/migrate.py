@@ -20,21 +20,20 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-import structlog
 import yaml
 
-from zdm.engine.dryrun import DryRun
-from zdm.engine.facts import catalog_facts
-from zdm.engine.pooling import require_pinned
-from zdm.engine.runner import PlanChanged, Runner, RunRefused
-from zdm.engine.session import connect
+from zdm.engine.refusals import PlanChanged, RunRefused
 from zdm.plan import LoadedPlan, PlanError, PlanIssue, load_plan, parse_plan
-from zdm.plan.expand import FactReader
-from zdm.state import PlanLock, Store
-from zdm.state.migrations import MigrationRow, accept_checksum, read_history, record_applied
+
+# Loading a migration (`load_any`, for `zdm validate`) needs none of the engine: it is imported
+# where migrations are applied or listed.
+if TYPE_CHECKING:
+    import psycopg
+
+    from zdm.plan.expand import FactReader
+    from zdm.state.migrations import MigrationRow
 
 VERSIONED = re.compile(r"^V(?P<version>\d+(?:[._]\d+)*)__(?P<name>.+)\.(?P<ext>ya?ml|sql)$")
 NUMBERED = re.compile(r"^(?P<version>\d+)_(?P<name>[^_].*)\.(?P<ext>ya?ml)$")
@@ -116,6 +115,8 @@ def scan(directory: str | Path) -> list[Migration]:
         raise MigrationsRefused(f"{directory} is not a directory of migrations")
     undo = _undo_files(directory)
     migrations: list[Migration] = []
+    import structlog
+
     log = structlog.get_logger("zdm.migrate")
     for path in sorted(directory.iterdir()):
         if not path.is_file():
@@ -198,11 +199,17 @@ class Migrator:
         self.directory = Path(directory)
         self.dsn = dsn
         self.state_schema = state_schema
+        from zdm.state import Store
+
         self.store = Store(state_schema)
+        import structlog
+
         self.log = log or structlog.get_logger("zdm.migrate")
 
     def load(self) -> list[tuple[Migration, LoadedPlan]]:
         """Every migration with its plan; every file is checked before anything runs."""
+        from zdm.engine.facts import catalog_facts
+
         loaded: list[tuple[Migration, LoadedPlan]] = []
         issues: list[PlanIssue] = []
         with catalog_facts(self.dsn) as facts:
@@ -235,6 +242,8 @@ class Migrator:
 
         With `force` and a connection, the changed files' checksums are accepted as they are now.
         """
+        from zdm.state.migrations import accept_checksum
+
         by_key = {m.key: m for m, _ in migrations}
         applied = {version_key(r.version): r for r in rows if r.applied}
         changed = [
@@ -273,6 +282,12 @@ class Migrator:
         return todo
 
     def migrate(self, *, force: bool = False, cont: bool = False) -> MigrateOutcome:
+        from zdm.engine.pooling import require_pinned
+        from zdm.engine.runner import Runner
+        from zdm.engine.session import connect
+        from zdm.state import PlanLock
+        from zdm.state.migrations import read_history, record_applied
+
         migrations = self.load()
         assert self.dsn is not None
         conn = connect(self.dsn, "migrate")
@@ -326,6 +341,10 @@ class Migrator:
 
     def dry_run_lines(self, *, force: bool = False) -> Iterator[str]:
         """What `migrate` would apply, and each plan's dry-run; reads only, creates nothing."""
+        from zdm.engine.dryrun import DryRun
+        from zdm.engine.session import connect
+        from zdm.state.migrations import read_history
+
         migrations = self.load()
         rows: list[MigrationRow] = []
         if self.dsn is not None:
@@ -356,6 +375,10 @@ def history(
     dsn: str, directory: str | Path | None = None, *, state_schema: str = "zdm"
 ) -> list[dict[str, Any]]:
     """Recorded migrations in version order; with the directory, also its files not applied."""
+    from zdm.engine.session import connect
+    from zdm.state import Store
+    from zdm.state.migrations import read_history
+
     store = Store(state_schema)
     files = {m.key: m for m in scan(directory)} if directory is not None else {}
     with connect(dsn, "history") as conn:

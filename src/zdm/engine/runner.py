@@ -18,6 +18,8 @@ from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
 from zdm.engine.pooling import keep_client_check, release, require_pinned
+from zdm.engine.refusals import PlanChanged as PlanChanged  # re-exported
+from zdm.engine.refusals import RunRefused as RunRefused
 from zdm.engine.session import (
     ConnectionLost,
     connect,
@@ -36,14 +38,6 @@ RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 10.0
 # A run that went on this long after reconnecting ended its outage: a later drop starts a new one.
 OUTAGE_OVER_S = 60.0
-
-
-class PlanChanged(Exception):
-    """The plan file differs from the one the unfinished run started with (exit 2 without --force)."""
-
-
-class RunRefused(Exception):
-    """The run cannot proceed in its current state, e.g. a rollback is under way (exit 2)."""
 
 
 @dataclass(frozen=True)

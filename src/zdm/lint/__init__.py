@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TextIO
 
 from zdm.lint.change_rules import CHANGE_RULE_IDS
@@ -39,11 +40,13 @@ from zdm.lint.source import PglastMissing, require_pglast
 
 if TYPE_CHECKING:
     from zdm.lint.context import Schema
+    from zdm.lint.live import Live
 
 __all__ = [
     "PLAN_RULES",
     "Finding",
     "LintError",
+    "LintOptions",
     "Problem",
     "Rule",
     "Severity",
@@ -54,6 +57,47 @@ __all__ = [
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
+class ParserMissing(LintError):
+    """SQL files not checked because pglast is missing; ``files`` counts them."""
+
+    def __init__(self, sql_files: list[str]) -> None:
+        where = sql_files[0] if len(sql_files) == 1 else f"{len(sql_files)} .sql files"
+        super().__init__(where, f"not checked: {PglastMissing()}")
+        self.files = len(sql_files)
+
+
+@dataclass(frozen=True)
+class LintOptions:
+    """How to lint: the CLI's options over the ``[tool.zdm.lint]`` configuration."""
+
+    exclude: frozenset[str] = frozenset()
+    """Rules not to report (``--exclude``)."""
+    assume_in_transaction: bool | None = None
+    """True/False: every SQL file runs in one transaction / statement by statement; None: by
+    file kind (see `wrap_of`)."""
+    stdin: str | None = None
+    """The SQL that ``-`` stands for."""
+    pg_version: int | None = None
+    """The server's major version (``--pg-version``); None: a current one."""
+    dsn: str | None = None
+    """A live database whose column types, sizes and version the rules use (``--dsn``)."""
+
+
+def _read_live(dsn: str, schema: Schema) -> Live:
+    from zdm.engine.live_schema import read_live_schema
+    from zdm.engine.session import ConnectionFailed
+    from zdm.lint.live import seed
+
+    try:
+        return seed(schema, read_live_schema(dsn))
+    except ConnectionFailed as error:
+        raise LiveUnavailable(str(error)) from None
+
+
+class LiveUnavailable(Exception):
+    """``--dsn`` names a database that cannot be read (exit 2)."""
+
+
 def _known_rules() -> set[str] | None:
     try:
         from zdm.lint.rules import RULES_BY_ID
@@ -62,20 +106,24 @@ def _known_rules() -> set[str] | None:
     return set(RULES_BY_ID) | set(PLAN_RULE_IDS) | set(CHANGE_RULE_IDS)
 
 
-def _lint_sql(item: LintFile, schema: Schema) -> tuple[list[Finding], list[tuple[str, int, str]]]:
+def _lint_sql(
+    item: LintFile, schema: Schema, options: LintOptions, live: Live | None
+) -> tuple[list[Finding], list[tuple[str, int, str]]]:
     from zdm.lint.context import FileState
     from zdm.lint.source import SqlSource, SqlSyntaxError, parse_source
     from zdm.lint.sqllint import lint_source
 
     file = str(item.path)
-    text = read_text(item.path)
+    text = item.text if item.text is not None else read_text(item.path)
     try:
         source = parse_source(text)
     except SqlSyntaxError as error:
         probe = SqlSource(text, [], [0, *(i + 1 for i, c in enumerate(text) if c == "\n")])
         line, column = probe.position(error.offset) if error.offset is not None else (None, None)
         raise LintError(file, f"cannot parse the SQL: {error.message}", line, column) from None
-    findings = lint_source(source, file, FileState(schema), wrap=wrap_of(item.path))
+    wrap = wrap_of(item, options.assume_in_transaction)
+    state = FileState(schema, pg_version=options.pg_version)
+    findings = lint_source(source, file, state, wrap=wrap, live=live)
     suppressions = [
         (file, source.position(offset)[0], rule)
         for stmt in source.statements
@@ -84,14 +132,18 @@ def _lint_sql(item: LintFile, schema: Schema) -> tuple[list[Finding], list[tuple
     return findings, suppressions
 
 
-def lint_paths(paths: list[str]) -> tuple[list[Finding], list[LintError], int]:
+def lint_paths(
+    paths: list[str], options: LintOptions | None = None
+) -> tuple[list[Finding], list[LintError], int]:
     """Findings and errors for the files under ``paths``, and how many files were read."""
     from zdm.lint.planlint import lint_plan
 
-    files, errors = discover(paths)
+    options = options or LintOptions()
+    files, errors = discover(paths, options.stdin)
     findings: list[Finding] = []
     suppressions: list[tuple[str, int, str]] = []
     schema: Schema | None = None
+    live: Live | None = None
     pglast_missing = False
     for item in files:
         if schema is None:
@@ -102,6 +154,10 @@ def lint_paths(paths: list[str]) -> tuple[list[Finding], list[LintError], int]:
                 schema = Schema()
             except PglastMissing:
                 pass
+            if schema is not None and options.dsn is not None:
+                live = _read_live(options.dsn, schema)
+                if options.pg_version is None:
+                    options = replace(options, pg_version=live.server_major)
         history = copy.deepcopy(schema) if item.undo and schema is not None else schema
         try:
             if item.plan:
@@ -112,7 +168,7 @@ def lint_paths(paths: list[str]) -> tuple[list[Finding], list[LintError], int]:
             elif history is None:
                 pglast_missing = True
             else:
-                found, suppressed = _lint_sql(item, history)
+                found, suppressed = _lint_sql(item, history, options, live)
                 findings.extend(found)
                 suppressions.extend(suppressed)
         except LintError as error:
@@ -120,15 +176,16 @@ def lint_paths(paths: list[str]) -> tuple[list[Finding], list[LintError], int]:
         except Exception as error:  # a bug in a rule must not hide the other files' findings
             errors.append(LintError(str(item.path), f"internal error, please report it: {error!r}"))
     if pglast_missing:
-        sql_files = [str(f.path) for f in files if not f.plan]
-        errors.append(
-            LintError(
-                sql_files[0] if len(sql_files) == 1 else f"{len(sql_files)} .sql files",
-                f"not checked: {PglastMissing()}",
-            )
-        )
+        errors.append(ParserMissing([str(f.path) for f in files if not f.plan]))
     known = _known_rules()
     if known is not None:
+        for rule in sorted(options.exclude - known):
+            errors.append(
+                LintError(
+                    "--exclude",
+                    f"unknown rule {rule!r}; known rules: " + ", ".join(sorted(known)),
+                )
+            )
         for file, line, rule in suppressions:
             if rule not in known:
                 errors.append(
@@ -139,24 +196,35 @@ def lint_paths(paths: list[str]) -> tuple[list[Finding], list[LintError], int]:
                         line,
                     )
                 )
+    findings = [f for f in findings if f.rule not in options.exclude]
     return findings, errors, len(files)
 
 
-def run_lint(paths: list[str], fmt: str, out: TextIO) -> int:
+def run_lint(
+    paths: list[str], fmt: str, out: TextIO, options: LintOptions | None = None
+) -> int:
     """Lint ``paths`` and write the findings to ``out`` in ``fmt``; returns the exit code."""
     if fmt not in FORMATS:
         sys.stderr.write(
             f"zdm lint: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}\n"
         )
         return EXIT_ERROR
-    findings, errors, count = lint_paths(paths)
+    try:
+        findings, errors, count = lint_paths(paths, options)
+    except LiveUnavailable as unavailable:
+        sys.stderr.write(f"zdm lint: --dsn: {unavailable}\n")
+        return EXIT_ERROR
     write(findings, fmt, out)
     for error in errors:
         sys.stderr.write(f"{error}\n")
-    if fmt == "text":
+    # Only SQL files and no parser: the one line naming the extra says it all.
+    only = errors[0] if len(errors) == 1 else None
+    nothing_checked = isinstance(only, ParserMissing) and only.files == count
+    if fmt == "text" and not nothing_checked:
         unchecked = len({error.file for error in errors})
         tail = f"; {unchecked} could not be checked (see above)" if errors else ""
         sys.stderr.write(summary(findings, count) + tail + "\n")
     if errors:
         return EXIT_ERROR
-    return EXIT_FINDINGS if findings else EXIT_CLEAN
+    failing = [f for f in findings if f.severity is not Severity.note]
+    return EXIT_FINDINGS if failing else EXIT_CLEAN

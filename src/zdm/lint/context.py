@@ -43,6 +43,7 @@ class Wrap(Enum):
 
     NONE = "each statement commits on its own"
     FILE = "the migration tool runs the file in one transaction"
+    FORCED = "the file runs in one transaction (--assume-in-transaction)"
     ALWAYS = "the sql step runs in one transaction"
 
 
@@ -93,8 +94,16 @@ def assign_transactions(source: SqlSource, wrap: Wrap) -> list[Txn | None]:
     """The transaction each statement runs in; None when it commits on its own."""
     statements = source.statements
     control = [s for s in statements if isinstance(s.node, ast.TransactionStmt)]
-    if wrap is Wrap.FILE and (control or len(statements) - len(control) <= 1):
+    # Session settings (SET lock_timeout, ...) around one statement do not make a file a
+    # transaction of several statements: `SET ...; CREATE INDEX CONCURRENTLY ...` is fine.
+    settings = [s for s in statements if isinstance(s.node, ast.VariableSetStmt)]
+    if wrap is Wrap.FILE and (control or len(statements) - len(control) - len(settings) <= 1):
         wrap = Wrap.NONE
+    if wrap is Wrap.FORCED:
+        wrap = Wrap.NONE if control else Wrap.FILE
+        forced = True
+    else:
+        forced = False
     members: dict[int, list[int]] = {}
     starts: dict[int, tuple[bool, int]] = {}
     assigned: list[int | None] = []
@@ -124,7 +133,7 @@ def assign_transactions(source: SqlSource, wrap: Wrap) -> list[Txn | None]:
     for key in assigned:
         txn = txns.get(key) if key is not None else None
         if txn is not None and not txn.explicit and wrap is Wrap.FILE and txn.size <= 1:
-            txn = None
+            txn = None if not forced else txn
         result.append(txn)
     return result
 
@@ -177,6 +186,8 @@ class FileState:
     txn: Txn | None = None
     utc: bool = False
     """``SET timezone = 'UTC'`` ran: timestamp <-> timestamptz changes need no rewrite."""
+    pg_version: int | None = None
+    """The server's major version (``--pg-version``); None: a current one."""
 
     def enter(self, txn: Txn | None) -> None:
         """Move to the transaction of the next statement; a new one starts with no locks."""
@@ -309,3 +320,7 @@ class Ctx:
     @property
     def in_transaction(self) -> bool:
         return self.txn is not None
+
+    def pg_before(self, major: int) -> bool:
+        """The server is known (``--pg-version``) to be older than ``major``."""
+        return self.state.pg_version is not None and self.state.pg_version < major

@@ -58,10 +58,13 @@ class ConvertError(Exception):
     """The input cannot be converted (unreadable, not SQL)."""
 
 
-def convert_command(sql_file: Path, output: Path | None, out: TextIO) -> int:
-    """Write the plan for ``sql_file`` to ``output`` (or ``out``); returns the exit code."""
+def convert_command(
+    sql_file: Path, output: Path | None, out: TextIO, stdin: str | None = None
+) -> int:
+    """Write the plan for ``sql_file`` (``-``: the SQL ``stdin``) to ``output`` (or ``out``);
+    returns the exit code."""
     try:
-        text = convert_file(sql_file)
+        text = convert_file(sql_file, stdin)
     except (LintError, ConvertError) as error:
         sys.stderr.write(f"zdm convert: {error}\n")
         return EXIT_ERROR
@@ -85,10 +88,10 @@ def convert_command(sql_file: Path, output: Path | None, out: TextIO) -> int:
     return EXIT_OK
 
 
-def convert_file(sql_file: Path) -> str:
-    """The plan YAML for a .sql file; raises LintError or ConvertError."""
-    file = str(sql_file)
-    text = read_text(sql_file)
+def convert_file(sql_file: Path, stdin: str | None = None) -> str:
+    """The plan YAML for a .sql file (or ``stdin``); raises LintError or ConvertError."""
+    file = str(sql_file) if stdin is None else "<stdin>"
+    text = read_text(sql_file) if stdin is None else stdin
     try:
         require_pglast()
     except PglastMissing as error:
@@ -105,6 +108,8 @@ def convert_file(sql_file: Path) -> str:
         raise LintError(file, f"cannot parse the SQL: {error.message}", line, column) from None
     if not source.statements:
         raise ConvertError(f"{file}: no SQL statements to convert")
+    if stdin is not None:
+        return convert_sql(text, "converted", "stdin")
     return convert_sql(text, sql_file.stem, sql_file.name)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zdm.lint.context import Wrap
+if TYPE_CHECKING:  # context needs pglast, which plan linting does without
+    from zdm.lint.context import Wrap
 
 PLAN_SUFFIXES = (".yaml", ".yml")
 _FLYWAY = re.compile(r"^([VUR])(\d+(?:[._]\d+)*)?__", re.IGNORECASE)
@@ -37,10 +39,20 @@ class LintError(Exception):
         return f"{where}: {self.message}"
 
 
+#: The name `zdm lint -` gives SQL read from standard input.
+STDIN = "<stdin>"
+
+
 @dataclass(frozen=True)
 class LintFile:
     path: Path
     plan: bool
+    text: str | None = None
+    """The SQL itself, for standard input."""
+
+    @property
+    def stdin(self) -> bool:
+        return self.text is not None
 
     @property
     def undo(self) -> bool:
@@ -82,13 +94,17 @@ def _looks_like_plan(path: Path) -> bool:
     return isinstance(data, dict) and "phases" in data
 
 
-def discover(paths: list[str]) -> tuple[list[LintFile], list[LintError]]:
-    """The files to lint, in order, and the paths that do not exist."""
+def discover(
+    paths: list[str], stdin: str | None = None
+) -> tuple[list[LintFile], list[LintError]]:
+    """The files to lint, in order, and the paths that do not exist; ``-`` is ``stdin`` (SQL)."""
     files: list[LintFile] = []
     errors: list[LintError] = []
     for text in paths:
         path = Path(text)
-        if path.is_dir():
+        if text == "-":
+            files.append(LintFile(Path(STDIN), False, stdin or ""))
+        elif path.is_dir():
             found = [
                 p
                 for p in path.rglob("*")
@@ -109,8 +125,21 @@ def discover(paths: list[str]) -> tuple[list[LintFile], list[LintError]]:
     return files, errors
 
 
-def wrap_of(path: Path) -> Wrap:
-    """Migration tools run a file in one transaction unless told not to (Flyway: a .conf file)."""
+def wrap_of(item: LintFile, assume_in_transaction: bool | None = None) -> Wrap:
+    """How the file's statements are grouped into transactions.
+
+    ``assume_in_transaction`` (``--[no-]assume-in-transaction``) decides when given. Else a file
+    runs in one transaction, as migration tools run it, unless told not to (Flyway: a .conf
+    file with ``executeInTransaction=false``); standard input runs as written (psql, and the
+    SQL that Alembic and Django print carries its own BEGIN and COMMIT).
+    """
+    from zdm.lint.context import Wrap
+
+    if assume_in_transaction is not None:
+        return Wrap.FORCED if assume_in_transaction else Wrap.NONE
+    if item.stdin:
+        return Wrap.NONE
+    path = item.path
     conf = path.with_name(path.name + ".conf")
     if conf.is_file():
         try:

@@ -13,10 +13,12 @@ if TYPE_CHECKING:
 
 
 class Severity(StrEnum):
-    """``error``: the statement stalls traffic, rewrites a table or fails; ``warning``: it may."""
+    """``error``: the statement stalls traffic, rewrites a table or fails; ``warning``: it may;
+    ``note``: it would, but the live table is small (``zdm lint --dsn``); notes do not fail."""
 
     error = "error"
     warning = "warning"
+    note = "note"
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+from zdm.lint.analysis import locks
 from zdm.lint.context import Ctx, FileState, Wrap, assign_transactions
 from zdm.lint.findings import Finding
+from zdm.lint.live import soften
 from zdm.lint.rules import RULES
 from zdm.lint.source import SqlSource
+
+if TYPE_CHECKING:
+    from zdm.lint.live import Live
 
 
 def lint_source(
@@ -18,6 +24,7 @@ def lint_source(
     wrap: Wrap,
     phase: str | None = None,
     suppressed: Iterable[str] = (),
+    live: Live | None = None,
 ) -> list[Finding]:
     """Findings of every rule on every statement, in order; ``state`` carries what they did."""
     findings: list[Finding] = []
@@ -26,6 +33,7 @@ def lint_source(
         state.enter(txn)
         line, column = source.position(stmt.start)
         ctx = Ctx(state, source, txn, line, phase)
+        tables = [lock.table for lock in locks(stmt.node)] if live is not None else []
         for rule in RULES:
             if rule.id in stmt.suppressed or rule.id in ignored:
                 continue
@@ -33,17 +41,16 @@ def lint_source(
                 at_line, at_column = (
                     source.position(problem.at) if problem.at is not None else (line, column)
                 )
-                findings.append(
-                    Finding(
-                        rule.id,
-                        problem.severity or rule.severity,
-                        file,
-                        at_line,
-                        at_column,
-                        problem.message,
-                        problem.fix,
-                    )
+                finding = Finding(
+                    rule.id,
+                    problem.severity or rule.severity,
+                    file,
+                    at_line,
+                    at_column,
+                    problem.message,
+                    problem.fix,
                 )
+                findings.append(soften(finding, tables, live) if live is not None else finding)
         state.apply(stmt, line)
     state.enter(None)
     return findings

@@ -40,7 +40,7 @@ class PlanModel(BaseModel):
 
     # strict: a YAML 1 is not a string, "yes" is not a boolean; plans say what they mean.
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+        extra="forbid", frozen=True, strict=True
     )
 
 

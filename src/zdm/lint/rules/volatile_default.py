@@ -5,7 +5,7 @@ expression) is evaluated once and kept in the catalog: adding the column touches
 volatile default (``random()``, ``gen_random_uuid()``, ``clock_timestamp()``, ``nextval()``)
 needs a value per row, so the whole table is rewritten under ACCESS EXCLUSIVE. Functions the
 linter does not know are reported as a warning: ``CREATE FUNCTION`` makes functions VOLATILE
-unless told otherwise.
+unless told otherwise. With ``--pg-version`` 10 or older, every default rewrites the table.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def check(stmt: SqlStatement, ctx: Ctx) -> Iterator[Problem]:
         if column.default is None:
             continue
         volatile, unknown = volatility(column.default)
-        if not volatile and not unknown:
+        old_server = ctx.pg_before(11)
+        if not volatile and not unknown and not old_server:
             continue
         table = table_name(rel)
         default = deparse(column.default)
@@ -54,7 +55,16 @@ def check(stmt: SqlStatement, ctx: Ctx) -> Iterator[Problem]:
             f"set_default, and a backfill with set {{{column.name}: {default}}} where "
             f"{column.name} IS NULL (`zdm convert` writes it)"
         )
-        if volatile:
+        if old_server and not volatile:
+            yield Problem(
+                f"ADD COLUMN {column.name} DEFAULT {default} rewrites all of {table} before "
+                f"PostgreSQL 11 (--pg-version {ctx.state.pg_version}): every row gets the value "
+                f"while an ACCESS EXCLUSIVE lock blocks every read and write of {table}",
+                fix,
+                at=_location(cmd.def_),
+                severity=Severity.error,
+            )
+        elif volatile:
             yield Problem(
                 f"ADD COLUMN {column.name} with the volatile default {default} rewrites all of "
                 f"{table} (every row needs its own value) while holding an ACCESS EXCLUSIVE "
