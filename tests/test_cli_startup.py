@@ -107,7 +107,13 @@ ZDM = str(Path(sys.executable).with_name("zdm"))
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_shell_completion_script_is_printed(tmp_path: Path, shell: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # Without a shell among its ancestors (a detached run, CI in a container), typer's shell
+    # detection finds none; with detection off, the shell is the option's value, as written.
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1",
+    }
     result = subprocess.run(
         [ZDM, "--show-completion", shell], capture_output=True, text=True, env=env, timeout=120
     )

@@ -74,7 +74,7 @@ def test_alembic_example_runs_a_zdm_plan_and_its_sql_pipes_into_lint(
     lint = run([*ZDM, "lint", "--dsn", dsn, "-"], project, dsn, stdin=last)
     assert (lint.returncode, lint.stdout) == (0, ""), lint.stderr  # varchar(255) -> (320)
     plan = ok(run([*ZDM, "convert", "-"], project, dsn, stdin=last))
-    assert "add_column: {table: customers, column: {name: email_new, type: varchar(320)}}" in plan
+    assert "- alter_column: {table: customers, column: email, type: varchar(320)" in plan
 
     # downgrade rolls the plan back through zdm
     ok(run([*alembic, "downgrade", "0001"], project, dsn))
