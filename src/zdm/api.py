@@ -86,10 +86,21 @@ def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems
+        from zdm.engine.probe import expression_issues, pending_keys
 
         with connect(dsn, f"validate {loaded.name}") as conn:
-            problems = live_schema_problems(conn, loaded)
+            problems = [
+                f"{loaded.path}:{_step_line(loaded, p)}: {p}"
+                for p in live_schema_problems(conn, loaded)
+            ]
+            pending = pending_keys(conn, Store("zdm"), loaded.name)
+            problems += [str(issue) for issue in expression_issues(conn, loaded, pending)]
     return loaded, problems
+
+
+def _step_line(loaded: LoadedPlan, problem: str) -> str:
+    """The line of the step a problem of `live_schema_problems` names first (`additive[0] …`)."""
+    return str(loaded.step_line(problem.split(" ", 1)[0]) or "")
 
 
 def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[dict[str, Any]]:

@@ -249,7 +249,7 @@ def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
     if problems:
         err.print(f"[red]plan {loaded.name} does not fit the database[/red]")
         for p in problems:
-            err.print(f"{plan}: {_escape(p)}")
+            err.print(_escape(p))
         raise typer.Exit(EXIT_USAGE)
     steps = loaded.plan.steps()
     where = f" against {redact(url)}" if url else ""

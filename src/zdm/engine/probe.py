@@ -1,0 +1,284 @@
+"""Every SQL expression of a plan compiled against the live schema before anything is created.
+
+The plan's tables are copied as empty temporary tables (`LIKE`, with their defaults), the plan's
+additions (new tables, columns, renames) are applied to the copies, and each expression is
+compiled against them: the DDL a step would run (a CHECK, an index, a default) runs for real on
+the empty copy, queries (mappings, `where`, `from`, `verify`) are only planned (`EXPLAIN`).
+The live tables are never altered, and only ever share-locked (`LIKE`, planning a `verify` or a
+`from` table), each briefly under a short `lock_timeout`; everything is rolled back.
+
+Unqualified names in an expression find the copies first (temporary tables come first in the
+search path); a name qualified with its schema (`public.users`) finds the live table, which does
+not have the plan's additions yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from zdm.ddl import Table, user_sql
+from zdm.plan import (
+    AddCheck,
+    AddColumn,
+    Backfill,
+    CreateIndex,
+    CreateTable,
+    DualWrite,
+    LoadedPlan,
+    PlanIssue,
+    RenameColumn,
+    RenameTable,
+    SetDefault,
+    Verify,
+)
+from zdm.plan.messages import format_path
+from zdm.plan.model import PlanStep
+from zdm.plan.yamlsource import read_yaml
+from zdm.state import Store
+
+#: How long a probe waits for a share lock on a live table, and runs at most.
+PROBE_LOCK_TIMEOUT = "2s"
+PROBE_STATEMENT_TIMEOUT = "30s"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One statement that compiles one field of a step; its failure is reported at ``loc``."""
+
+    loc: tuple[str | int, ...]
+    statement: sql.Composed | sql.SQL
+    checked: bool = True
+    """False for the plan's own additions applied to the copies, which are not the pending steps'."""
+
+
+class _Stop(Exception):
+    """Ends the probing transaction, so that it is rolled back."""
+
+
+def expression_issues(
+    conn: psycopg.Connection[Any], loaded: LoadedPlan, pending: Iterable[str] | None = None
+) -> list[PlanIssue]:
+    """Each expression of the plan's ``pending`` steps (keys; all by default) that does not compile.
+
+    An issue carries the plan's file:line, the field's path and PostgreSQL's message and hint.
+    """
+    keys = None if pending is None else set(pending)
+    document = read_yaml(loaded.text)
+    file = str(loaded.path)
+    issues: list[PlanIssue] = []
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+                    sql.Literal(PROBE_LOCK_TIMEOUT), sql.Literal(PROBE_STATEMENT_TIMEOUT)
+                )
+            )
+            copies = _Copies(conn, loaded.plan.schema_)
+            for step in loaded.steps():
+                wanted = keys is None or step.key in keys
+                for probe in copies.probes(step):
+                    try:
+                        with conn.transaction():
+                            conn.execute(probe.statement)
+                    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+                        raise
+                    except psycopg.DatabaseError as e:
+                        if wanted and probe.checked:
+                            issues.append(_issue(file, document, probe.loc, e))
+            raise _Stop
+    except _Stop:
+        pass
+    return issues
+
+
+def pending_keys(conn: psycopg.Connection[Any], store: Store, name: str) -> set[str] | None:
+    """Keys of the steps still to do: an unfinished run's, none after a completed run, else all."""
+    if not store.exists(conn):
+        return None
+    run = store.unfinished_run(conn, name)
+    if run is None:
+        latest = store.latest_run(conn, name)
+        done = latest is not None and latest.status == "completed" and latest.direction == "forward"
+        return set() if done else None
+    if run.direction != "forward":
+        return set()
+    return {r.key for r in store.steps(conn, run.id) if r.status != "done"}
+
+
+def _issue(
+    file: str, document: Any, loc: tuple[str | int, ...], e: psycopg.DatabaseError
+) -> PlanIssue:
+    diag = e.diag
+    message = diag.message_primary or str(e).strip()
+    if diag.message_detail:
+        message += f" ({diag.message_detail})"
+    if diag.message_hint:
+        message += f"; hint: {diag.message_hint}"
+    message = message.replace("pg_temp.", "").replace('"pg_temp".', "")
+    line, column = document.position(loc) or (None, None)
+    return PlanIssue(file, line, column, format_path(loc), f"{message} [SQLSTATE {diag.sqlstate}]")
+
+
+class _Copies:
+    """The temporary copies of the plan's tables, and the probes of each step over them."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.copied: dict[Table, sql.Identifier] = {}
+
+    def table(self, name: str) -> sql.Identifier:
+        """The copy of the live table ``name`` (made on first use); the live one if it has none."""
+        table = Table.parse(name, self.schema)
+        if table not in self.copied:
+            copy = sql.Identifier("pg_temp", table.name)
+            exists = self.conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", [table.ident().as_string(self.conn)]
+            ).fetchone()
+            if exists and exists[0]:
+                self.conn.execute(
+                    sql.SQL(
+                        "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
+                    ).format(sql.Identifier(table.name), table.ident())
+                )
+            self.copied[table] = copy
+        return self.copied[table]
+
+    def probes(self, step: PlanStep) -> Iterator[Probe]:
+        spec = step.spec
+        at: tuple[str | int, ...] = ("phases", step.phase, step.index, step.kind)
+        if isinstance(spec, CreateTable):
+            table = Table.parse(spec.table, self.schema)
+            self.copied[table] = sql.Identifier("pg_temp", table.name)
+            columns = []
+            for coldef in spec.columns:
+                parts: list[sql.Composable] = [sql.Identifier(coldef.name), user_sql(coldef.type)]
+                if coldef.default is not None:
+                    parts += [sql.SQL("DEFAULT"), user_sql(f"({coldef.default})")]
+                if coldef.check is not None:
+                    parts += [sql.SQL("CHECK"), user_sql(f"({coldef.check})")]
+                columns.append(sql.SQL(" ").join(parts))
+            yield Probe(
+                at,
+                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DROP").format(
+                    sql.Identifier(table.name), sql.SQL(", ").join(columns)
+                ),
+            )
+            return
+        table_name = getattr(spec, "table", None)
+        copy = self.table(table_name) if isinstance(table_name, str) else None
+        if isinstance(spec, RenameTable) and copy is not None:
+            old = Table.parse(spec.table, self.schema)
+            yield Probe(
+                at,
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(copy, sql.Identifier(spec.to)),
+                checked=False,
+            )
+            self.copied[old.sibling(spec.to)] = sql.Identifier("pg_temp", spec.to)
+        elif isinstance(spec, AddColumn) and copy is not None:
+            col = spec.column
+            pieces: list[sql.Composable] = [
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} ").format(
+                    copy, sql.Identifier(col.name)
+                ),
+                user_sql(col.type),
+            ]
+            if col.default is not None:
+                pieces += [sql.SQL(" DEFAULT "), user_sql(f"({col.default})")]
+            yield Probe((*at, "column"), sql.Composed(pieces))
+            # Without a default that failed, so that later steps are checked with the column.
+            yield Probe(at, sql.Composed(pieces[:2]), checked=False)
+        elif isinstance(spec, RenameColumn) and copy is not None:
+            # On a resumed run the live table may have the new name already.
+            yield Probe(
+                at,
+                sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+                    copy, sql.Identifier(spec.column), sql.Identifier(spec.to)
+                ),
+                checked=False,
+            )
+        elif isinstance(spec, SetDefault) and copy is not None:
+            yield Probe(
+                (*at, "default"),
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT ").format(
+                    copy, sql.Identifier(spec.column)
+                )
+                + user_sql(f"({spec.default})"),
+            )
+        elif isinstance(spec, AddCheck) and copy is not None:
+            yield Probe(
+                (*at, "check"),
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ").format(
+                    copy, sql.Identifier(spec.name)
+                )
+                + user_sql(f"({spec.check})")
+                + sql.SQL(" NOT VALID"),
+            )
+        elif isinstance(spec, CreateIndex) and copy is not None:
+            if spec.expression is not None:
+                what: sql.Composable = user_sql(f"({spec.expression})")
+                loc = (*at, "expression")
+            else:
+                what = sql.SQL(", ").join(sql.Identifier(c) for c in spec.columns or [])
+                loc = (*at, "columns")
+            statement = (
+                sql.SQL("CREATE INDEX ON {} USING {} (").format(copy, sql.Identifier(spec.method))
+                + what
+                + sql.SQL(")")
+            )
+            yield Probe(loc, statement)
+            if spec.where is not None:
+                yield Probe(
+                    (*at, "where"),
+                    sql.SQL("CREATE INDEX ON {} (").format(copy)
+                    + what
+                    + sql.SQL(") WHERE ")
+                    + user_sql(f"({spec.where})"),
+                )
+        elif isinstance(spec, DualWrite) and copy is not None:
+            for field, mapping in (("set", spec.set), ("reverse", spec.reverse)):
+                for column, expr in mapping.items():
+                    yield Probe((*at, field, column), _assignment(copy, column, expr))
+        elif isinstance(spec, Backfill) and copy is not None:
+            for column, expr in (spec.set or {}).items():
+                yield Probe((*at, "set", column), _assignment(copy, column, expr))
+            from_: sql.Composable = sql.SQL("")
+            if spec.from_ is not None:
+                from_ = sql.SQL(", {}").format(self.table(spec.from_.table))
+                yield Probe(
+                    (*at, "from", "on"),
+                    sql.SQL("EXPLAIN SELECT 1 FROM {}").format(copy)
+                    + from_
+                    + sql.SQL(" WHERE ")
+                    + user_sql(f"({spec.from_.on})"),
+                )
+            if spec.where is not None:
+                yield Probe(
+                    (*at, "where"),
+                    sql.SQL("EXPLAIN SELECT 1 FROM {}").format(copy)
+                    + from_
+                    + sql.SQL(" WHERE ")
+                    + user_sql(f"({spec.where})"),
+                )
+        elif isinstance(spec, Verify):
+            yield Probe((*at, "sql"), sql.SQL("EXPLAIN ") + user_sql(spec.sql))
+
+
+def _assignment(copy: sql.Identifier, column: str, expr: str) -> sql.Composed:
+    """The expression stored into ``column``, as the trigger and the backfill store it.
+
+    An INSERT that is only planned checks the names, the expression's type and its assignment
+    cast to the column's type, over the row's own columns (named bare, as in the trigger).
+    """
+    return (
+        sql.SQL("EXPLAIN INSERT INTO {copy} ({col}) SELECT (").format(
+            copy=copy, col=sql.Identifier(column)
+        )
+        + user_sql(expr)
+        + sql.SQL(") FROM {copy} AS zdm_row").format(copy=copy)
+    )
