@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from zdm.engine.backfill import BAD_ROWS_SHOWN
 from zdm.engine.dryrun import dry_run_text
 from zdm.engine.migrate import MigrateOutcome, Migrator, load_any
 from zdm.engine.migrate import history as migration_history
@@ -141,6 +142,8 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
                     }
                 )
             entry["backfill_steps"] = _backfill_steps(entry["backfills"])
+            bad = store.mapping_errors(conn, name) if unfinished else []
+            entry["bad_rows"] = {"count": len(bad), "first": bad[:BAD_ROWS_SHOWN]}
             out.append(entry)
         return out
 

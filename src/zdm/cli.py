@@ -206,6 +206,12 @@ def _print_run(r: dict[str, Any]) -> None:
     )
     if r["last_error"]:
         out.print(f"  [red]last error:[/red] {_escape(r['last_error'])}")
+    bad = r.get("bad_rows") or {"count": 0}
+    if bad["count"]:
+        out.print(f"  [red]rows the mapping cannot convert:[/red] {bad['count']}")
+        for e in bad["first"]:
+            key = ", ".join(f"{k}={v}" for k, v in e["row_key"].items())
+            out.print(f"    {e['table_name']} {key} ({e['source']}): {_escape(e['message'])}")
     for b in r.get("backfill_steps", []):
         workers = f", {b['workers']} workers" if b["workers"] > 1 else ""
         out.print(f"  backfill {b['step']}{workers}: {_backfill_line(b)}")

@@ -288,6 +288,24 @@ def batch_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Comp
     )
 
 
+def row_sql(jobs: Sequence[BackfillJob], key: Key) -> sql.Composed:
+    """The UPDATE of one row, by its key: a row a batch passed over because its mapping raised.
+
+    Parameters: the row's key.
+    """
+    table = jobs[0].table
+    from_, on, qualify = _source(jobs)
+    return sql.SQL("UPDATE {t} SET {a}{from_} WHERE {on}{k} = {p} AND {w}").format(
+        t=table.ident(),
+        a=assignments(jobs),
+        from_=from_,
+        on=on,
+        k=key.row(qualify),
+        p=key.params(),
+        w=predicate(jobs, walk=True),
+    )
+
+
 def _batch_keys(key: Key, *, lower: bool, qualify: Table | None = None) -> sql.Composed:
     """`key > %s AND key <= %s` (the lower side only when `lower`): a batch's key range."""
     bounds = sql.SQL("{} <= {}").format(key.row(qualify), key.params())

@@ -100,6 +100,17 @@ CREATE TABLE IF NOT EXISTS {s}.migrations (
     run_id bigint REFERENCES {s}.runs ON DELETE SET NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS {s}.mapping_errors (
+    id bigserial PRIMARY KEY,
+    plan text NOT NULL,
+    table_name text NOT NULL,          -- qualified, quoted form, e.g. public.users
+    row_key jsonb NOT NULL,            -- primary-key columns -> values; {{"ctid": "(0,1)"}} without a key
+    column_name text,                  -- the mapped column whose expression raised, if known
+    sqlstate text NOT NULL,
+    message text NOT NULL,
+    source text NOT NULL CHECK (source IN ('trigger', 'backfill', 'scan')),
+    at timestamptz NOT NULL DEFAULT now()
+);
 """
 
 # Serialises concurrent first runs creating the schema (CREATE … IF NOT EXISTS races otherwise).

@@ -1,0 +1,90 @@
+"""Rows a mapping cannot convert: the backfill names them, passes over them, and takes them
+again once they are fixed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from zdm_helpers import add_phone, mismatched_phones, scalar, seed, write_plan, zdm
+
+TOO_LONG = "+1 (555) 0100-2000-3000-4000 ext 12345"  # 26 characters once normalised
+
+
+def _break(conn: psycopg.Connection[Any], ids: list[int]) -> None:
+    """Legacy phones longer than the new varchar(20) column once normalised."""
+    conn.execute(
+        "UPDATE users SET contact = jsonb_set(contact, '{phone}', to_jsonb(%s::text))"
+        " WHERE id = ANY(%s)",
+        [TOO_LONG, ids],
+    )
+
+
+def _fix_behind_the_trigger(dsn: str, ids: list[int]) -> None:
+    """Fixes the rows with triggers off, so that only the resumed backfill can fill them."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "UPDATE users SET contact = jsonb_set(contact, '{phone}', '\"+1 555 010 0200\"')"
+            " WHERE id = ANY(%s)",
+            [ids],
+        )
+
+
+def test_the_backfill_names_the_rows_it_cannot_convert_and_takes_them_after_a_fix(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    seed(dsn, 3000)
+    bad = [7, 1500, 1501, 2999]
+    _break(conn, bad)
+    plan = write_plan(
+        tmp_path / "add_phone.yaml", add_phone(backfill={"batch_size": 500, "batch_time": "1s"})
+    )
+
+    failed = zdm("run", plan, "--dsn", dsn)
+    assert failed.returncode == 1, failed.stderr
+    assert "4 row(s) of public.users cannot be mapped" in failed.stderr
+    assert "id=7, id=1500, id=1501, id=2999" in failed.stderr
+    assert "value too long for type character varying(20)" in failed.stderr
+    # Every other row was filled; the bad ones were passed over, not half-written.
+    assert scalar(conn, "SELECT count(*) FROM users WHERE phone IS NULL") == len(bad)
+    recorded = conn.execute(
+        "SELECT row_key, sqlstate, source, table_name FROM zdm.mapping_errors ORDER BY id"
+    ).fetchall()
+    assert [r[0] for r in recorded] == [{"id": str(i)} for i in bad]
+    assert {(r[1], r[2], r[3]) for r in recorded} == {("22001", "backfill", "public.users")}
+
+    status = zdm("status", "--json", "--dsn", dsn)
+    (run,) = json.loads(status.stdout)
+    assert run["bad_rows"]["count"] == len(bad)
+    text = zdm("status", "--dsn", dsn)
+    assert "rows the mapping cannot convert: 4" in text.stdout and "id=1500" in text.stdout
+
+    # Resumed before the fix: the same rows, named again, nothing else done twice.
+    again = zdm("run", plan, "--dsn", dsn)
+    assert again.returncode == 1 and "id=7, id=1500, id=1501, id=2999" in again.stderr
+    assert scalar(conn, "SELECT count(*) FROM zdm.mapping_errors") == len(bad)
+
+    _fix_behind_the_trigger(dsn, bad)
+    done = zdm("run", plan, "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    assert mismatched_phones(conn) == 0
+    assert scalar(conn, "SELECT count(*) FROM zdm.mapping_errors") == 0
+
+
+def test_a_mapping_that_fails_on_every_row_is_the_expression_not_the_data(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    seed(dsn, 300)
+    plan = add_phone(backfill={"batch_size": 100, "batch_time": "1s"})
+    plan["phases"]["backfill"][0]["backfill"]["set"] = {
+        "phone": "repeat('9', 20 + length(email) / length(email))"
+    }
+    path = write_plan(tmp_path / "add_phone.yaml", plan)
+
+    failed = zdm("run", path, "--dsn", dsn)
+    assert failed.returncode == 1, failed.stderr
+    assert "value too long" in failed.stderr and "cannot be mapped" not in failed.stderr
+    assert scalar(conn, "SELECT count(*) FROM zdm.mapping_errors") == 0
