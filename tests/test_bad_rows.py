@@ -88,3 +88,31 @@ def test_a_mapping_that_fails_on_every_row_is_the_expression_not_the_data(
     assert failed.returncode == 1, failed.stderr
     assert "value too long" in failed.stderr and "cannot be mapped" not in failed.stderr
     assert scalar(conn, "SELECT count(*) FROM zdm.mapping_errors") == 0
+
+
+def test_validate_scan_finds_the_rows_in_advance_and_changes_nothing(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    seed(dsn, 2500)
+    plan = write_plan(tmp_path / "add_phone.yaml", add_phone())
+    clean = zdm("validate", plan, "--dsn", dsn, "--scan")
+    assert clean.returncode == 0, clean.stderr
+    assert "set.phone (public.users.phone): 2500 rows, all convert" in clean.stdout
+
+    bad = [1, 1234, 2500]
+    _break(conn, bad)
+    scanned = zdm("validate", plan, "--dsn", dsn, "--scan")
+    assert scanned.returncode == 2, scanned.stderr
+    assert "3 of 2500 rows cannot be converted: id=1, id=1234, id=2500" in scanned.stdout
+    assert "value too long for type character varying(20)" in scanned.stdout
+    assert "3 rows cannot be converted" in scanned.stderr
+    # Read-only: no column, no state schema, no temporary table left.
+    assert not scalar(
+        conn,
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'users'::regclass"
+        " AND attname = 'phone'",
+    )
+    assert scalar(conn, "SELECT to_regnamespace('zdm')") is None
+
+    usage = zdm("validate", plan, "--scan")
+    assert usage.returncode == 2 and "--scan needs a database" in usage.stderr

@@ -104,6 +104,16 @@ def _step_line(loaded: LoadedPlan, problem: str) -> str:
     return str(loaded.step_line(problem.split(" ", 1)[0]) or "")
 
 
+def scan(path: str | Path, dsn: str) -> list[Any]:
+    """Each mapping of the plan evaluated on its table's rows (`zdm validate --scan`): a
+    `zdm.engine.scan.Scanned` per mapping, with the rows it cannot convert."""
+    from zdm.engine.scan import scan_mappings
+
+    loaded = load_any(path)
+    with connect(dsn, f"scan {loaded.name}") as conn:
+        return scan_mappings(conn, loaded)
+
+
 def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[dict[str, Any]]:
     """The state of each plan's latest run, with its steps and backfill progress."""
     store = Store(state_schema)

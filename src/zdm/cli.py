@@ -248,10 +248,33 @@ def _duration(seconds: float) -> str:
 
 
 @app.command()
-def validate(plan: PlanArg, dsn: DsnOpt = None) -> None:
+def validate(
+    plan: PlanArg,
+    dsn: DsnOpt = None,
+    scan: Annotated[
+        bool,
+        typer.Option(
+            "--scan", help="Also evaluate the mappings on every row (read-only, batched)."
+        ),
+    ] = False,
+) -> None:
     """Check a plan file; with a database, also against the live schema."""
+    if scan and not (dsn or _env_dsn()):
+        err.print("[red]--scan needs a database:[/red] give --dsn or ZDM_DSN")
+        raise typer.Exit(EXIT_USAGE)
     url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
     loaded, problems = guarded(lambda: api.validate(plan, url))
+    if scan and url and not problems:
+        scanned = guarded(lambda: api.scan(plan, url))
+        for s in scanned:
+            sys.stdout.write(s.line() + "\n")
+        bad = [s for s in scanned if s.bad]
+        if bad:
+            err.print(
+                f"[red]plan {loaded.name}: {sum(s.bad for s in bad)} rows cannot be converted"
+                "[/red]; fix them (or the expressions) before `zdm run`"
+            )
+            raise typer.Exit(EXIT_USAGE)
     if problems:
         err.print(f"[red]plan {loaded.name} does not fit the database[/red]")
         for p in problems:

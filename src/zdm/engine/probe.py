@@ -245,17 +245,26 @@ class _Copies:
                 for column, expr in mapping.items():
                     yield Probe((*at, field, column), _assignment(copy, column, expr))
         elif isinstance(spec, Backfill) and copy is not None:
-            for column, expr in (spec.set or {}).items():
-                yield Probe((*at, "set", column), _assignment(copy, column, expr))
+            # As the backfill's UPDATE reads them: the table by its name, joined to `from`.
             from_: sql.Composable = sql.SQL("")
+            on: sql.Composable = sql.SQL("")
             if spec.from_ is not None:
                 from_ = sql.SQL(", {}").format(self.table(spec.from_.table))
+                on = sql.SQL(" WHERE ") + user_sql(f"({spec.from_.on})")
                 yield Probe(
                     (*at, "from", "on"),
-                    sql.SQL("EXPLAIN SELECT 1 FROM {}").format(copy)
+                    sql.SQL("EXPLAIN SELECT 1 FROM {}").format(copy) + from_ + on,
+                )
+            for column, expr in (spec.set or {}).items():
+                yield Probe(
+                    (*at, "set", column),
+                    sql.SQL("EXPLAIN INSERT INTO {} ({}) SELECT (").format(
+                        copy, sql.Identifier(column)
+                    )
+                    + user_sql(expr)
+                    + sql.SQL(") FROM {}").format(copy)
                     + from_
-                    + sql.SQL(" WHERE ")
-                    + user_sql(f"({spec.from_.on})"),
+                    + on,
                 )
             if spec.where is not None:
                 yield Probe(
