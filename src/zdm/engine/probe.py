@@ -246,32 +246,22 @@ class _Copies:
                     yield Probe((*at, field, column), _assignment(copy, column, expr))
         elif isinstance(spec, Backfill) and copy is not None:
             # As the backfill's UPDATE reads them: the table by its name, joined to `from`.
-            from_: sql.Composable = sql.SQL("")
-            on: sql.Composable = sql.SQL("")
-            if spec.from_ is not None:
-                from_ = sql.SQL(", {}").format(self.table(spec.from_.table))
-                on = sql.SQL(" WHERE ") + user_sql(f"({spec.from_.on})")
+            other = self.table(spec.from_.table) if spec.from_ is not None else None
+            join: sql.Composable = sql.SQL("")
+            if spec.from_ is not None and other is not None:
+                join = sql.SQL(" FROM {} WHERE ").format(other) + user_sql(f"({spec.from_.on})")
                 yield Probe(
                     (*at, "from", "on"),
-                    sql.SQL("EXPLAIN SELECT 1 FROM {}").format(copy) + from_ + on,
+                    sql.SQL("EXPLAIN SELECT 1 FROM {}, {} WHERE ").format(copy, other)
+                    + user_sql(f"({spec.from_.on})"),
                 )
             for column, expr in (spec.set or {}).items():
-                yield Probe(
-                    (*at, "set", column),
-                    sql.SQL("EXPLAIN INSERT INTO {} ({}) SELECT (").format(
-                        copy, sql.Identifier(column)
-                    )
-                    + user_sql(expr)
-                    + sql.SQL(") FROM {}").format(copy)
-                    + from_
-                    + on,
-                )
+                yield Probe((*at, "set", column), _assignment(copy, column, expr) + join)
             if spec.where is not None:
+                tables = sql.SQL(", ").join([copy, *([other] if other is not None else [])])
                 yield Probe(
                     (*at, "where"),
-                    sql.SQL("EXPLAIN SELECT 1 FROM {}").format(copy)
-                    + from_
-                    + sql.SQL(" WHERE ")
+                    sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ").format(tables)
                     + user_sql(f"({spec.where})"),
                 )
         elif isinstance(spec, Verify):
@@ -281,13 +271,11 @@ class _Copies:
 def _assignment(copy: sql.Identifier, column: str, expr: str) -> sql.Composed:
     """The expression stored into ``column``, as the trigger and the backfill store it.
 
-    An INSERT that is only planned checks the names, the expression's type and its assignment
-    cast to the column's type, over the row's own columns (named bare, as in the trigger).
+    An UPDATE that is only planned checks the names (the row's own columns, named bare), the
+    expression's type and its assignment cast to the column's type.
     """
     return (
-        sql.SQL("EXPLAIN INSERT INTO {copy} ({col}) SELECT (").format(
-            copy=copy, col=sql.Identifier(column)
-        )
+        sql.SQL("EXPLAIN UPDATE {} SET {} = (").format(copy, sql.Identifier(column))
         + user_sql(expr)
-        + sql.SQL(") FROM {copy} AS zdm_row").format(copy=copy)
+        + sql.SQL(")")
     )
