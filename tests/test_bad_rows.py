@@ -116,3 +116,57 @@ def test_validate_scan_finds_the_rows_in_advance_and_changes_nothing(
 
     usage = zdm("validate", plan, "--scan")
     assert usage.returncode == 2 and "--scan needs a database" in usage.stderr
+
+
+QTY_PLAN = {
+    "version": 1,
+    "name": "qty",
+    "phases": {
+        "additive": [{"add_column": {"table": "Orders", "column": {"name": "Qty", "type": "int"}}}],
+        "dual_write": [
+            {"dual_write": {"table": "Orders", "set": {"Qty": 'CAST("qtyText" AS integer)'}}}
+        ],
+        "backfill": [{"backfill": {"table": "Orders", "batch_size": 64, "batch_time": "1s"}}],
+    },
+}
+
+
+def test_a_bad_cast_under_a_composite_key_of_a_mixed_case_table(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    conn.execute(
+        'CREATE TABLE "Orders" (region text, id int, "qtyText" text NOT NULL,'
+        " PRIMARY KEY (region, id))"
+    )
+    conn.execute(
+        """INSERT INTO "Orders" SELECT r, i, (i % 50)::text FROM unnest(ARRAY['eu', 'us']) r,"""
+        " generate_series(1, 500) i"
+    )
+    conn.execute(
+        """UPDATE "Orders" SET "qtyText" = 'five' WHERE (region, id) IN (('eu', 3), ('us', 250))"""
+    )
+    plan = write_plan(tmp_path / "qty.yaml", QTY_PLAN)
+
+    scanned = zdm("validate", plan, "--dsn", dsn, "--scan")
+    assert scanned.returncode == 2
+    assert "2 of 1000 rows cannot be converted: (region=eu, id=3), (region=us, id=250)" in (
+        scanned.stdout
+    )
+
+    failed = zdm("run", plan, "--dsn", dsn)
+    assert failed.returncode == 1, failed.stderr
+    assert '2 row(s) of public."Orders" cannot be mapped' in failed.stderr
+    assert "(region=eu, id=3), (region=us, id=250)" in failed.stderr
+    assert 'invalid input syntax for type integer: "five"' in failed.stderr
+    assert scalar(conn, 'SELECT count(*) FROM "Orders" WHERE "Qty" IS NULL') == 2
+    recorded = conn.execute("SELECT table_name, sqlstate FROM zdm.mapping_errors").fetchall()
+    assert recorded == [('public."Orders"', "22P02")] * 2
+
+    with psycopg.connect(dsn, autocommit=True) as fixer:
+        fixer.execute("SET session_replication_role = replica")
+        fixer.execute("""UPDATE "Orders" SET "qtyText" = '5' WHERE "qtyText" = 'five'""")
+    done = zdm("run", plan, "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    assert not scalar(
+        conn, 'SELECT count(*) FROM "Orders" WHERE "Qty" IS DISTINCT FROM "qtyText"::int'
+    )

@@ -45,6 +45,7 @@ from zdm.engine.backfill_sql import (
     merge_conflict,
     predicate,
     primary_key,
+    quoted_name,
     remaining_sql,
     reread_sql,
     row_sql,
@@ -442,7 +443,7 @@ class Worker(threading.Thread):
                         self.bf.store.record_mapping_error(
                             conn,
                             self.bf.plan,
-                            str(self.bf.table),
+                            self.bf.table_name,
                             dict(zip(self.key.columns, key, strict=True)),
                             error,
                             "backfill",
@@ -686,6 +687,7 @@ class Backfiller:
         """The transaction ids of this process's committed batches that changed rows."""
         self._throttle: str | None = None
         self._plan: str | None = None
+        self._table_name: str | None = None
         self._throttled_at = 0.0
         self._paused_run = False
 
@@ -762,11 +764,18 @@ class Backfiller:
             self._plan = self.store.get_run(self.conn, self.run_id).plan
         return self._plan
 
+    @property
+    def table_name(self) -> str:
+        """The table as `mapping_errors` names it: qualified, quoted where it must be."""
+        if self._table_name is None:
+            self._table_name = quoted_name(self.conn, self.table)
+        return self._table_name
+
     def _bad_rows(self, key: Key) -> None:
         """Tries again each row a batch passed over because its mapping raised (this run's or
         an earlier one's, maybe fixed since); stops the step, resumable, naming those that
         still fail."""
-        table = str(self.table)
+        table = self.table_name
         for rec in self.store.mapping_errors(self.conn, self.plan, table=table, source="backfill"):
             if key.ctid or set(rec["row_key"]) != set(key.columns):
                 continue
@@ -785,9 +794,9 @@ class Backfiller:
         left = self.store.mapping_errors(self.conn, self.plan, table=table, source="backfill")
         if left:
             first = left[0]
-            keys = ", ".join(_show_key(r["row_key"]) for r in left[:BAD_ROWS_SHOWN]) + (
-                ", …" if len(left) > BAD_ROWS_SHOWN else ""
-            )
+            keys = ", ".join(
+                _show_key(r["row_key"], key.columns) for r in left[:BAD_ROWS_SHOWN]
+            ) + (", …" if len(left) > BAD_ROWS_SHOWN else "")
             raise StepFailed(
                 f"{self.label}: {len(left)} row(s) of {table} cannot be mapped and were passed"
                 f" over: {keys}; first error: {first['message']} (SQLSTATE {first['sqlstate']})."
@@ -1160,7 +1169,8 @@ __all__ = [
 ]
 
 
-def _show_key(row_key: dict[str, Any]) -> str:
-    """`id=17`, `(a=1, b=x)`: a recorded row's key as messages show it."""
-    parts = [f"{k}={v}" for k, v in row_key.items()]
+def _show_key(row_key: dict[str, Any], columns: Sequence[str]) -> str:
+    """`id=17`, `(a=1, b=x)`: a recorded row's key as messages show it, in the key's order."""
+    order = [c for c in columns if c in row_key] + [c for c in row_key if c not in columns]
+    parts = [f"{c}={row_key[c]}" for c in order]
     return parts[0] if len(parts) == 1 else f"({', '.join(parts)})"

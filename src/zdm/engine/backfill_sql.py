@@ -621,5 +621,14 @@ def _mentions(text: str, column: str) -> bool:
     return re.search(rf"(?<![\w$]){re.escape(column)}(?![\w$])", text, re.IGNORECASE) is not None
 
 
+def quoted_name(conn: psycopg.Connection[Any], table: Table) -> str:
+    """`public.users`, `public."Orders"`: the table's name quoted only where it must be."""
+    row = conn.execute(
+        "SELECT quote_ident(%s) || '.' || quote_ident(%s)", [table.schema, table.name]
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _name(conn: psycopg.Connection[Any] | None, table: Table) -> str:
     return table.ident().as_string(conn)

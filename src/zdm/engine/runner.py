@@ -299,7 +299,9 @@ class Runner:
             self.dropped = None
         steps = self.plan.steps()
         # Before anything is created: a wrong name or type in an expression is the plan's fault.
-        issues = expression_issues(work, self.loaded, pending_keys(work, self.store, self.loaded.name))
+        issues = expression_issues(
+            work, self.loaded, pending_keys(work, self.store, self.loaded.name)
+        )
         if issues:
             raise PlanError(issues)
         run_or_outcome = self._start_or_resume(work, steps, force)

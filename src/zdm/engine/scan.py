@@ -159,7 +159,8 @@ def _scan(
             return []
         except DATA_ERRORS as e:
             if rows <= 1:
-                shown = ", ".join(f"{c}={v}" for c, v in zip(key.columns, upper, strict=True))
+                parts = [f"{c}={v}" for c, v in zip(key.columns, upper, strict=True)]
+                shown = parts[0] if len(parts) == 1 else f"({', '.join(parts)})"
                 return [(shown, f"{e.diag.message_primary} (SQLSTATE {e.diag.sqlstate})")]
         row = conn.execute(
             upper_bound_sql(table, key, lower=lower is not None, upper=True),
