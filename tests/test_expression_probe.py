@@ -206,3 +206,18 @@ def test_expressions_may_name_what_the_plan_adds(dsn: str, tmp_path: Path) -> No
     path = write_plan(tmp_path / "add_phone.yaml", plan)
     _, problems = api.validate(path, dsn)
     assert problems == []
+
+
+def test_a_table_locked_for_long_stops_the_check_with_a_message_not_a_traceback(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    seed(dsn, 10)
+    plan = _plan(tmp_path)
+    with psycopg.connect(dsn) as locker:
+        locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        blocked = zdm("validate", plan, "--dsn", dsn)
+        locker.rollback()
+    assert blocked.returncode == 1, blocked.stderr
+    assert "could not check the expressions of step additive[0]" in blocked.stderr
+    assert "Traceback" not in blocked.stderr
+    assert _objects(conn)["phone column"] == 0

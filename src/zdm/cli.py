@@ -19,6 +19,7 @@ from rich.table import Table as RichTable
 
 from zdm import api
 from zdm.engine.pooling import PoolerRefused
+from zdm.engine.probe import ProbeBlocked
 from zdm.engine.runner import PlanChanged, RunRefused
 from zdm.engine.session import ConnectionFailed, redact
 from zdm.engine.session import resolve_dsn as _resolve_dsn
@@ -95,6 +96,9 @@ def guarded(fn: Callable[[], T]) -> T:
         err.print(f"[red]locked:[/red] {_escape(str(e))}")
         raise typer.Exit(EXIT_LOCKED) from None
     except ConnectionFailed as e:
+        err.print(f"[red]error:[/red] {_escape(str(e))}")
+        raise typer.Exit(EXIT_FAILED) from None
+    except ProbeBlocked as e:
         err.print(f"[red]error:[/red] {_escape(str(e))}")
         raise typer.Exit(EXIT_FAILED) from None
 

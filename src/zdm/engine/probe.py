@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
 
 from zdm.ddl import Table, user_sql
 from zdm.plan import (
@@ -56,8 +56,8 @@ class Probe:
     """False for the plan's own additions applied to the copies, which are not the pending steps'."""
 
 
-class _Stop(Exception):
-    """Ends the probing transaction, so that it is rolled back."""
+class ProbeBlocked(Exception):
+    """The check could not run: a live table stayed locked, or a probe ran too long."""
 
 
 def expression_issues(
@@ -71,28 +71,32 @@ def expression_issues(
     document = read_yaml(loaded.text)
     file = str(loaded.path)
     issues: list[PlanIssue] = []
-    try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
-                    sql.Literal(PROBE_LOCK_TIMEOUT), sql.Literal(PROBE_STATEMENT_TIMEOUT)
-                )
+    # Rolled back at the end: the copies and whatever the probes made on them go away.
+    with conn.transaction(force_rollback=True):
+        conn.execute(
+            sql.SQL("SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}").format(
+                sql.Literal(PROBE_LOCK_TIMEOUT), sql.Literal(PROBE_STATEMENT_TIMEOUT)
             )
-            copies = _Copies(conn, loaded.plan.schema_)
-            for step in loaded.steps():
-                wanted = keys is None or step.key in keys
+        )
+        copies = _Copies(conn, loaded.plan.schema_)
+        for step in loaded.steps():
+            wanted = keys is None or step.key in keys
+            try:
                 for probe in copies.probes(step):
                     try:
                         with conn.transaction():
                             conn.execute(probe.statement)
-                    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+                    except (errors.LockNotAvailable, errors.QueryCanceled):
                         raise
                     except psycopg.DatabaseError as e:
                         if wanted and probe.checked:
                             issues.append(_issue(file, document, probe.loc, e))
-            raise _Stop
-    except _Stop:
-        pass
+            except (errors.LockNotAvailable, errors.QueryCanceled) as e:
+                raise ProbeBlocked(
+                    f"could not check the expressions of step {step.key}: "
+                    f"{e.diag.message_primary} (lock_timeout {PROBE_LOCK_TIMEOUT}, statement_timeout"
+                    f" {PROBE_STATEMENT_TIMEOUT}); nothing was changed, try again"
+                ) from None
     return issues
 
 
