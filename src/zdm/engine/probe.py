@@ -97,6 +97,12 @@ def expression_issues(
                     f"{e.diag.message_primary} (lock_timeout {PROBE_LOCK_TIMEOUT}, statement_timeout"
                     f" {PROBE_STATEMENT_TIMEOUT}); nothing was changed, try again"
                 ) from None
+            except psycopg.DatabaseError as e:
+                # Making a temporary copy failed (the role may lack the TEMP privilege).
+                raise ProbeBlocked(
+                    f"could not check the expressions of step {step.key}: the temporary copy of"
+                    f" its table: {e.diag.message_primary}; nothing was changed"
+                ) from None
     return issues
 
 
