@@ -221,3 +221,26 @@ def test_a_table_locked_for_long_stops_the_check_with_a_message_not_a_traceback(
     assert "could not check the expressions of step additive[0]" in blocked.stderr
     assert "Traceback" not in blocked.stderr
     assert _objects(conn)["phone column"] == 0
+
+
+def test_names_a_raw_sql_step_may_create_are_not_refused(dsn: str, tmp_path: Path) -> None:
+    """The check does not run `sql` steps: after one, an unknown name may be what it creates."""
+    seed(dsn, 10)
+    plan = add_phone()
+    _phases(plan)["additive"] = [
+        {"sql": {"up": "CREATE SEQUENCE phone_seq", "down": "DROP SEQUENCE phone_seq"}},
+        {
+            "add_column": {
+                "table": "users",
+                "column": {"name": "phone", "type": "varchar(20)"},
+            }
+        },
+        {"set_default": {"table": "users", "column": "phone", "default": "nextval('phone_seq')"}},
+    ]
+    path = write_plan(tmp_path / "add_phone.yaml", plan)
+    assert api.validate(path, dsn)[1] == []
+    # A type error is still one.
+    _phases(plan)["cleanup"][1]["add_check"]["check"] = "length(phone)"
+    path = write_plan(tmp_path / "add_phone.yaml", plan)
+    (problem,) = api.validate(path, dsn)[1]
+    assert "cleanup[1].add_check.check" in problem and "must be type boolean" in problem
