@@ -119,7 +119,9 @@ def history(
     return migration_history(dsn, directory, state_schema=state_schema)
 
 
-def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list[str]]:
+def validate(
+    path: str | Path, dsn: str | None = None, *, state_schema: str = "zdm"
+) -> tuple[LoadedPlan, list[str]]:
     """Loads the plan (raising PlanError); with a database, checks it against the live schema."""
     from zdm.plan.expand import offline_facts
 
@@ -128,15 +130,39 @@ def validate(path: str | Path, dsn: str | None = None) -> tuple[LoadedPlan, list
     problems: list[str] = []
     if dsn is not None:
         from zdm.engine.preflight import live_schema_problems
+        from zdm.engine.probe import expression_issues, pending_keys
         from zdm.engine.session import connect
+        from zdm.state import Store
 
         with connect(dsn, f"validate {loaded.name}") as conn:
-            problems = live_schema_problems(conn, loaded)
+            problems = [
+                f"{loaded.path}:{_step_line(loaded, p)}: {p}"
+                for p in live_schema_problems(conn, loaded)
+            ]
+            pending = pending_keys(conn, Store(state_schema), loaded.name)
+            problems += [str(issue) for issue in expression_issues(conn, loaded, pending)]
     return loaded, problems
+
+
+def _step_line(loaded: LoadedPlan, problem: str) -> str:
+    """The line of the step a problem of `live_schema_problems` names first (`additive[0] …`)."""
+    return str(loaded.step_line(problem.split(" ", 1)[0]) or "")
+
+
+def scan(path: str | Path, dsn: str) -> list[Any]:
+    """Each mapping of the plan evaluated on its table's rows (`zdm validate --scan`): a
+    `zdm.engine.scan.Scanned` per mapping, with the rows it cannot convert."""
+    from zdm.engine.scan import scan_mappings
+    from zdm.engine.session import connect
+
+    loaded = _load(path, dsn)
+    with connect(dsn, f"scan {loaded.name}") as conn:
+        return scan_mappings(conn, loaded)
 
 
 def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[dict[str, Any]]:
     """The state of each plan's latest run, with its steps and backfill progress."""
+    from zdm.engine.backfill import BAD_ROWS_SHOWN
     from zdm.engine.session import connect
     from zdm.state import Store
     from zdm.state.mapping_errors import trigger_errors
@@ -178,6 +204,8 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
                 )
             entry["backfill_steps"] = _backfill_steps(entry["backfills"])
             entry["mapping_errors"] = trigger_errors(conn, state_schema, name)
+            bad = store.mapping_errors(conn, name) if unfinished else []
+            entry["bad_rows"] = {"count": len(bad), "first": bad[:BAD_ROWS_SHOWN]}
             out.append(entry)
         return out
 

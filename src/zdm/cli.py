@@ -126,6 +126,7 @@ _EXPECTED = (
     ("zdm.state.lock", ("LockHeld",), "locked:", " ", EXIT_LOCKED),
     ("zdm.state.lease", ("OwnershipLost",), "locked:", " ", EXIT_LOCKED),
     ("zdm.engine.session", ("ConnectionFailed",), "error:", " ", EXIT_FAILED),
+    ("zdm.engine.probe", ("ProbeBlocked",), "error:", " ", EXIT_FAILED),
 )
 
 
@@ -257,6 +258,12 @@ def _print_run(r: dict[str, Any]) -> None:
                 f"    {e['table_name']} {json.dumps(e['row_key'])} {e['column_name'] or '-'}:"
                 f" [{e['sqlstate']}] {_escape(e['message'])}"
             )
+    bad = r.get("bad_rows") or {"count": 0}
+    if bad["count"]:
+        out.print(f"  [red]rows the mapping cannot convert:[/red] {bad['count']}")
+        for e in bad["first"]:
+            key = ", ".join(f"{k}={v}" for k, v in e["row_key"].items())
+            out.print(f"    {e['table_name']} {key} ({e['source']}): {_escape(e['message'])}")
     for b in r.get("backfill_steps", []):
         workers = f", {b['workers']} workers" if b["workers"] > 1 else ""
         out.print(f"  backfill {b['step']}{workers}: {_backfill_line(b)}")
@@ -295,16 +302,40 @@ def _duration(seconds: float) -> str:
 
 
 @app.command()
-def validate(ctx: typer.Context, plan: PlanArg, dsn: DsnOpt = None) -> None:
+def validate(
+    ctx: typer.Context,
+    plan: PlanArg,
+    dsn: DsnOpt = None,
+    scan: Annotated[
+        bool,
+        typer.Option(
+            "--scan", help="Also evaluate the mappings on every row (read-only, batched)."
+        ),
+    ] = False,
+) -> None:
     """Check a plan file; with a database, also against the live schema."""
+    if scan and not (dsn or _env_dsn()):
+        err.print("[red]--scan needs a database:[/red] give --dsn or ZDM_DSN")
+        raise typer.Exit(EXIT_USAGE)
     url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
     if url:
         _configure_logs(ctx)
     loaded, problems = guarded(lambda: api.validate(plan, url))
+    if scan and url and not problems:
+        scanned = guarded(lambda: api.scan(plan, url))
+        for s in scanned:
+            sys.stdout.write(s.line() + "\n")
+        bad = [s for s in scanned if s.bad]
+        if bad:
+            err.print(
+                f"[red]plan {loaded.name}: {sum(s.bad for s in bad)} rows cannot be converted"
+                "[/red]; fix them (or the expressions) before `zdm run`"
+            )
+            raise typer.Exit(EXIT_FAILED)  # findings, as lint's: the plan itself is valid
     if problems:
         err.print(f"[red]plan {loaded.name} does not fit the database[/red]")
         for p in problems:
-            err.print(f"{plan}: {_escape(p)}")
+            err.print(_escape(p))
         raise typer.Exit(EXIT_USAGE)
     steps = loaded.plan.steps()
     where = f" against {_redacted(url)}" if url else ""

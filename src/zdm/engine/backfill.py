@@ -45,8 +45,10 @@ from zdm.engine.backfill_sql import (
     merge_conflict,
     predicate,
     primary_key,
+    quoted_name,
     remaining_sql,
     reread_sql,
+    row_sql,
     skip_locked_sql,
     skipped_triggers,
     split_keys,
@@ -81,6 +83,11 @@ COME_BACK_TRIES = 5
 COME_BACK_PAUSE_S = 0.05
 MIN_STATEMENT_TIMEOUT_MS = 1000
 PAUSED = "paused by `zdm pause`"
+# A batch failing on these is failing on some of its rows' data (class 22: a bad cast, a value
+# too long, an invalid regular expression; class 23: a constraint): they are looked for.
+DATA_ERRORS = (errors.DataError, errors.IntegrityError)
+# Rows named in the message that stops a backfill on rows its mapping cannot convert.
+BAD_ROWS_SHOWN = 10
 
 
 def batch_lock_timeout_ms(settings: Settings, attempt: int) -> int:
@@ -343,6 +350,10 @@ class Worker(threading.Thread):
             size = self.sizer.size
             try:
                 return self._attempts(conn, size)
+            except DATA_ERRORS:
+                if self.key.ctid:
+                    raise
+                return self._isolate(conn, size)
             except errors.QueryCanceled:
                 if not self.sizer.halve():
                     raise StepFailed(
@@ -396,6 +407,98 @@ class Worker(threading.Thread):
                     self.bf.written.append(xid)
                 return batch
         raise AssertionError("unreachable")
+
+    def _isolate(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+        """The batch once more, after it failed on some rows' data: its key range is halved
+        until the failing rows are alone (a savepoint each), they are recorded in
+        `mapping_errors` and passed over, the others committed with the checkpoint as usual.
+        Only a failing batch pays for this."""
+        for attempt in retrying(self.settings, self._before_retry):
+            with attempt:
+                n = attempt.retry_state.attempt_number
+                bad: list[tuple[list[str], psycopg.Error]] = []
+                with conn.transaction():
+                    conn.execute(
+                        timeouts_sql(
+                            lock_timeout_ms(self.settings, n),
+                            self.sizer.statement_timeout_ms,
+                            self.bf.jobs,
+                        )
+                    )
+                    last, end = self.range.last, self.range.end
+                    row = conn.execute(
+                        upper_bound_sql(
+                            self.bf.table, self.key, lower=last is not None, upper=end is not None
+                        ),
+                        [*(last or []), *(end or []), size],
+                    ).fetchone()
+                    if row is None:
+                        return None
+                    batch = Batch(last, [str(v) for v in row[:-1]], int(row[-1]), 0)
+                    batch.updated = self._bisect(conn, batch.lower, batch.upper, batch.walked, bad)
+                    if len(bad) == batch.walked > 1:
+                        # Every row fails: the expression is wrong, not the data.
+                        raise StepFailed(f"{self.bf.label}: {_pg_error(bad[0][1])}")
+                    for key, error in bad:
+                        self.bf.store.record_mapping_error(
+                            conn,
+                            self.bf.plan,
+                            self.bf.table_name,
+                            dict(zip(self.key.columns, key, strict=True)),
+                            error,
+                            "backfill",
+                        )
+                    self.bf.log.warning(
+                        "backfill_bad_rows",
+                        worker=self.range.worker,
+                        keys=[k for k, _ in bad],
+                        error=_pg_error(bad[0][1]) if bad else None,
+                    )
+                    self.window.add(self.walked + batch.walked)
+                    self.bf.store.checkpoint(
+                        conn,
+                        self.bf.run_id,
+                        self.bf.ordinals,
+                        self.range.worker,
+                        last_key=batch.upper,
+                        walked=batch.walked,
+                        updated=batch.updated,
+                        batch_size=size,
+                        rate=round(self.window.rate(), 1),
+                    )
+                return batch
+        raise AssertionError("unreachable")
+
+    def _bisect(
+        self,
+        conn: psycopg.Connection[Any],
+        lower: list[str] | None,
+        upper: list[str],
+        rows: int,
+        bad: list[tuple[list[str], psycopg.Error]],
+    ) -> int:
+        """Rows updated in `(lower, upper]` (`rows` rows), each half in a savepoint; a single
+        row that fails is added to `bad`."""
+        try:
+            with conn.transaction():
+                cur = conn.execute(
+                    batch_sql(self.bf.jobs, self.key, lower=lower is not None),
+                    [*(lower or []), *upper],
+                )
+            return cur.rowcount
+        except DATA_ERRORS as e:
+            if rows <= 1:
+                bad.append((upper, e))
+                return 0
+        row = conn.execute(
+            upper_bound_sql(self.bf.table, self.key, lower=lower is not None, upper=True),
+            [*(lower or []), *upper, rows // 2],
+        ).fetchone()
+        assert row is not None
+        middle, first = [str(v) for v in row[:-1]], int(row[-1])
+        return self._bisect(conn, lower, middle, first, bad) + self._bisect(
+            conn, middle, upper, rows - first, bad
+        )
 
     def _reread(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
         """Reads the range of the batch before this one (see `reread_sql`): its commit, which
@@ -583,6 +686,8 @@ class Backfiller:
         self.written: list[int] = []
         """The transaction ids of this process's committed batches that changed rows."""
         self._throttle: str | None = None
+        self._plan: str | None = None
+        self._table_name: str | None = None
         self._throttled_at = 0.0
         self._paused_run = False
 
@@ -625,6 +730,7 @@ class Backfiller:
         )
         started = time.monotonic()
         self._walk(key, ranges)
+        self._bad_rows(key)
         left = self._left()
         if left:
             # Rows changed behind the walk without the trigger (or before it existed): one more pass.
@@ -650,6 +756,53 @@ class Backfiller:
             batch_ms_p99=round(percentile(ms, 99)) if ms else None,
             batch_ms_max=round(ms[-1]) if ms else None,
         )
+
+    @property
+    def plan(self) -> str:
+        """The plan's name, which keys the rows recorded in `mapping_errors`."""
+        if self._plan is None:
+            self._plan = self.store.get_run(self.conn, self.run_id).plan
+        return self._plan
+
+    @property
+    def table_name(self) -> str:
+        """The table as `mapping_errors` names it: qualified, quoted where it must be."""
+        if self._table_name is None:
+            self._table_name = quoted_name(self.conn, self.table)
+        return self._table_name
+
+    def _bad_rows(self, key: Key) -> None:
+        """Tries again each row a batch passed over because its mapping raised (this run's or
+        an earlier one's, maybe fixed since); stops the step, resumable, naming those that
+        still fail."""
+        table = self.table_name
+        for rec in self.store.mapping_errors(self.conn, self.plan, table=table, source="backfill"):
+            if key.ctid or set(rec["row_key"]) != set(key.columns):
+                continue
+            with self.conn.transaction():
+                self.conn.execute(timeouts_sql(lock_timeout_ms(self.ex.settings, 1), 0, self.jobs))
+                self.store.forget_mapping_error(self.conn, rec["id"])
+                try:
+                    with self.conn.transaction():
+                        self.conn.execute(
+                            row_sql(self.jobs, key), [rec["row_key"][c] for c in key.columns]
+                        )
+                except DATA_ERRORS as e:
+                    self.store.record_mapping_error(
+                        self.conn, self.plan, table, rec["row_key"], e, "backfill"
+                    )
+        left = self.store.mapping_errors(self.conn, self.plan, table=table, source="backfill")
+        if left:
+            first = left[0]
+            keys = ", ".join(
+                _show_key(r["row_key"], key.columns) for r in left[:BAD_ROWS_SHOWN]
+            ) + (", …" if len(left) > BAD_ROWS_SHOWN else "")
+            raise StepFailed(
+                f"{self.label}: {len(left)} row(s) of {table} cannot be mapped and were passed"
+                f" over: {keys}; first error: {first['message']} (SQLSTATE {first['sqlstate']})."
+                " Fix those rows (or the expression, then `zdm run --force`) and run `zdm run`"
+                f" again; `zdm status` lists them ({self.store.schema}.mapping_errors)"
+            )
 
     def _left(self) -> int:
         """Rows that still match the predicate, counted over the whole table; the row versions
@@ -923,9 +1076,9 @@ def walk_lines(
     lines.append("-- ROW EXCLUSIVE and row locks only (blocks no reads or writes); each batch:")
     lines.append("BEGIN;")
     lines.append(
-        timeouts_sql(batch_lock_timeout_ms(settings, 1), sizer.statement_timeout_ms, jobs).as_string(
-            conn
-        )
+        timeouts_sql(
+            batch_lock_timeout_ms(settings, 1), sizer.statement_timeout_ms, jobs
+        ).as_string(conn)
         + ";"
     )
     if shown.ctid:
@@ -1014,3 +1167,10 @@ __all__ = [
     "remaining_sql",
     "upper_bound_sql",
 ]
+
+
+def _show_key(row_key: dict[str, Any], columns: Sequence[str]) -> str:
+    """`id=17`, `(a=1, b=x)`: a recorded row's key as messages show it, in the key's order."""
+    order = [c for c in columns if c in row_key] + [c for c in row_key if c not in columns]
+    parts = [f"{c}={row_key[c]}" for c in order]
+    return parts[0] if len(parts) == 1 else f"({', '.join(parts)})"

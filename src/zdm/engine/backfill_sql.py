@@ -290,6 +290,24 @@ def batch_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Comp
     )
 
 
+def row_sql(jobs: Sequence[BackfillJob], key: Key) -> sql.Composed:
+    """The UPDATE of one row, by its key: a row a batch passed over because its mapping raised.
+
+    Parameters: the row's key.
+    """
+    table = jobs[0].table
+    from_, on, qualify = _source(jobs)
+    return sql.SQL("UPDATE {t} SET {a}{from_} WHERE {on}{k} = {p} AND {w}").format(
+        t=table.ident(),
+        a=assignments(jobs),
+        from_=from_,
+        on=on,
+        k=key.row(qualify),
+        p=key.params(),
+        w=predicate(jobs, walk=True),
+    )
+
+
 def _batch_keys(key: Key, *, lower: bool, qualify: Table | None = None) -> sql.Composed:
     """`key > %s AND key <= %s` (the lower side only when `lower`): a batch's key range."""
     bounds = sql.SQL("{} <= {}").format(key.row(qualify), key.params())
@@ -603,6 +621,15 @@ def _walk_options(job: BackfillJob) -> dict[str, Any]:
 def _mentions(text: str, column: str) -> bool:
     """Whether SQL `text` may name `column` (a word match, quoted or not; errs on yes)."""
     return re.search(rf"(?<![\w$]){re.escape(column)}(?![\w$])", text, re.IGNORECASE) is not None
+
+
+def quoted_name(conn: psycopg.Connection[Any], table: Table) -> str:
+    """`public.users`, `public."Orders"`: the table's name quoted only where it must be."""
+    row = conn.execute(
+        "SELECT quote_ident(%s) || '.' || quote_ident(%s)", [table.schema, table.name]
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def _name(conn: psycopg.Connection[Any] | None, table: Table) -> str:

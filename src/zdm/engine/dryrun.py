@@ -15,11 +15,12 @@ from psycopg import sql
 from zdm.ddl import BackfillJob, Check, Table, Txn, catalog
 from zdm.engine.backfill import backfill_followers, walk_lines
 from zdm.engine.executor import render
+from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.retry import lock_timeout_ms
 from zdm.engine.session import connect, redact, server_version
 from zdm.operations import Context, plan_memo, plan_step
 from zdm.operations.base import LATEST_SERVER_VERSION
-from zdm.plan import LoadedPlan, Settings
+from zdm.plan import LoadedPlan, PlanError, Settings
 from zdm.state import Store
 
 
@@ -218,6 +219,13 @@ class DryRun:
 
 
 def dry_run_text(loaded: LoadedPlan, dsn: str | None, *, state_schema: str = "zdm") -> str:
+    if dsn is not None:
+        # The dry-run's own transaction is read-only; the probe's temporary copies need another.
+        with connect(dsn, f"dry-run {loaded.name}") as conn:
+            pending = pending_keys(conn, Store(state_schema), loaded.name)
+            issues = expression_issues(conn, loaded, pending)
+        if issues:
+            raise PlanError(issues)
     return "\n".join(DryRun(loaded, dsn, state_schema=state_schema).lines()) + "\n"
 
 

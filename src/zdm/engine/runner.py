@@ -18,6 +18,7 @@ from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
 from zdm.engine.pooling import keep_client_check, release, require_pinned
+from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.refusals import PlanChanged as PlanChanged  # re-exported
 from zdm.engine.refusals import RunRefused as RunRefused
 from zdm.engine.session import (
@@ -28,7 +29,7 @@ from zdm.engine.session import (
     server_version,
 )
 from zdm.operations import Context, plan_memo, plan_step
-from zdm.plan import PHASES, LoadedPlan, PlanStep, StepSpec
+from zdm.plan import PHASES, LoadedPlan, PlanError, PlanStep, StepSpec
 from zdm.state import NewStep, PlanLock, Run, Store
 from zdm.state.lease import Lease, OwnershipLost, new_token
 
@@ -291,6 +292,12 @@ class Runner:
                 )
             self.dropped = None
         steps = self.plan.steps()
+        # Before anything is created: a wrong name or type in an expression is the plan's fault.
+        issues = expression_issues(
+            work, self.loaded, pending_keys(work, self.store, self.loaded.name)
+        )
+        if issues:
+            raise PlanError(issues)
         run_or_outcome = self._start_or_resume(work, steps, force)
         if isinstance(run_or_outcome, Outcome):
             return run_or_outcome

@@ -584,6 +584,72 @@ class Store:
             )
             return list(cur.fetchall())
 
+    # -- rows a mapping cannot convert ------------------------------------------------------
+
+    def record_mapping_error(
+        self,
+        conn: psycopg.Connection[Any],
+        plan: str,
+        table: str,
+        row_key: dict[str, Any],
+        error: psycopg.Error,
+        source: str,
+    ) -> None:
+        """One row whose mapping raised `error` (its key, SQLSTATE and message)."""
+        diag = error.diag
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (plan, table_name, row_key, column_name, sqlstate, message, source)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            ).format(self.t("mapping_errors")),
+            [
+                plan,
+                table,
+                json.dumps(row_key),
+                diag.column_name,
+                diag.sqlstate or "XX000",
+                diag.message_primary or str(error).strip(),
+                source,
+            ],
+        )
+
+    def mapping_errors(
+        self,
+        conn: psycopg.Connection[Any],
+        plan: str,
+        *,
+        table: str | None = None,
+        source: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows recorded for `plan` (optionally one table's, from one source), oldest first;
+        none in a state schema that an older zdm created and no run has brought up to date."""
+        found = conn.execute(
+            "SELECT to_regclass(%s)", [self.t("mapping_errors").as_string(conn)]
+        ).fetchone()
+        if not found or found[0] is None:
+            return []
+        conds = [sql.SQL("plan = %s")]
+        params: list[Any] = [plan]
+        if table is not None:
+            conds.append(sql.SQL("table_name = %s"))
+            params.append(table)
+        if source is not None:
+            conds.append(sql.SQL("source = %s"))
+            params.append(source)
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE {} ORDER BY id").format(
+                    self.t("mapping_errors"), sql.SQL(" AND ").join(conds)
+                ),
+                params,
+            )
+            return list(cur.fetchall())
+
+    def forget_mapping_error(self, conn: psycopg.Connection[Any], error_id: int) -> None:
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE id = %s").format(self.t("mapping_errors")), [error_id]
+        )
+
 
 def _json(value: list[str] | None) -> str | None:
     return None if value is None else json.dumps(value)
