@@ -162,10 +162,9 @@ def scan(path: str | Path, dsn: str) -> list[Any]:
 
 def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[dict[str, Any]]:
     """The state of each plan's latest run, with its steps and backfill progress."""
-    from zdm.engine.backfill import BAD_ROWS_SHOWN
     from zdm.engine.session import connect
     from zdm.state import Store
-    from zdm.state.mapping_errors import trigger_errors
+    from zdm.state.mapping_errors import BAD_ROWS_SHOWN, trigger_errors
 
     store = Store(state_schema)
     with connect(dsn, "status") as conn:

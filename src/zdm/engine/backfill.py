@@ -71,6 +71,7 @@ from zdm.engine.throttle import Throttles
 from zdm.operations import Context, plan_step
 from zdm.plan import PlanStep, Settings
 from zdm.state import BackfillRow, Store
+from zdm.state.mapping_errors import BAD_ROWS_SHOWN
 
 INITIAL_AUTO_BATCH = 1000
 GROWTH = 1.5
@@ -86,8 +87,6 @@ PAUSED = "paused by `zdm pause`"
 # A batch failing on these is failing on some of its rows' data (class 22: a bad cast, a value
 # too long, an invalid regular expression; class 23: a constraint): they are looked for.
 DATA_ERRORS = (errors.DataError, errors.IntegrityError)
-# Rows named in the message that stops a backfill on rows its mapping cannot convert.
-BAD_ROWS_SHOWN = 10
 
 
 def batch_lock_timeout_ms(settings: Settings, attempt: int) -> int:

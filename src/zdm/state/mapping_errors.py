@@ -8,6 +8,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+BAD_ROWS_SHOWN = 10
+"""Rows named in the message that stops a backfill on rows its mapping cannot convert, and
+in `zdm status`."""
+
 
 def trigger_errors(
     conn: psycopg.Connection[Any], schema: str, plan: str, first: int = 5
