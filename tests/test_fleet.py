@@ -110,3 +110,23 @@ def test_rollout_canary_waves_stop_crash_resume(fleet: list[str], tmp_path: Path
     assert again.returncode == 0, output_of(again)
     rows = json.loads(zdm("status", "--targets", targets, "--json").stdout)
     assert [r["status"] for r in rows] == ["completed"] * N
+
+
+def test_targets_file_errors_name_file_and_line(tmp_path: Path) -> None:
+    from zdm.fleet.targets import TargetsError, load_targets
+
+    good = tmp_path / "ok.txt"
+    good.write_text("postgresql://app:s3cret@db1:6432/t1\n!echo host=db2 dbname=t2 password=pw\n")
+    targets = load_targets(good)
+    assert [t.host for t in targets] == ["db1:6432", "db2:5432"]
+    assert all("s3cret" not in t.label and "pw" not in t.label for t in targets)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("# fleet\nhost=db1 dbname=a\nnot a dsn ===\n")
+    with pytest.raises(TargetsError, match=r"bad\.txt:3: not a connection string"):
+        load_targets(bad)
+    missing = zdm("run", "plans/add_phone.yaml", "--targets", tmp_path / "none.txt")
+    assert missing.returncode == 2
+    assert "none.txt: cannot read targets file" in missing.stderr
+    wave = zdm("run", "plans/add_phone.yaml", "--targets", good, env={"ZDM_FLEET_WAVE": "x"})
+    assert wave.returncode == 2
+    assert "ZDM_FLEET_WAVE='x': not a number" in wave.stderr
