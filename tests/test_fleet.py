@@ -85,6 +85,9 @@ def test_rollout_canary_waves_stop_crash_resume(fleet: list[str], tmp_path: Path
     assert "wave 3: launching" in resumed.stderr
     assert "stopped after wave 3: 1 failed; 4 targets not launched" in resumed.stderr
     assert "wave 4" not in resumed.stderr
+    # The canary and wave 1 are replayed from DBOS's record, not run again: zdm started at most
+    # wave 2's five (07 resumed, the rest if still queued at the kill) and wave 3's five.
+    assert 6 <= resumed.stderr.count(" run_start ") <= 10, resumed.stderr
 
     table = zdm("status", "--targets", targets)
     print(table.stdout)
