@@ -41,13 +41,17 @@ def fleet_status(targets: str, plan: str | None, state_schema: str = "zdm") -> l
             continue
         for r in runs:
             done = sum(1 for s in r["steps"] if s["status"] == "done")
+            progress = f"{done}/{len(r['steps'])} steps"
+            for b in r.get("backfill_steps", []):
+                if not b["done"]:
+                    progress += f", {b['step']} {b['rows_done']}/{b['rows_estimated']} rows"
             rows.append(
                 {
                     "target": t.label,
                     "status": r["status"],
                     "phase": r["phase"],
                     "step": r["step"],
-                    "progress": f"{done}/{len(r['steps'])} steps",
+                    "progress": progress,
                     "last_error": scrub(r["last_error"]) if r["last_error"] else None,
                 }
             )
