@@ -61,6 +61,9 @@ DsnOpt = Annotated[
 ]
 StateOpt = Annotated[str, typer.Option("--state-schema", help="Schema of zdm's own state tables.")]
 PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
+TargetsOpt = Annotated[
+    Path | None, typer.Option("--targets", help="Roll out over the databases this file lists.")
+]
 
 T = TypeVar("T")
 
@@ -177,8 +180,11 @@ def run(
         bool, typer.Option("--force", help="Resume although the plan file changed.")
     ] = False,
     state_schema: StateOpt = "zdm",
+    targets: TargetsOpt = None,
 ) -> None:
     """Run or resume a plan."""
+    if targets is not None and not dry_run:
+        raise typer.Exit(_fleet("run", plan, targets, state_schema))
     if dry_run:
         url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
         text = guarded(lambda: api.dry_run(plan, url, state_schema=state_schema))
@@ -215,9 +221,13 @@ def status(
     dsn: DsnOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     state_schema: StateOpt = "zdm",
+    targets: TargetsOpt = None,
 ) -> None:
     """Show runs: phase, step, backfill progress, rate, ETA, last error."""
     name = _plan_name(plan) if plan else None
+    if targets is not None:
+        _fleet_status(targets, name, as_json, state_schema)
+        return
     runs = guarded(lambda: api.status(resolve_dsn(dsn), name, state_schema=state_schema))
     if as_json:
         sys.stdout.write(json.dumps(runs, default=str, indent=2) + "\n")
@@ -227,6 +237,30 @@ def status(
         return
     for r in runs:
         _print_run(r)
+
+
+def _fleet(verb: str, plan: Path, targets: Path, state_schema: str) -> int:
+    from zdm.fleet.cli import fleet_command
+
+    return fleet_command(verb, str(plan), str(targets), state_schema)
+
+
+def _fleet_status(targets: Path, name: str | None, as_json: bool, state_schema: str) -> None:
+    from rich.table import Table as RichTable
+
+    from zdm.fleet.cli import status_rows
+
+    rows = status_rows(str(targets), name, state_schema)
+    if rows is None:
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, default=str, indent=2) + "\n")
+        return
+    table = RichTable("target", "status", "phase", "step", "progress", "last error")
+    for r in rows:
+        table.add_row(*(_escape(str(r[k] or "-")) for k in
+                        ("target", "status", "phase", "step", "progress", "last_error")))
+    out.print(table)
 
 
 def _plan_name(plan: str) -> str:
@@ -432,8 +466,11 @@ def rollback(
         bool, typer.Option("--dry-run", help="Print what would run; change nothing.")
     ] = False,
     state_schema: StateOpt = "zdm",
+    targets: TargetsOpt = None,
 ) -> None:
     """Undo a run's completed steps in reverse order; refuses to pass irreversible ones."""
+    if targets is not None and not dry_run:
+        raise typer.Exit(_fleet("rollback", plan, targets, state_schema))
     if dry_run:
         text = guarded(
             lambda: api.rollback_dry_run(plan, resolve_dsn(dsn), state_schema=state_schema)
@@ -472,8 +509,11 @@ def migrate(
         bool, typer.Option("--continue", help="Pass the gate the next migration waits at.")
     ] = False,
     state_schema: StateOpt = "zdm",
+    targets: TargetsOpt = None,
 ) -> None:
     """Apply a directory's plans in version order; skip applied ones, stop at a gate or failure."""
+    if targets is not None and not dry_run:
+        raise typer.Exit(_fleet("migrate", directory, targets, state_schema))
     if dry_run:
         url = resolve_dsn(dsn) if (dsn or _env_dsn()) else None
         text = guarded(
