@@ -8,6 +8,7 @@ PgBouncer comes from Debian's package (.ci/run installs it); without it these te
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,28 @@ def gated_plan(tmp_path: Path, name: str = "pooled", gates: tuple[str, ...] = ()
         },
     }
     return write_plan(tmp_path / f"{name}.yaml", plan)
+
+
+@contextmanager
+def closed_gate(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A session holding advisory lock GATE: a `gated_plan` waits at its first step until the
+    test calls `open_gate` (or the block ends)."""
+    with psycopg.connect(dsn, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+        yield gate
+
+
+def open_gate(gate: psycopg.Connection[Any]) -> None:
+    gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+
+
+def assert_completed_once(watcher: psycopg.Connection[Any]) -> None:
+    """One run of the gated plan, completed, its index built and valid."""
+    assert scalar(watcher, "SELECT count(*) FROM zdm.runs") == 1
+    assert run_row(watcher, "pooled")["status"] == "completed"
+    assert scalar(
+        watcher, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_users_name'::regclass"
+    )
 
 
 def gate_waiters(watcher: psycopg.Connection[Any]) -> int:
@@ -285,17 +308,13 @@ def test_a_pooled_runner_next_to_a_direct_one_refuses_and_leaves_the_run_alone(
     pb = bouncer(mode="transaction", pool_size=1)
     pooled = pb.dsn(seeded)
     plan = gated_plan(tmp_path)
-    gate = psycopg.connect(seeded, autocommit=True)
-    try:
-        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+    with closed_gate(seeded) as gate:
         first = start_zdm("run", plan, "--dsn", seeded)
         wait_for(lambda: gate_waiters(watcher), 60, "zdm at the gate", alive=first)
         second = zdm("run", plan, "--dsn", pooled)
         assert second.returncode == 2 and "transaction pooling" in second.stderr, output_of(second)
-        gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+        open_gate(gate)
         done = first.wait()
-    finally:
-        gate.close()
     assert done.returncode == 0, output_of(done)
     assert scalar(watcher, "SELECT count(*) FROM zdm.runs") == 1
     assert run_row(watcher, "pooled")["status"] == "completed"
@@ -345,23 +364,15 @@ def test_session_pooling_second_runner_exits_3_and_nothing_leaks(
     pb = bouncer(mode="session", pool_size=4, **config)
     pooled = pb.dsn(seeded)
     plan = gated_plan(tmp_path)
-    gate = psycopg.connect(seeded, autocommit=True)
-    try:
-        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+    with closed_gate(seeded) as gate:
         first = start_zdm("run", plan, "--dsn", pooled)
         wait_for(lambda: gate_waiters(watcher), 60, "zdm at the gate", alive=first)
         second = zdm("run", plan, "--dsn", pooled)
         assert second.returncode == 3 and "locked" in second.stderr, output_of(second)
-        gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+        open_gate(gate)
         done = first.wait()
-    finally:
-        gate.close()
     assert done.returncode == 0, output_of(done)
-    assert scalar(watcher, "SELECT count(*) FROM zdm.runs") == 1
-    assert run_row(watcher, "pooled")["status"] == "completed"
-    assert scalar(
-        watcher, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_users_name'::regclass"
-    )
+    assert_completed_once(watcher)
     assert scalar(watcher, "SELECT count(*) FROM users") == ROWS
     no_leak(pb, seeded)
 
@@ -373,24 +384,20 @@ def test_session_pooling_runner_killed_and_another_started_at_once(
     pb = bouncer(mode="session", pool_size=4)
     pooled = pb.dsn(seeded)
     plan = gated_plan(tmp_path)
-    gate = psycopg.connect(seeded, autocommit=True)
-    try:
-        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+    with closed_gate(seeded) as gate:
         first = start_zdm("run", plan, "--dsn", pooled)
         wait_for(lambda: gate_waiters(watcher), 60, "zdm at the gate", alive=first)
         first.kill()
         # Started at once: it either finds the plan still locked by the dying session (exit 3)
         # or takes it over; it never runs beside a live owner.
         outcomes = []
-        gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+        open_gate(gate)
         for _ in range(50):
             done = zdm("run", plan, "--dsn", pooled)
             outcomes.append(done.returncode)
             assert done.returncode in (0, 3), output_of(done)
             if done.returncode == 0:
                 break
-    finally:
-        gate.close()
     assert outcomes[-1] == 0, outcomes
     run = run_row(watcher, "pooled")
     assert run["status"] == "completed"
@@ -429,17 +436,13 @@ def test_a_runner_that_lost_its_run_stops_without_touching_it(
     seeded: str, watcher: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     plan = gated_plan(tmp_path)
-    gate = psycopg.connect(seeded, autocommit=True)
-    try:
-        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+    with closed_gate(seeded) as gate:
         runner = start_zdm("run", plan, "--dsn", seeded)
         wait_for(lambda: gate_waiters(watcher), 60, "zdm at the gate", alive=runner)
         # Another runner claimed the run (as one would whose lock connection found it free).
         watcher.execute("UPDATE zdm.runs SET owner_token = 'another runner'")
-        gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+        open_gate(gate)
         done = runner.wait()
-    finally:
-        gate.close()
     assert done.returncode == 3, output_of(done)
     assert "no longer owned by this runner" in done.stderr
     assert scalar(watcher, "SELECT to_regclass('idx_users_name')") is None  # the next unit
@@ -453,9 +456,7 @@ def test_a_runner_whose_lock_connection_died_is_fenced_out_by_the_next(
     """The plan's lock dies with the first runner's lock connection while its work goes on; a
     second runner then takes the lock and the run. The first stops at its next unit."""
     plan = gated_plan(tmp_path)
-    gate = psycopg.connect(seeded, autocommit=True)
-    try:
-        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+    with closed_gate(seeded) as gate:
         first = start_zdm("--log-format", "json", "run", plan, "--dsn", seeded)
         wait_for(
             lambda: gate_waiters(watcher) == 1, 60, "the first runner at the gate", alive=first
@@ -468,10 +469,8 @@ def test_a_runner_whose_lock_connection_died_is_fenced_out_by_the_next(
         watcher.execute("SELECT pg_terminate_backend(%s)", [holder])
         second = start_zdm("--log-format", "json", "run", plan, "--dsn", seeded)
         wait_for(lambda: gate_waiters(watcher) == 2, 60, "both runners at the gate", alive=second)
-        gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+        open_gate(gate)
         lost, won = first.wait(), second.wait()
-    finally:
-        gate.close()
     assert lost.returncode == 3, output_of(lost)
     assert "took run 1 over while this one was reconnecting" in lost.stderr
     assert "Traceback" not in lost.stderr

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from zdm import __version__
+from zdm.failures import EXIT_FAILED, EXIT_OK, EXIT_USAGE, expected
 from zdm.lazy import lazy_module
 
 # What a command needs is imported when it runs: `zdm --help` and `zdm validate` do not pay for
@@ -37,7 +38,6 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 
 
 class LogFormat(StrEnum):
@@ -112,33 +112,12 @@ def guarded(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except Exception as e:
-        failure = _expected(e)
+        failure = expected(e)
         if failure is None:
             raise
         label, separator, code = failure
         err.print(f"[red]{label}[/red]{separator}{_escape(str(e))}")
         raise typer.Exit(code) from None
-
-
-# Expected failures: (module, exception classes, label, separator, exit code). An exception can
-# only come from a module already imported, so none is imported just to be checked for.
-_EXPECTED = (
-    ("zdm.plan.errors", ("PlanError",), "invalid plan", "\n", EXIT_USAGE),
-    ("zdm.engine.refusals", ("PlanChanged", "RunRefused"), "refused:", " ", EXIT_USAGE),
-    ("zdm.engine.pooling", ("PoolerRefused",), "refused:", " ", EXIT_USAGE),
-    ("zdm.state.lock", ("LockHeld",), "locked:", " ", EXIT_LOCKED),
-    ("zdm.state.lease", ("OwnershipLost",), "locked:", " ", EXIT_LOCKED),
-    ("zdm.engine.session", ("ConnectionFailed",), "error:", " ", EXIT_FAILED),
-    ("zdm.engine.probe", ("ProbeBlocked",), "error:", " ", EXIT_FAILED),
-)
-
-
-def _expected(e: Exception) -> tuple[str, str, int] | None:
-    for module, names, label, separator, code in _EXPECTED:
-        loaded = sys.modules.get(module)
-        if loaded is not None and isinstance(e, tuple(getattr(loaded, n) for n in names)):
-            return label, separator, code
-    return None
 
 
 def _escape(text: str) -> str:

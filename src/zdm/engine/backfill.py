@@ -372,13 +372,7 @@ class Worker(threading.Thread):
                 n = attempt.retry_state.attempt_number
                 t0 = time.monotonic()
                 with conn.transaction():
-                    conn.execute(
-                        timeouts_sql(
-                            batch_lock_timeout_ms(self.settings, n),
-                            self.sizer.statement_timeout_ms,
-                            self.bf.jobs,
-                        )
-                    )
+                    self._open(conn, batch_lock_timeout_ms(self.settings, n))
                     # A retry follows a lock timeout or a deadlock, most often on an
                     # application's row lock: it locks only the rows no one else holds.
                     batch = (
@@ -387,18 +381,7 @@ class Worker(threading.Thread):
                         else self._key_batch(conn, size, skip_locked=n > 1)
                     )
                     if batch is not None:
-                        self.window.add(self.walked + batch.walked)
-                        self.bf.store.checkpoint(
-                            conn,
-                            self.bf.run_id,
-                            self.bf.ordinals,
-                            self.range.worker,
-                            last_key=batch.upper,
-                            walked=batch.walked,
-                            updated=batch.updated,
-                            batch_size=size,
-                            rate=round(self.window.rate(), 1),
-                        )
+                        self._checkpoint(conn, batch, size)
                     xid = self._xid(conn) if batch is not None and batch.updated else None
                 if batch is not None:
                     batch.ms = (time.monotonic() - t0) * 1000
@@ -417,23 +400,10 @@ class Worker(threading.Thread):
                 n = attempt.retry_state.attempt_number
                 bad: list[tuple[list[str], psycopg.Error]] = []
                 with conn.transaction():
-                    conn.execute(
-                        timeouts_sql(
-                            lock_timeout_ms(self.settings, n),
-                            self.sizer.statement_timeout_ms,
-                            self.bf.jobs,
-                        )
-                    )
-                    last, end = self.range.last, self.range.end
-                    row = conn.execute(
-                        upper_bound_sql(
-                            self.bf.table, self.key, lower=last is not None, upper=end is not None
-                        ),
-                        [*(last or []), *(end or []), size],
-                    ).fetchone()
-                    if row is None:
+                    self._open(conn, lock_timeout_ms(self.settings, n))
+                    batch = self._next_range(conn, size)
+                    if batch is None:
                         return None
-                    batch = Batch(last, [str(v) for v in row[:-1]], int(row[-1]), 0)
                     batch.updated = self._bisect(conn, batch.lower, batch.upper, batch.walked, bad)
                     if len(bad) == batch.walked > 1:
                         # Every row fails: the expression is wrong, not the data.
@@ -453,18 +423,7 @@ class Worker(threading.Thread):
                         keys=[k for k, _ in bad],
                         error=_pg_error(bad[0][1]) if bad else None,
                     )
-                    self.window.add(self.walked + batch.walked)
-                    self.bf.store.checkpoint(
-                        conn,
-                        self.bf.run_id,
-                        self.bf.ordinals,
-                        self.range.worker,
-                        last_key=batch.upper,
-                        walked=batch.walked,
-                        updated=batch.updated,
-                        batch_size=size,
-                        rate=round(self.window.rate(), 1),
-                    )
+                    self._checkpoint(conn, batch, size)
                 return batch
         raise AssertionError("unreachable")
 
@@ -507,17 +466,15 @@ class Worker(threading.Thread):
         previous, self._previous = self._previous, batch
         if previous is None or not previous.updated:
             return
-        lower, upper = previous.lower, previous.upper
-        if self.key.ctid:
-            params = [tid(int(lower[0]) if lower else 0), tid(int(upper[0]))]
-        else:
-            params = [*(lower or []), *upper]
         try:
             with conn.transaction():
                 conn.execute(
                     timeouts_sql(lock_timeout_ms(self.settings, 1), self.sizer.statement_timeout_ms)
                 )
-                conn.execute(reread_sql(self.bf.table, self.key, lower=bool(lower)), params)
+                conn.execute(
+                    reread_sql(self.bf.table, self.key, lower=bool(previous.lower)),
+                    self._bounds(previous),
+                )
         except psycopg.Error as e:
             self.bf.log.info(
                 "backfill_reread_skipped", worker=self.range.worker, error=_pg_error(e)
@@ -531,9 +488,28 @@ class Worker(threading.Thread):
         row = conn.execute("SELECT txid_current_if_assigned() % 4294967296").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
-    def _key_batch(
-        self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
-    ) -> Batch | None:
+    def _open(self, conn: psycopg.Connection[Any], lock_timeout: int) -> None:
+        """The opening SETs of a batch's transaction (`timeouts_sql`)."""
+        conn.execute(timeouts_sql(lock_timeout, self.sizer.statement_timeout_ms, self.bf.jobs))
+
+    def _checkpoint(self, conn: psycopg.Connection[Any], batch: Batch, size: int) -> None:
+        """The batch's checkpoint, in its own transaction."""
+        self.window.add(self.walked + batch.walked)
+        self.bf.store.checkpoint(
+            conn,
+            self.bf.run_id,
+            self.bf.ordinals,
+            self.range.worker,
+            last_key=batch.upper,
+            walked=batch.walked,
+            updated=batch.updated,
+            batch_size=size,
+            rate=round(self.window.rate(), 1),
+        )
+
+    def _next_range(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+        """The key range of the next batch of `size` rows (an index-only scan), nothing yet
+        updated; None when the worker's range is walked."""
         last, end = self.range.last, self.range.end
         row = conn.execute(
             upper_bound_sql(self.bf.table, self.key, lower=last is not None, upper=end is not None),
@@ -541,13 +517,21 @@ class Worker(threading.Thread):
         ).fetchone()
         if row is None:
             return None
-        upper = [str(v) for v in row[:-1]]
+        return Batch(last, [str(v) for v in row[:-1]], int(row[-1]), 0)
+
+    def _key_batch(
+        self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
+    ) -> Batch | None:
+        batch = self._next_range(conn, size)
+        if batch is None:
+            return None
         if skip_locked:
-            return self._skip_locked(conn, Batch(last, upper, int(row[-1]), 0))
+            return self._skip_locked(conn, batch)
         cur = conn.execute(
-            batch_sql(self.bf.jobs, self.key, lower=last is not None), [*(last or []), *upper]
+            batch_sql(self.bf.jobs, self.key, lower=batch.lower is not None), self._bounds(batch)
         )
-        return Batch(last, upper, int(row[-1]), cur.rowcount)
+        batch.updated = cur.rowcount
+        return batch
 
     def _ctid_batch(
         self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
@@ -613,13 +597,7 @@ class Worker(threading.Thread):
             with attempt:
                 n = attempt.retry_state.attempt_number
                 with conn.transaction():
-                    conn.execute(
-                        timeouts_sql(
-                            lock_timeout_ms(self.settings, n),
-                            self.sizer.statement_timeout_ms,
-                            self.bf.jobs,
-                        )
-                    )
+                    self._open(conn, lock_timeout_ms(self.settings, n))
                     if wait:
                         query = (
                             ctid_batch_sql(self.bf.jobs)

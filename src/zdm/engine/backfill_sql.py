@@ -13,7 +13,7 @@ walked by `ctid` page ranges, a TID range scan on PostgreSQL 14 and later.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,16 +278,7 @@ def batch_sql(jobs: Sequence[BackfillJob], key: Key, *, lower: bool) -> sql.Comp
 
     Parameters: the last key (when `lower`), then the batch's upper key.
     """
-    table = jobs[0].table
-    from_, on, qualify = _source(jobs)
-    return sql.SQL("UPDATE {t} SET {a}{from_} WHERE {on}{bounds} AND {w}").format(
-        t=table.ident(),
-        a=assignments(jobs),
-        from_=from_,
-        on=on,
-        bounds=_batch_keys(key, lower=lower, qualify=qualify),
-        w=predicate(jobs, walk=True),
-    )
+    return _update(jobs, lambda qualify: _batch_keys(key, lower=lower, qualify=qualify))
 
 
 def row_sql(jobs: Sequence[BackfillJob], key: Key) -> sql.Composed:
@@ -295,15 +286,24 @@ def row_sql(jobs: Sequence[BackfillJob], key: Key) -> sql.Composed:
 
     Parameters: the row's key.
     """
+    return _update(
+        jobs, lambda qualify: sql.SQL("{} = {}").format(key.row(qualify), key.params())
+    )
+
+
+def _update(
+    jobs: Sequence[BackfillJob], rows: Callable[[Table | None], sql.Composable]
+) -> sql.Composed:
+    """`UPDATE … SET <mapping> [FROM <source>] WHERE [<join> AND] <rows> AND <predicate>`;
+    `rows` bounds the rows by key, qualified by the table when a source joins."""
     table = jobs[0].table
     from_, on, qualify = _source(jobs)
-    return sql.SQL("UPDATE {t} SET {a}{from_} WHERE {on}{k} = {p} AND {w}").format(
+    return sql.SQL("UPDATE {t} SET {a}{from_} WHERE {on}{rows} AND {w}").format(
         t=table.ident(),
         a=assignments(jobs),
         from_=from_,
         on=on,
-        k=key.row(qualify),
-        p=key.params(),
+        rows=rows(qualify),
         w=predicate(jobs, walk=True),
     )
 

@@ -70,14 +70,7 @@ class DryRun:
         # probe answers for today's catalog, which earlier steps change (a trigger that
         # drop_dual_write finds missing today is created by dual_write first).
         pending = next((step.key for step in steps if step.key not in done), None)
-        ctx = Context(
-            self.plan.schema_,
-            version,
-            self.plan,
-            self.loaded.base_dir,
-            state_schema=self.store.schema,
-            plan_name=self.loaded.name,
-        )
+        ctx = Context.of(self.loaded, version, self.store.schema)
         phase = None
         # Backfills of one table in a row walk it once, as the runner groups them.
         statuses = ["done" if step.key in done else "pending" for step in steps]

@@ -66,14 +66,7 @@ class Rollback(Runner):
         if run is None:
             raise RunRefused(f"plan {self.loaded.name} has no run to roll back")
         self.store.ensure(work)  # a state schema of an older zdm gains the newest columns
-        ctx = Context(
-            self.plan.schema_,
-            server_version(work),
-            self.plan,
-            self.loaded.base_dir,
-            state_schema=self.store.schema,
-            plan_name=self.loaded.name,
-        )
+        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         todo = self._undo_list(self.store.steps(work, run.id), ctx)
         run = self.store.transition(work, run, "running", direction="rollback")
         self.log.info("rollback_start", plan=self.loaded.name, run=run.id, steps=len(todo))
@@ -129,14 +122,7 @@ class Rollback(Runner):
             run = self._target(conn)
             if run is None:
                 raise RunRefused(f"plan {self.loaded.name} has no run to roll back")
-            ctx = Context(
-                self.plan.schema_,
-                server_version(conn),
-                self.plan,
-                self.loaded.base_dir,
-                state_schema=self.store.schema,
-                plan_name=self.loaded.name,
-            )
+            ctx = Context.of(self.loaded, server_version(conn), self.store.schema)
             printer = DryRun(self.loaded, self.dsn, state_schema=self.store.schema)
             yield f"-- zdm rollback dry-run of plan {self.loaded.name}, run {run.id} ({run.status})"
             for row, step, actions in self._undo_list(self.store.steps(conn, run.id), ctx):

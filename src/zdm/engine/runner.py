@@ -310,14 +310,7 @@ class Runner:
             steps=len(steps),
             server=work.info.server_version,
         )
-        ctx = Context(
-            self.plan.schema_,
-            server_version(work),
-            self.plan,
-            self.loaded.base_dir,
-            state_schema=self.store.schema,
-            plan_name=self.loaded.name,
-        )
+        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         executor, set_current = self.executor(work, monitor, run)
         lease = self.lease
         assert lease is not None

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from zdm.failures import EXIT_USAGE
 from zdm.fleet.targets import TargetsError
-
-EXIT_USAGE = 2
 
 
 def _setting(name: str, default: str, kind: type[int] | type[float]) -> int | float:

@@ -16,6 +16,7 @@ from typing import Any
 from dbos import DBOS, DBOSConfig, Queue, SetEnqueueOptions, SetWorkflowID
 
 from zdm.engine.session import scrub
+from zdm.failures import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, expected
 from zdm.fleet.targets import load_targets
 
 QUEUE = "zdm_fleet"
@@ -64,16 +65,9 @@ def apply_target(
             outcome = api.run_plan(plan, target.dsn, state_schema=state_schema)
         status, code, message = outcome.status, outcome.exit_code, outcome.message
     except Exception as e:
-        from zdm.engine.refusals import RunRefused
-        from zdm.plan.errors import PlanError
-        from zdm.state import LockHeld
-
-        if isinstance(e, LockHeld):
-            status, code = "locked", 3
-        elif isinstance(e, PlanError | RunRefused):
-            status, code = "refused", 2  # as `zdm run` on that target would exit
-        else:
-            status, code = "failed", 1
+        # As `zdm run` on that target would exit; anything unexpected is a failure there.
+        code = failure[2] if (failure := expected(e)) else EXIT_FAILED
+        status = {EXIT_USAGE: "refused", EXIT_LOCKED: "locked"}.get(code, "failed")
         message = f"{type(e).__name__}: {e}"
     return {"target": target.label, "status": status, "exit_code": code, "message": scrub(message)}
 

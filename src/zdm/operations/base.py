@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from zdm.ddl import Action, Query, Table
-from zdm.plan import DualWrite, Plan, StepSpec
+from zdm.plan import DualWrite, LoadedPlan, Plan, StepSpec
 
 LATEST_SERVER_VERSION = 180000
 
@@ -33,6 +33,18 @@ class Context:
     """zdm's state schema, where a dual-write trigger records the rows its mapping fails on."""
     plan_name: str = ""
     """The plan's name as its runs know it (the file's name when the plan gives none)."""
+
+    @classmethod
+    def of(cls, loaded: LoadedPlan, server_version: int, state_schema: str) -> Context:
+        """The context of a loaded plan's steps on a server (run, rollback and dry-run)."""
+        return cls(
+            loaded.plan.schema_,
+            server_version,
+            loaded.plan,
+            loaded.base_dir,
+            state_schema=state_schema,
+            plan_name=loaded.name,
+        )
 
     def table(self, name: str) -> Table:
         return Table.parse(name, self.schema)

@@ -122,52 +122,71 @@ def add_foreign_key(step: AddForeignKey, ctx: Context) -> list[Action]:
     return actions
 
 
-@forward(AddUnique)
-def add_unique(step: AddUnique, ctx: Context) -> list[Action]:
-    table = ctx.table(step.table)
-    index = table.sibling(step.name)
+def index_backed(
+    table: Table, name: str, columns: list[str], kind: str, what: str, note: str
+) -> list[Action]:
+    """A unique index built concurrently, then attached as constraint `name` of `kind`
+    (`UNIQUE` or `PRIMARY KEY`) with `ADD CONSTRAINT … USING INDEX`: catalog only."""
+    index = table.sibling(name)
     attach = Statement(
-        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
-            table.ident(), sql.Identifier(step.name), sql.Identifier(step.name)
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}").format(
+            table.ident(), sql.Identifier(name), sql.SQL(kind), sql.Identifier(name)
         ),
         AE,
         table,
-        note="catalog only: the index is already built",
+        note=note,
     )
-    done = cat.constraint_exists(table, step.name)
+    done = cat.constraint_exists(table, name)
     return [
         *build_index(
             table,
             index,
-            sql.SQL(", ").join(map(sql.Identifier, step.columns)),
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
             unique=True,
             skip_if=sql.SQL("SELECT ({}) OR ({})").format(cat.index_valid(index), done),
         ),
-        Txn((attach,), f"attach unique constraint {step.name}", skip_if=done),
+        Txn((attach,), f"attach {what} {name}", skip_if=done),
     ]
+
+
+def drop_index_backed(table: Table, name: str) -> list[Action]:
+    """The inverse of `index_backed`: the constraint, then its index, which stands alone
+    before the constraint is attached."""
+    index = table.sibling(name)
+    stmt = Statement(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index.ident()),
+        SUE,
+        table,
+        note="reads and writes continue",
+    )
+    return [
+        drop(table, name),
+        Txn(
+            (stmt,),
+            f"drop index {name}",
+            transactional=False,
+            skip_if=cat.index_missing(index),
+        ),
+    ]
+
+
+@forward(AddUnique)
+def add_unique(step: AddUnique, ctx: Context) -> list[Action]:
+    return index_backed(
+        ctx.table(step.table),
+        step.name,
+        step.columns,
+        "UNIQUE",
+        "unique constraint",
+        "catalog only: the index is already built",
+    )
 
 
 def _undo_add(step: AddCheck | AddForeignKey | AddUnique, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
-    actions: list[Action] = [drop(table, step.name)]
     if isinstance(step, AddUnique):
-        # Before the constraint is attached, the index stands alone.
-        index = table.sibling(step.name)
-        stmt = Statement(
-            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index.ident()),
-            SUE,
-            table,
-            note="reads and writes continue",
-        )
-        actions.append(
-            Txn(
-                (stmt,),
-                f"drop index {step.name}",
-                transactional=False,
-                skip_if=cat.index_missing(index),
-            )
-        )
-    return actions
+        return drop_index_backed(table, step.name)
+    return [drop(table, step.name)]
 
 
 inverse(AddCheck)(_undo_add)

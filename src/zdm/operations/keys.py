@@ -15,8 +15,7 @@ from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
 from zdm.operations.base import Context, forward, inverse, recorded, remembers
-from zdm.operations.constraints import drop
-from zdm.operations.indexes import build_index
+from zdm.operations.constraints import drop_index_backed, index_backed
 from zdm.plan import AddPrimaryKey, RenameConstraint, SetReplicaIdentity
 
 AE = LockMode.ACCESS_EXCLUSIVE
@@ -48,49 +47,23 @@ def _not_null_guard(table: Table, step: AddPrimaryKey) -> Statement:
 @forward(AddPrimaryKey)
 def add_primary_key(step: AddPrimaryKey, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
-    index = table.sibling(step.name)
     done = cat.constraint_exists(table, step.name)
-    attach = Statement(
-        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
-            table.ident(), sql.Identifier(step.name), sql.Identifier(step.name)
-        ),
-        AE,
-        table,
-        note="catalog only: the index is built and the columns are NOT NULL",
-    )
     return [
         Txn((_not_null_guard(table, step),), "check the key's columns are NOT NULL", skip_if=done),
-        *build_index(
+        *index_backed(
             table,
-            index,
-            sql.SQL(", ").join(map(sql.Identifier, step.columns)),
-            unique=True,
-            skip_if=sql.SQL("SELECT ({}) OR ({})").format(cat.index_valid(index), done),
+            step.name,
+            step.columns,
+            "PRIMARY KEY",
+            "primary key",
+            "catalog only: the index is built and the columns are NOT NULL",
         ),
-        Txn((attach,), f"attach primary key {step.name}", skip_if=done),
     ]
 
 
 @inverse(AddPrimaryKey)
 def undo_add_primary_key(step: AddPrimaryKey, ctx: Context) -> list[Action]:
-    table = ctx.table(step.table)
-    index = table.sibling(step.name)
-    stmt = Statement(
-        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index.ident()),
-        SUE,
-        table,
-        note="reads and writes continue",
-    )
-    # Before the key is attached, its index stands alone.
-    return [
-        drop(table, step.name),
-        Txn(
-            (stmt,),
-            f"drop index {step.name}",
-            transactional=False,
-            skip_if=cat.index_missing(index),
-        ),
-    ]
+    return drop_index_backed(ctx.table(step.table), step.name)
 
 
 def _rename_constraint(table: Table, old: str, new: str) -> Txn:

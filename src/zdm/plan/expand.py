@@ -23,6 +23,7 @@ from zdm.plan.changes import (
     ChangeSpec,
     DropColumnChange,
     DropConstraintChange,
+    ReferencesSpec,
     RenameColumnChange,
     RenameConstraintChange,
     RenameTableChange,
@@ -495,18 +496,7 @@ def _add_constraints(change: AlterColumn, index: int, out: _Out, column: str) ->
             AddCheck(table=table, name=change.check.name, check=change.check.constraint),
         )
     if change.references is not None:
-        ref = change.references
-        out.add(
-            "cleanup",
-            index,
-            AddForeignKey(
-                table=table,
-                name=ref.name,
-                columns=[column],
-                references=ForeignRef(table=ref.table, columns=[ref.column]),
-                on_delete=ref.on_delete,
-            ),
-        )
+        out.add("cleanup", index, _foreign_key(table, column, change.references))
 
 
 def _key_refusals(found: ColumnFacts) -> list[str]:
@@ -819,18 +809,7 @@ def _add_column(
         check = truncate_identifier(f"{base}_{name}_check")
         out.add("cleanup", index, AddCheck(table=table, name=check, check=column.check))
     if column.references is not None:
-        ref = column.references
-        out.add(
-            "cleanup",
-            index,
-            AddForeignKey(
-                table=table,
-                name=ref.name,
-                columns=[name],
-                references=ForeignRef(table=ref.table, columns=[ref.column]),
-                on_delete=ref.on_delete,
-            ),
-        )
+        out.add("cleanup", index, _foreign_key(table, name, column.references))
 
 
 def _drop_constraint(
@@ -900,3 +879,14 @@ _EXPANDERS: dict[type[ChangeSpec], Callable[..., None]] = {
     SetReplicaIdentityChange: _set_replica_identity,
     AddPrimaryKeyChange: _add_primary_key,
 }
+
+
+def _foreign_key(table: str, column: str, ref: ReferencesSpec) -> AddForeignKey:
+    """The foreign key a change's `references` asks of `column`."""
+    return AddForeignKey(
+        table=table,
+        name=ref.name,
+        columns=[column],
+        references=ForeignRef(table=ref.table, columns=[ref.column]),
+        on_delete=ref.on_delete,
+    )
