@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from zdm_helpers import add_phone, output_of, seed, start_zdm, wait_for, write_plan, zdm
 
 from zdm.testing import create_database, drop_database, unique_name
@@ -135,3 +136,96 @@ def test_targets_file_errors_name_file_and_line(tmp_path: Path) -> None:
     wave = zdm("run", "plans/add_phone.yaml", "--targets", good, env={"ZDM_FLEET_WAVE": "x"})
     assert wave.returncode == 2
     assert "ZDM_FLEET_WAVE='x': not a number" in wave.stderr
+
+
+SLOW_PLAN = """\
+version: 1
+name: slow
+phases:
+  additive:
+    - sql:
+        up: >-
+          INSERT INTO fleet_timing VALUES ('start', clock_timestamp());
+          SELECT pg_sleep(0.8);
+          INSERT INTO fleet_timing VALUES ('end', clock_timestamp());
+        down: DELETE FROM fleet_timing;
+"""
+
+
+def _two_names_of_the_server(dsn: str, tmp_path: Path) -> list[str]:
+    """Two host names for one server: 127.0.0.1 and localhost, or two links to its socket."""
+    host = conninfo_to_dict(dsn).get("host") or "localhost"
+    if not str(host).startswith("/"):
+        return ["127.0.0.1", "localhost"]
+    links = [tmp_path / "host_a", tmp_path / "host_b"]
+    for link in links:
+        link.symlink_to(host)
+    return [str(link) for link in links]
+
+
+def _most_at_once(spans: list[tuple[Any, Any]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "per_host", "most_per_host", "most_overall"),
+    [("4", "1", 1, 2), ("1", "2", 1, 1)],
+    ids=["per-host-limit", "global-limit"],
+)
+def test_rollout_keeps_the_limits_and_rolls_back(
+    pg_admin_dsn: str,
+    tmp_path: Path,
+    concurrency: str,
+    per_host: str,
+    most_per_host: int,
+    most_overall: int,
+) -> None:
+    """Seven targets on two host names (two keys of the per-host limit, one server): the
+    sql step's start and end, recorded in each target, never overlap past the limits; then
+    `zdm rollback --targets` undoes every target."""
+    names = [unique_name("zdm_f_") for _ in range(7)]
+    dsns = [create_database(pg_admin_dsn, n) for n in names]
+    try:
+        hosts = _two_names_of_the_server(pg_admin_dsn, tmp_path)
+        lines = [make_conninfo(d, host=hosts[i % 2]) for i, d in enumerate(dsns)]
+        for d in dsns:
+            with psycopg.connect(d, autocommit=True) as c:
+                c.execute("CREATE TABLE fleet_timing (what text, at timestamptz)")
+        plan = tmp_path / "slow.yaml"
+        plan.write_text(SLOW_PLAN)
+        targets = tmp_path / "targets.txt"
+        targets.write_text("\n".join(lines) + "\n")
+        env = {
+            "ZDM_FLEET_STATE": str(tmp_path / "state"),
+            "ZDM_FLEET_WAVE": "6",
+            "ZDM_FLEET_CONCURRENCY": concurrency,
+            "ZDM_FLEET_PER_HOST": per_host,
+        }
+        done = zdm("run", plan, "--targets", targets, env=env, timeout=300)
+        print(done.stderr)
+        assert done.returncode == 0, output_of(done)
+        spans: dict[str, list[tuple[Any, Any]]] = {h: [] for h in hosts}
+        for i, d in enumerate(dsns):
+            with psycopg.connect(d, autocommit=True) as c:
+                at = dict(c.execute("SELECT what, at FROM fleet_timing").fetchall())
+            spans[hosts[i % 2]].append((at["start"], at["end"]))
+        assert max(_most_at_once(s) for s in spans.values()) == most_per_host
+        # The canary runs alone; the wave of six is what the limits shape.
+        assert _most_at_once(spans[hosts[0]] + spans[hosts[1]]) == most_overall
+
+        back = zdm("rollback", plan, "--targets", targets, env=env, timeout=300)
+        print(back.stderr)
+        assert back.returncode == 0, output_of(back)
+        for d in dsns:
+            with psycopg.connect(d, autocommit=True) as c:
+                assert c.execute("SELECT count(*) FROM fleet_timing").fetchone() == (0,)
+        rows = json.loads(zdm("status", "--targets", targets, "--json").stdout)
+        assert [r["status"] for r in rows] == ["rolled_back"] * 7
+    finally:
+        for n in names:
+            drop_database(pg_admin_dsn, n)

@@ -137,8 +137,9 @@ def launch(opts: FleetOptions) -> None:
     DBOS.launch()
     _queues[QUEUE] = DBOS.register_queue(
         QUEUE,
-        global_concurrency=max(opts.concurrency, opts.per_host),
-        partition_concurrency=opts.per_host,
+        global_concurrency=opts.concurrency,
+        # DBOS refuses a host limit above the global one; the global one binds first anyway.
+        partition_concurrency=min(opts.per_host, opts.concurrency),
         polling_interval_sec=0.2,
     )
 
