@@ -229,3 +229,29 @@ def test_rollout_keeps_the_limits_and_rolls_back(
     finally:
         for n in names:
             drop_database(pg_admin_dsn, n)
+
+
+def test_migrate_over_targets(pg_admin_dsn: str, tmp_path: Path) -> None:
+    """The seed document's blog migrations (examples/blog) on three targets, then history."""
+    names = [unique_name("zdm_f_") for _ in range(3)]
+    dsns = [create_database(pg_admin_dsn, n) for n in names]
+    try:
+        targets = tmp_path / "targets.txt"
+        targets.write_text("".join(d + "\n" for d in dsns))
+        env = {"ZDM_FLEET_STATE": str(tmp_path / "state"), "ZDM_FLEET_WAVE": "2"}
+        blog = Path(__file__).resolve().parent.parent / "examples" / "blog"
+        done = zdm("migrate", blog, "--targets", targets, env=env, timeout=300)
+        print(done.stderr)
+        assert done.returncode == 0, output_of(done)
+        assert "canary: " in done.stderr and "wave 1: " in done.stderr
+        versions = sorted(p.name.split("__")[0] for p in blog.glob("V*__*"))
+        for d in dsns:
+            with psycopg.connect(d, autocommit=True) as c:
+                applied = c.execute("SELECT version FROM zdm.migrations ORDER BY 1").fetchall()
+                assert [v for (v,) in applied] == [v.lstrip("V") for v in versions]
+                assert c.execute("SELECT to_regclass('blog.posts') IS NOT NULL").fetchone() == (
+                    True,
+                )
+    finally:
+        for n in names:
+            drop_database(pg_admin_dsn, n)
