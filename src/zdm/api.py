@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +80,7 @@ def expand(path: str | Path, dsn: str | None = None) -> str:
 
 
 def load_any(path: str | Path, facts: FactReader | None = None) -> LoadedPlan:
-    from zdm.engine.migrate import load_any as load_plan_or_sql
+    from zdm.plan.migration_files import load_any as load_plan_or_sql
 
     return load_plan_or_sql(path, facts)
 
@@ -255,6 +254,3 @@ def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> An
             return None
         return store.request_pause(conn, plan, paused)
 
-
-def now() -> datetime:
-    return datetime.now(UTC)

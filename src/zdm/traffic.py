@@ -35,6 +35,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from zdm.stats import percentile
+
 __all__ = [
     "KINDS",
     "KindStats",
@@ -169,22 +171,14 @@ class KindStats:
         }
 
 
-def _percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values (0.0 when there are none)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 def _stats(latencies: list[float], errors: int, duration_s: float) -> KindStats:
     latencies.sort()
     count = len(latencies)
     return KindStats(
         count=count,
         errors=errors,
-        p50_ms=_percentile(latencies, 50),
-        p99_ms=_percentile(latencies, 99),
+        p50_ms=percentile(latencies, 50),
+        p99_ms=percentile(latencies, 99),
         max_ms=latencies[-1] if latencies else 0.0,
         mean_ms=math.fsum(latencies) / count if count else 0.0,
         throughput=count / duration_s if duration_s > 0 else 0.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -138,7 +138,6 @@ class BackfillJob:
     options: Any  # zdm.plan.Backfill: batch sizing and throttles
     source: BackfillSource | None = None
     label: str = "backfill"
-    extra: dict[str, Any] = field(default_factory=dict)
     skip_triggers: tuple[str, ...] = ()
     """Mappings of dual-write triggers its batches need not fire (`zdm.skip_triggers`)."""
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from zdm.ddl import BackfillJob, Check, Table, Txn, catalog
 from zdm.engine.backfill import backfill_followers, walk_lines
@@ -221,5 +220,3 @@ def dry_run_text(loaded: LoadedPlan, dsn: str | None, *, state_schema: str = "zd
             raise PlanError(issues)
     return "\n".join(DryRun(loaded, dsn, state_schema=state_schema).lines()) + "\n"
 
-
-__all__ = ["DryRun", "dry_run_text", "sql"]

@@ -423,12 +423,6 @@ class Store:
 
     # -- backfills ---------------------------------------------------------------------------
 
-    def backfill(
-        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, worker: int = 0
-    ) -> BackfillRow | None:
-        rows = self.backfills(conn, run_id, ordinal, worker)
-        return rows[0] if rows else None
-
     def backfills(
         self,
         conn: psycopg.Connection[Any],
