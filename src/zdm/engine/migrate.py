@@ -31,6 +31,7 @@ from zdm.plan.migration_files import (
     undo_files,
 )
 from zdm.plan.migration_files import version_key as version_key  # re-exported
+from zdm.state.statuses import RunStatus, StepStatus
 
 # Applying or listing migrations needs the engine: it is imported where they are.
 if TYPE_CHECKING:
@@ -234,16 +235,16 @@ class Migrator:
                 log = self.log.bind(migration=m.file)
                 unfinished = self.store.unfinished_run(conn, loaded.name)
                 resume_gate = (
-                    cont and i == 0 and unfinished is not None and unfinished.status == "waiting"
+                    cont and i == 0 and unfinished is not None and unfinished.status == RunStatus.WAITING
                 )
                 log.info("migration_start", version=m.version, plan=loaded.name)
                 outcome = Runner(loaded, self.dsn, state_schema=self.state_schema, log=log).run(
                     cont=resume_gate, force=force
                 )
-                if outcome.status != "completed":
+                if outcome.status != RunStatus.COMPLETED:
                     hint = (
                         f"\n`zdm migrate {self.directory} --continue` passes the gate"
-                        if outcome.status == "waiting"
+                        if outcome.status == RunStatus.WAITING
                         else ""
                     )
                     return MigrateOutcome(
@@ -270,7 +271,7 @@ class Migrator:
             message = f"{self.directory}: all {len(migrations)} migrations already applied"
         else:
             message = f"{self.directory}: applied {len(done)} of {len(migrations)} migrations"
-        return MigrateOutcome("completed", message, 0, tuple(done))
+        return MigrateOutcome(RunStatus.COMPLETED, message, 0, tuple(done))
 
     def dry_run_lines(self, *, force: bool = False) -> Iterator[str]:
         """What `migrate` would apply, and each plan's dry-run; reads only, creates nothing."""
@@ -343,7 +344,7 @@ def history(
                 status = "invalid"
             else:
                 run = store.unfinished_run(conn, name) if state else None
-                status = run.status if run is not None else "pending"
+                status = run.status if run is not None else StepStatus.PENDING
             entries[key] = {
                 "version": m.version,
                 "name": m.name,
