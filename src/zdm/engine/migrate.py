@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from zdm.plan.expand import FactReader
     from zdm.state.migrations import MigrationRow
+    from zdm.state.overview import MigrationEntry
 
 #: Name of the advisory lock one `zdm migrate` holds, so two never interleave their plans.
 MIGRATE_LOCK = "zdm migrate"
@@ -307,33 +308,34 @@ class Migrator:
 
 def history(
     dsn: str, directory: str | Path | None = None, *, state_schema: str = "zdm"
-) -> list[dict[str, Any]]:
+) -> list[MigrationEntry]:
     """Recorded migrations in version order; with the directory, also its files not applied."""
     from zdm.engine.session import connect
     from zdm.state import Store
     from zdm.state.migrations import read_history
+    from zdm.state.overview import MigrationEntry
 
     store = Store(state_schema)
     files = {m.key: m for m in scan(directory)} if directory is not None else {}
     with connect(dsn, "history") as conn:
         state = store.exists(conn)
         rows = read_history(conn, store) if state else []
-        entries: dict[Version, dict[str, Any]] = {}
+        entries: dict[Version, MigrationEntry] = {}
         for row in rows:
             key = version_key(row.version)
             file = files.get(key)
-            entries[key] = {
-                "version": row.version,
-                "name": row.name,
-                "file": row.file,
-                "plan": row.plan,
-                "status": row.status,
-                "run_id": row.run_id,
-                "applied_at": row.applied_at,
-                "sha256": row.sha256,
-                "changed": file is not None and row.applied and file.sha256 != row.sha256,
-                "missing": directory is not None and file is None,
-            }
+            entries[key] = MigrationEntry(
+                version=row.version,
+                name=row.name,
+                file=row.file,
+                plan=row.plan,
+                status=row.status,
+                run_id=row.run_id,
+                applied_at=row.applied_at,
+                sha256=row.sha256,
+                changed=file is not None and row.applied and file.sha256 != row.sha256,
+                missing=directory is not None and file is None,
+            )
         for key, m in files.items():
             if key in entries:
                 continue
@@ -345,16 +347,16 @@ def history(
             else:
                 run = store.unfinished_run(conn, name) if state else None
                 status = run.status if run is not None else StepStatus.PENDING
-            entries[key] = {
-                "version": m.version,
-                "name": m.name,
-                "file": m.file,
-                "plan": name,
-                "status": status,
-                "run_id": run.id if run is not None else None,
-                "applied_at": None,
-                "sha256": m.sha256,
-                "changed": False,
-                "missing": False,
-            }
+            entries[key] = MigrationEntry(
+                version=m.version,
+                name=m.name,
+                file=m.file,
+                plan=name,
+                status=status,
+                run_id=run.id if run is not None else None,
+                applied_at=None,
+                sha256=m.sha256,
+                changed=False,
+                missing=False,
+            )
     return [entries[key] for key in sorted(entries)]
