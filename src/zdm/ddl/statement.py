@@ -61,6 +61,11 @@ class Statement:
     note: str | None = None
     also: tuple[Table, ...] = ()
     """More tables it locks in `lock` mode (raw SQL naming several)."""
+    validates: str | None = None
+    """The constraint of `table` it proves against every row (VALIDATE CONSTRAINT), recorded
+    with the unit so that `zdm report` knows what the run proved."""
+    builds: Table | None = None
+    """The index it builds (CREATE INDEX CONCURRENTLY), recorded likewise."""
 
     def text(self) -> str:
         return self.sql.as_string(None)

@@ -12,7 +12,7 @@ from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
 from zdm.ddl.sqltext import names_column
 from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
-from zdm.operations.constraints import readd
+from zdm.operations.constraints import readd, validate_statement
 from zdm.operations.dual_write import drop_trigger_statements
 from zdm.plan import (
     AddColumn,
@@ -263,15 +263,7 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
                 skip_if=cat.column_not_null(table, step.column),
             ),
             Txn(
-                (
-                    Statement(
-                        _alter(table, sql.SQL("VALIDATE CONSTRAINT {}").format(name)),
-                        SUE,
-                        table,
-                        scans=True,
-                        note="scans the table; reads and writes continue",
-                    ),
-                ),
+                (validate_statement(table, default),),
                 f"validate not-null constraint on {step.column}",
                 # Runs while the constraint of this name is NOT VALID, or is still to be added.
                 skip_if=cat.all_of(
@@ -305,15 +297,7 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
             ),
         ),
         Txn(
-            (
-                Statement(
-                    _alter(table, sql.SQL("VALIDATE CONSTRAINT {}").format(check)),
-                    SUE,
-                    table,
-                    scans=True,
-                    note="scans the table; reads and writes continue",
-                ),
-            ),
+            (validate_statement(table, check_name),),
             f"validate check {step.column} IS NOT NULL",
             skip_if=sql.SQL("SELECT ({}) OR ({})").format(
                 already, cat.constraint_validated(table, check_name)
