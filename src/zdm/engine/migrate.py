@@ -324,15 +324,8 @@ def history(
         for row in rows:
             key = version_key(row.version)
             file = files.get(key)
-            entries[key] = MigrationEntry(
-                version=row.version,
-                name=row.name,
-                file=row.file,
-                plan=row.plan,
-                status=row.status,
-                run_id=row.run_id,
-                applied_at=row.applied_at,
-                sha256=row.sha256,
+            entries[key] = MigrationEntry.recorded(
+                row,
                 changed=file is not None and row.applied and file.sha256 != row.sha256,
                 missing=directory is not None and file is None,
             )
@@ -347,16 +340,6 @@ def history(
             else:
                 run = store.unfinished_run(conn, name) if state else None
                 status = run.status if run is not None else StepStatus.PENDING
-            entries[key] = MigrationEntry(
-                version=m.version,
-                name=m.name,
-                file=m.file,
-                plan=name,
-                status=status,
-                run_id=run.id if run is not None else None,
-                applied_at=None,
-                sha256=m.sha256,
-                changed=False,
-                missing=False,
-            )
+            run_id = run.id if run is not None else None
+            entries[key] = MigrationEntry.unapplied(m.version, m.name, m.file, name, status, run_id, m.sha256)
     return [entries[key] for key in sorted(entries)]

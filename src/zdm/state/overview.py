@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from zdm.state.migrations import MigrationRow
 from zdm.state.store import BackfillRow, Run, StepRow
 
 
@@ -115,3 +116,26 @@ class MigrationEntry:
     """The file changed since it was applied."""
     missing: bool
     """The directory has no file of this version any more."""
+
+    @classmethod
+    def recorded(cls, row: MigrationRow, *, changed: bool, missing: bool) -> MigrationEntry:
+        return cls(
+            row.version,
+            row.name,
+            row.file,
+            row.plan,
+            row.status,
+            row.run_id,
+            row.applied_at,
+            row.sha256,
+            changed,
+            missing,
+        )
+
+    @classmethod
+    def unapplied(
+        cls, version: str, name: str, file: str, plan: str, status: str, run_id: int | None,
+        sha256: str,
+    ) -> MigrationEntry:
+        """A file of the directory that no run applied (yet)."""
+        return cls(version, name, file, plan, status, run_id, None, sha256, False, False)
