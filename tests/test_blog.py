@@ -20,8 +20,8 @@ from psycopg import errors
 
 from zdm import api
 from zdm.demo.seed import create_schema, seed_users
+from zdm.demo.testing import create_database, drop_database, unique_name
 from zdm.logs import configure
-from zdm.testing import create_database, drop_database, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "examples" / "blog"

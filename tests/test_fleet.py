@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from zdm_helpers import add_phone, output_of, seed, start_zdm, wait_for, write_plan, zdm
 
-from zdm.testing import create_database, drop_database, unique_name
+from zdm.demo.testing import create_database, drop_database, unique_name
 
 pytest.importorskip("dbos")
 

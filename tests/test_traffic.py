@@ -17,9 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from zdm import traffic as traffic_mod
-from zdm.stats import percentile
-from zdm.traffic import (
+from zdm.demo import traffic as traffic_mod
+from zdm.demo.traffic import (
     KINDS,
     KindStats,
     Mix,
@@ -29,6 +28,7 @@ from zdm.traffic import (
     messy_phone,
     normalize_phone,
 )
+from zdm.stats import percentile
 
 USERS_DDL = r"""
 CREATE TABLE users (

@@ -26,11 +26,11 @@ from psycopg import sql
 
 from zdm import api
 from zdm.demo.seed import PHONE_CHECK, create_schema, phone_expression, seed_users
+from zdm.demo.testing import EmbeddedServer, create_database
+from zdm.demo.traffic import Mix, Traffic, TrafficReport
 from zdm.engine.session import connect
 from zdm.report import collect
 from zdm.state import RunStatus
-from zdm.testing import EmbeddedServer, create_database
-from zdm.traffic import Mix, Traffic, TrafficReport
 
 PLAN_FILE = Path(__file__).with_name("add_phone.yaml")
 """The flagship plan, shipped in the package; identical to plans/add_phone.yaml."""

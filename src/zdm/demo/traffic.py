@@ -785,9 +785,9 @@ def _default_dsn() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m zdm.traffic``: run traffic for a while and print the report table."""
+    """``python -m zdm.demo.traffic``: run traffic for a while and print the report table."""
     parser = argparse.ArgumentParser(
-        prog="python -m zdm.traffic", description="Simulated application traffic on users."
+        prog="python -m zdm.demo.traffic", description="Simulated application traffic on users."
     )
     parser.add_argument("--dsn", default=_default_dsn(), help="default: ZDM_DSN, DATABASE_URL")
     parser.add_argument("--seconds", type=float, default=10.0)
