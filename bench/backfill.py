@@ -51,11 +51,11 @@ from structlog.testing import capture_logs
 from zdm import api
 from zdm.ddl import Txn
 from zdm.demo.seed import create_schema, phone_expression, seed_users
+from zdm.demo.testing import EmbeddedServer
 from zdm.engine import backfill
 from zdm.operations import Context, plan_step
 from zdm.operations.dual_write import mapping_token, skip_setting
 from zdm.plan import DualWrite
-from zdm.testing import EmbeddedServer
 
 DUAL_WRITE = DualWrite(table="users", set={"phone": phone_expression()})
 

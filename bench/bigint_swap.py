@@ -20,12 +20,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-
 import psycopg
 
 from zdm import api
+from zdm.demo.testing import EmbeddedServer
 from zdm.logs import configure
-from zdm.testing import EmbeddedServer
 
 PLAN = """\
 version: 1

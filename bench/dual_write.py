@@ -43,9 +43,9 @@ from structlog.testing import capture_logs
 
 from zdm import api
 from zdm.ddl import Table
+from zdm.demo.testing import create_database, drop_database, server_dsn, unique_name
 from zdm.operations.dual_write import create_function_sql, read_names, trigger_body
 from zdm.plan import DualWrite
-from zdm.testing import create_database, drop_database, server_dsn, unique_name
 
 SETUP = """
 CREATE TABLE reviews (

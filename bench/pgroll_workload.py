@@ -26,10 +26,10 @@ from psycopg import sql
 
 from zdm import api
 from zdm.demo.run import table
+from zdm.demo.testing import EmbeddedServer, create_database
 from zdm.engine.session import connect
 from zdm.logs import configure
 from zdm.report import collect
-from zdm.testing import EmbeddedServer, create_database
 
 PLAN = """\
 version: 1

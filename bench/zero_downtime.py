@@ -1,7 +1,7 @@
 """Does the application stall? plans/add_phone.yaml against the naive way, under the same traffic.
 
 Every scenario gets its own copy of one seeded database on one embedded server, and the same
-application traffic (`zdm.traffic`): a baseline (traffic, no migration); the naive statements
+application traffic (`zdm.demo.traffic`): a baseline (traffic, no migration); the naive statements
 (ADD COLUMN, one big UPDATE, CREATE INDEX, a validated CHECK, SET NOT NULL with its scan); zdm
 running the plan; and both again with a transaction holding ACCESS SHARE on users for
 `--blocker` seconds as the migration starts (the lock-queue hazard).
@@ -39,9 +39,9 @@ from zdm.demo.run import (
     seeded_database,
     table,
 )
+from zdm.demo.testing import EmbeddedServer
+from zdm.demo.traffic import APPLICATION_NAME, Mix, TrafficReport
 from zdm.logs import configure
-from zdm.testing import EmbeddedServer
-from zdm.traffic import APPLICATION_NAME, Mix, TrafficReport
 
 SCENARIOS = (
     "baseline",

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from zdm.testing import create_database, drop_database, server_dsn, unique_name
+from zdm.demo.testing import create_database, drop_database, server_dsn, unique_name
 
 
 @pytest.fixture(scope="session")

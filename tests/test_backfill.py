@@ -353,7 +353,7 @@ def test_throttle_query_holds_the_walk_until_it_returns_false(
         assert {r["throttle"] for r in rows} == {"throttle_query returned true"}
         assert sum(r["rows_done"] for r in rows) == 0  # held before the first batch
         status = api.status(users, "bf")[0]
-        assert status["backfill_steps"][0]["throttle"] == "throttle_query returned true"
+        assert status.backfill_steps[0].throttle == "throttle_query returned true"
         conn.execute("UPDATE busy SET hold = false")
         running.join()
     assert mismatched_phones(conn) == 0
@@ -501,8 +501,8 @@ def test_backfills_of_one_table_in_a_row_walk_it_once(
         (1, 5000, True),
         (2, 5000, True),
     ]
-    steps = api.status(users, "bf")[0]["steps"]
-    assert [s["status"] for s in steps] == ["done", "done", "done"]
+    steps = api.status(users, "bf")[0].steps
+    assert [s.status for s in steps] == ["done", "done", "done"]
 
 
 def test_rows_whose_expression_is_null_are_walked_once_and_proven_done(
@@ -671,19 +671,19 @@ def test_status_shows_progress_rate_and_throttle_while_paused(
         what="progress",
     )
     api.pause(users, "bf", True)
-    wait_until(lambda: api.status(users, "bf")[0]["status"] == "paused", what="paused")
+    wait_until(lambda: api.status(users, "bf")[0].status == "paused", what="paused")
     time.sleep(0.3)  # a batch in flight when the pause came commits: then nothing moves
     entry = api.status(users, "bf")[0]
-    step = entry["backfill_steps"][0]
-    assert step["throttle"] == PAUSED
-    assert step["workers"] == 2 and 500 <= step["rows_done"] < 5000, step
-    assert step["rows_estimated"] == 5000 and step["batch_size"] == 100
-    assert entry["waiting_for"] == "zdm pause"
-    done = step["rows_done"]
+    step = entry.backfill_steps[0]
+    assert step.throttle == PAUSED
+    assert step.workers == 2 and 500 <= step.rows_done < 5000, step
+    assert step.rows_estimated == 5000 and step.batch_size == 100
+    assert entry.waiting_for == "zdm pause"
+    done = step.rows_done
     time.sleep(0.5)
-    assert api.status(users, "bf")[0]["backfill_steps"][0]["rows_done"] == done
+    assert api.status(users, "bf")[0].backfill_steps[0].rows_done == done
     api.pause(users, "bf", False)
-    wait_until(lambda: api.status(users, "bf")[0]["status"] != "paused", what="resumed")
+    wait_until(lambda: api.status(users, "bf")[0].status != "paused", what="resumed")
     running.join()
     assert mismatched_phones(conn) == 0
 

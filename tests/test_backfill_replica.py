@@ -32,7 +32,7 @@ from zdm_helpers import (
     write_plan,
 )
 
-from zdm.testing import TEST_DSN_ENV, EmbeddedServer, create_database
+from zdm.demo.testing import TEST_DSN_ENV, EmbeddedServer, create_database
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from psycopg import errors
 
 from zdm import api
 from zdm.demo.seed import create_schema, seed_users
+from zdm.demo.testing import create_database, drop_database, unique_name
 from zdm.logs import configure
-from zdm.testing import create_database, drop_database, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOG = ROOT / "examples" / "blog"
@@ -338,7 +338,7 @@ def test_blog_then_add_phone_then_its_rollback(pg_admin_dsn: str, tmp_path: Path
         again = api.migrate(BLOG, dsn)
         assert (again.status, again.applied) == ("completed", ())
         assert "all 5 migrations already applied" in again.message
-        assert [(r["version"], r["status"]) for r in api.history(dsn, BLOG)] == [
+        assert [(r.version, r.status) for r in api.history(dsn, BLOG)] == [
             (f"00{i}", "applied") for i in range(1, 6)
         ]
         # Every blog plan has its rollback: undone newest first, nothing of the blog is left.

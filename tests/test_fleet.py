@@ -16,7 +16,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from zdm_helpers import add_phone, output_of, seed, start_zdm, wait_for, write_plan, zdm
 
-from zdm.testing import create_database, drop_database, unique_name
+from zdm.demo.testing import create_database, drop_database, unique_name
 
 pytest.importorskip("dbos")
 

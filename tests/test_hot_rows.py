@@ -28,7 +28,7 @@ from zdm_helpers import (
     zdm,
 )
 
-from zdm.traffic import Mix, Traffic
+from zdm.demo.traffic import Mix, Traffic
 
 pytestmark = pytest.mark.slow
 

@@ -38,8 +38,8 @@ from zdm_helpers import (
 )
 
 from zdm import api
-from zdm.testing import TEST_DSN_ENV, EmbeddedServer, create_database
-from zdm.traffic import Traffic
+from zdm.demo.testing import TEST_DSN_ENV, EmbeddedServer, create_database
+from zdm.demo.traffic import Traffic
 
 GATE = 7007
 ROWS = 2_000

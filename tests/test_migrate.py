@@ -59,7 +59,7 @@ def _value(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
 
 
 def _history(dsn: str, directory: Path | None = None) -> list[tuple[str, str]]:
-    return [(r["file"], r["status"]) for r in api.history(dsn, directory)]
+    return [(r.file, r.status) for r in api.history(dsn, directory)]
 
 
 AUTHORS = _plan(
@@ -328,7 +328,7 @@ def test_flyway_sql_files_with_undo(
     # The file's own BEGIN/COMMIT was taken off: the step and its bookkeeping committed together.
     steps = conn.execute("SELECT status, attempts FROM zdm.steps ORDER BY run_id").fetchall()
     assert steps == [("done", 1)] * 3
-    assert [r["plan"] for r in api.history(dsn)] == [
+    assert [r.plan for r in api.history(dsn)] == [
         "V001__create_users_table",
         "V002__create_posts_table",
         "V003__add_posts_index",

@@ -32,7 +32,7 @@ from zdm_helpers import (
     zdm_backends,
 )
 
-from zdm.testing import EmbeddedServer, temporary_database
+from zdm.demo.testing import EmbeddedServer, temporary_database
 
 pytestmark = pytest.mark.slow
 

@@ -80,8 +80,8 @@ def test_half_finished_set_not_null_and_sql_down_file(
     )
     assert _value(conn, "SELECT to_regclass('extra') IS NULL") is True  # down_file ran
     (run,) = api.status(dsn, "half_done")
-    assert run["status"] == "rolled_back"
-    assert {s["status"] for s in run["steps"]} == {"rolled_back"}
+    assert run.status == "rolled_back"
+    assert {s.status for s in run.steps} == {"rolled_back"}
     result = CliRunner().invoke(app, ["status", "half_done", "--dsn", dsn])
     configure()
     assert "half_done  run 1  rolled_back" in result.stdout

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from zdm.testing import (
+from zdm.demo.testing import (
     TEST_DSN_ENV,
     EmbeddedServer,
     create_database,

@@ -17,18 +17,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from zdm import traffic as traffic_mod
-from zdm.traffic import (
+from zdm.demo import traffic as traffic_mod
+from zdm.demo.traffic import (
     KINDS,
     KindStats,
     Mix,
     Traffic,
     TrafficReport,
-    _percentile,
     _Samples,
     messy_phone,
     normalize_phone,
 )
+from zdm.stats import percentile
 
 USERS_DDL = r"""
 CREATE TABLE users (
@@ -114,12 +114,12 @@ def test_normalize_phone_matches_postgres_regexp_replace(conn: psycopg.Connectio
 
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert _percentile(values, 50) == 50.0
-    assert _percentile(values, 99) == 99.0
-    assert _percentile(values, 100) == 100.0
-    assert _percentile([3.0], 99) == 3.0
-    assert _percentile([1.0, 2.0, 3.0], 50) == 2.0
-    assert _percentile([], 50) == 0.0
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+    assert percentile([], 50) == 0.0
 
 
 def test_mix_validates_and_parses() -> None:

@@ -20,7 +20,7 @@ import pytest
 from zdm_helpers import ADD_PHONE, final_catalog_problems, mismatched_phones, scalar, seed
 
 from zdm import api
-from zdm.traffic import Traffic
+from zdm.demo.traffic import Traffic
 
 pytestmark = pytest.mark.slow
 

@@ -303,7 +303,7 @@ phases:
         )
         == 1
     )
-    assert api.status(dsn, "late_rename")[0]["status"] == "completed"
+    assert api.status(dsn, "late_rename")[0].status == "completed"
 
 
 # --- issue 17, item 2: a mapping never fails an application write ----------------------------
@@ -360,9 +360,9 @@ def test_a_bad_legacy_row_does_not_fail_the_applications_update(
     assert "mapping errors: 2 writes kept a column unmapped" in shown.stdout
     assert '{"id": 5} rating_new: [22P02] invalid input syntax for type integer' in shown.stdout
     (entry,) = api.status(dsn, "cast_rating")
-    assert entry["mapping_errors"]["count"] == 2
-    assert entry["mapping_errors"]["first"][0]["row_key"] == {"id": 5}
-    assert "invalid input syntax for type integer" in entry["mapping_errors"]["first"][0]["message"]
+    assert entry.mapping_errors.count == 2
+    assert entry.mapping_errors.first[0]["row_key"] == {"id": 5}
+    assert "invalid input syntax for type integer" in entry.mapping_errors.first[0]["message"]
     conn.execute("DROP OWNED BY zdm_test_app_i11")
     conn.execute("DROP ROLE zdm_test_app_i11")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,8 @@ if TYPE_CHECKING:
     from zdm.engine.runner import Outcome
     from zdm.plan import LoadedPlan
     from zdm.plan.expand import FactReader
+    from zdm.state import Run
+    from zdm.state.overview import MigrationEntry, RunState
 
 
 def run_plan(
@@ -81,7 +82,7 @@ def expand(path: str | Path, dsn: str | None = None) -> str:
 
 
 def load_any(path: str | Path, facts: FactReader | None = None) -> LoadedPlan:
-    from zdm.engine.migrate import load_any as load_plan_or_sql
+    from zdm.plan.migration_files import load_any as load_plan_or_sql
 
     return load_plan_or_sql(path, facts)
 
@@ -112,7 +113,7 @@ def migrate_dry_run(
 
 def history(
     dsn: str, directory: str | Path | None = None, *, state_schema: str = "zdm"
-) -> list[dict[str, Any]]:
+) -> list[MigrationEntry]:
     """Applied migrations (and, given the directory, the pending ones) in version order."""
     from zdm.engine.migrate import history as migration_history
 
@@ -160,11 +161,12 @@ def scan(path: str | Path, dsn: str) -> list[Any]:
         return scan_mappings(conn, loaded)
 
 
-def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[dict[str, Any]]:
+def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> list[RunState]:
     """The state of each plan's latest run, with its steps and backfill progress."""
     from zdm.engine.session import connect
-    from zdm.state import Store
+    from zdm.state import StepStatus, Store
     from zdm.state.mapping_errors import BAD_ROWS_SHOWN, trigger_errors
+    from zdm.state.overview import BackfillProgress, ErrorSample, RunState, WorkerProgress
 
     store = Store(state_schema)
     with connect(dsn, "status") as conn:
@@ -177,66 +179,42 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
             if run is None:
                 continue
             steps = store.steps(conn, run.id)
-            backfills = store.backfills(conn, run.id)
             alive = _owner_alive(conn, name)
-            entry: dict[str, Any] = {
-                **asdict(run),
-                "owner_alive": alive,
-                "steps": [{**asdict(s), "key": s.key} for s in steps],
-                "backfills": [],
-            }
-            unfinished = run.status not in ("completed", "rolled_back")
-            current = next((s for s in steps if s.status != "done"), None) if unfinished else None
-            entry["step"] = f"{current.key} {current.kind}" if current else None
-            for b in backfills:
-                step = next((s for s in steps if s.ordinal == b.ordinal), None)
+            unfinished = not run.status.finished
+            current = (
+                next((s for s in steps if s.status != StepStatus.DONE), None) if unfinished else None
+            )
+            keys = {s.ordinal: s.key for s in steps}
+            workers = []
+            for b in store.backfills(conn, run.id):
                 # The rate each checkpoint records is recent (pauses included); a dead run has none.
                 rate = round(b.rate, 1) if b.rate and alive and not b.done else None
                 remaining = max((b.rows_estimated or 0) - b.rows_done, 0)
-                entry["backfills"].append(
-                    {
+                workers.append(
+                    WorkerProgress(
                         **asdict(b),
-                        "step": step.key if step else None,
-                        "rows_per_s": rate,
-                        "eta_s": round(remaining / rate) if rate else None,
-                    }
+                        step=keys.get(b.ordinal),
+                        rows_per_s=rate,
+                        eta_s=round(remaining / rate) if rate else None,
+                    )
                 )
-            entry["backfill_steps"] = _backfill_steps(entry["backfills"])
-            entry["mapping_errors"] = trigger_errors(conn, state_schema, name)
+            by_step: dict[int, list[WorkerProgress]] = {}
+            for w in workers:
+                by_step.setdefault(w.ordinal, []).append(w)
             bad = store.mapping_errors(conn, name) if unfinished else []
-            entry["bad_rows"] = {"count": len(bad), "first": bad[:BAD_ROWS_SHOWN]}
-            out.append(entry)
+            out.append(
+                RunState(
+                    **asdict(run),
+                    owner_alive=alive,
+                    steps=steps,
+                    backfills=workers,
+                    step=f"{current.key} {current.kind}" if current else None,
+                    backfill_steps=[BackfillProgress.of(ws) for ws in by_step.values()],
+                    mapping_errors=ErrorSample(**trigger_errors(conn, state_schema, name)),
+                    bad_rows=ErrorSample(len(bad), bad[:BAD_ROWS_SHOWN]),
+                )
+            )
         return out
-
-
-def _backfill_steps(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each backfill step's progress over all its workers: they walk in parallel."""
-    steps: dict[Any, list[dict[str, Any]]] = {}
-    for w in workers:
-        steps.setdefault(w["ordinal"], []).append(w)
-    out = []
-    for rows in steps.values():
-        rates = [w["rows_per_s"] for w in rows if w["rows_per_s"]]
-        etas = [w["eta_s"] for w in rows if w["eta_s"] is not None and not w["done"]]
-        sizes = [w["batch_size"] for w in rows if w["batch_size"] and not w["done"]]
-        out.append(
-            {
-                "ordinal": rows[0]["ordinal"],
-                "step": rows[0]["step"],
-                "workers": len(rows),
-                "workers_done": sum(1 for w in rows if w["done"]),
-                "rows_done": sum(w["rows_done"] for w in rows),
-                "rows_updated": sum(w["rows_updated"] for w in rows),
-                "rows_estimated": sum(w["rows_estimated"] or 0 for w in rows),
-                "rows_per_s": round(sum(rates), 1) if rates else None,
-                "eta_s": max(etas) if etas else None,
-                "batch_size": round(sum(sizes) / len(sizes)) if sizes else None,
-                "batches": sum(w["batches"] for w in rows),
-                "throttle": next((w["throttle"] for w in rows if w["throttle"]), None),
-                "done": all(w["done"] for w in rows),
-            }
-        )
-    return out
 
 
 def _owner_alive(conn: psycopg.Connection[Any], plan: str) -> bool:
@@ -245,7 +223,7 @@ def _owner_alive(conn: psycopg.Connection[Any], plan: str) -> bool:
     return PlanLock(conn, plan).holder() is not None
 
 
-def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> Any:
+def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> Run | None:
     from zdm.engine.session import connect
     from zdm.state import Store
 
@@ -255,6 +233,3 @@ def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> An
             return None
         return store.request_pause(conn, plan, paused)
 
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, astuple
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +25,7 @@ from zdm.lazy import lazy_module
 # psycopg, the engine or the lint rules (see tests/test_cli_startup.py).
 if TYPE_CHECKING:
     from zdm import api
+    from zdm.state.overview import BackfillProgress, RunState, WorkerProgress
 else:
     api = lazy_module("zdm.api")
 
@@ -179,7 +181,7 @@ def run(
             state_schema=state_schema,
         )
     )
-    color = {"completed": "green", "waiting": "yellow"}.get(outcome.status, "red")
+    color = _color(outcome.status)
     err.print(f"[{color}]{outcome.status}[/{color}]: {_escape(outcome.message)}")
     raise typer.Exit(outcome.exit_code)
 
@@ -209,7 +211,7 @@ def status(
         return
     runs = guarded(lambda: api.status(resolve_dsn(dsn), name, state_schema=state_schema))
     if as_json:
-        sys.stdout.write(json.dumps(runs, default=str, indent=2) + "\n")
+        sys.stdout.write(json.dumps([r.as_json() for r in runs], default=str, indent=2) + "\n")
         return
     if not runs:
         out.print("no runs recorded" + (f" for plan {name}" if name else ""))
@@ -233,12 +235,11 @@ def _fleet_status(targets: Path, name: str | None, as_json: bool, state_schema: 
     if rows is None:
         raise typer.Exit(EXIT_USAGE)
     if as_json:
-        sys.stdout.write(json.dumps(rows, default=str, indent=2) + "\n")
+        sys.stdout.write(json.dumps([asdict(r) for r in rows], default=str, indent=2) + "\n")
         return
     table = RichTable("target", "status", "phase", "step", "progress", "last error")
     for r in rows:
-        table.add_row(*(_escape(str(r[k] or "-")) for k in
-                        ("target", "status", "phase", "step", "progress", "last_error")))
+        table.add_row(*(_escape(str(v or "-")) for v in astuple(r)))
     out.print(table)
 
 
@@ -249,63 +250,68 @@ def _plan_name(plan: str) -> str:
     return plan
 
 
-def _print_run(r: dict[str, Any]) -> None:
-    owner = f"{r['owner_host']}:{r['owner_pid']}" + (" (running now)" if r["owner_alive"] else "")
+def _color(status: str) -> str:
+    from zdm.state import RunStatus
+
+    colors: dict[str, str] = {RunStatus.COMPLETED: "green", RunStatus.WAITING: "yellow"}
+    return colors.get(status, "red")
+
+
+def _print_run(r: RunState) -> None:
+    owner = f"{r.owner_host}:{r.owner_pid}" + (" (running now)" if r.owner_alive else "")
     out.print(
-        f"[bold]{r['plan']}[/bold]  run {r['id']}  [bold]{r['status']}[/bold]"
-        + (f" ({r['waiting_for']})" if r.get("waiting_for") else "")
+        f"[bold]{r.plan}[/bold]  run {r.id}  [bold]{r.status}[/bold]"
+        + (f" ({r.waiting_for})" if r.waiting_for else "")
     )
     out.print(
-        f"  phase {r['phase'] or '-'}, step {r['step'] or '-'}; owner {owner}; heartbeat {r['heartbeat']}"
+        f"  phase {r.phase or '-'}, step {r.step or '-'}; owner {owner}; heartbeat {r.heartbeat}"
     )
-    if r["last_error"]:
-        out.print(f"  [red]last error:[/red] {_escape(r['last_error'])}")
-    errors = r.get("mapping_errors") or {"count": 0, "first": []}
-    if errors["count"]:
+    if r.last_error:
+        out.print(f"  [red]last error:[/red] {_escape(r.last_error)}")
+    errors = r.mapping_errors
+    if errors.count:
         out.print(
-            f"  [red]mapping errors:[/red] {errors['count']} writes kept a column unmapped"
+            f"  [red]mapping errors:[/red] {errors.count} writes kept a column unmapped"
             " (the dual-write trigger's expression raised); first ones:"
         )
-        for e in errors["first"]:
+        for e in errors.first:
             out.print(
                 f"    {e['table_name']} {json.dumps(e['row_key'])} {e['column_name'] or '-'}:"
                 f" [{e['sqlstate']}] {_escape(e['message'])}"
             )
-    bad = r.get("bad_rows") or {"count": 0}
-    if bad["count"]:
-        out.print(f"  [red]rows the mapping cannot convert:[/red] {bad['count']}")
-        for e in bad["first"]:
+    bad = r.bad_rows
+    if bad.count:
+        out.print(f"  [red]rows the mapping cannot convert:[/red] {bad.count}")
+        for e in bad.first:
             key = ", ".join(f"{k}={v}" for k, v in e["row_key"].items())
             out.print(f"    {e['table_name']} {key} ({e['source']}): {_escape(e['message'])}")
-    for b in r.get("backfill_steps", []):
-        workers = f", {b['workers']} workers" if b["workers"] > 1 else ""
-        out.print(f"  backfill {b['step']}{workers}: {_backfill_line(b)}")
-        if b["workers"] > 1:
-            for w in r["backfills"]:
-                if w["ordinal"] == b["ordinal"]:
-                    out.print(f"    worker {w['worker']}: {_backfill_line(w)}")
+    for b in r.backfill_steps:
+        workers = f", {b.workers} workers" if b.workers > 1 else ""
+        out.print(f"  backfill {b.step}{workers}: {_backfill_line(b)}")
+        if b.workers > 1:
+            for w in r.backfills:
+                if w.ordinal == b.ordinal:
+                    out.print(f"    worker {w.worker}: {_backfill_line(w)}")
     from rich.table import Table as RichTable
 
     table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("step", "kind", "status", "attempts", "error"):
         table.add_column(col)
-    for s in r["steps"]:
-        table.add_row(
-            s["key"], s["kind"], s["status"], str(s["attempts"]), _escape(s["last_error"] or "")
-        )
+    for s in r.steps:
+        table.add_row(s.key, s.kind, s.status, str(s.attempts), _escape(s.last_error or ""))
     out.print(table)
 
 
-def _backfill_line(b: dict[str, Any]) -> str:
+def _backfill_line(b: BackfillProgress | WorkerProgress) -> str:
     """rows done / estimated, rows/s, ETA, batch size, and what the walk waits for."""
-    est = b["rows_estimated"] or 0
-    pct = f" ({min(100 * b['rows_done'] / est, 100):.0f}%)" if est else ""
-    rate = f", {b['rows_per_s']:,.0f} rows/s" if b["rows_per_s"] else ""
-    eta = f", ETA {_duration(b['eta_s'])}" if b["eta_s"] else ""
-    batch = f", batch {b['batch_size']:,}" if b["batch_size"] and not b["done"] else ""
-    thr = f", [yellow]waiting: {_escape(b['throttle'])}[/yellow]" if b["throttle"] else ""
-    return f"{b['rows_done']:,} / ~{est:,} rows{pct}{rate}{eta}{batch}{thr}" + (
-        ", done" if b["done"] else ""
+    est = b.rows_estimated or 0
+    pct = f" ({min(100 * b.rows_done / est, 100):.0f}%)" if est else ""
+    rate = f", {b.rows_per_s:,.0f} rows/s" if b.rows_per_s else ""
+    eta = f", ETA {_duration(b.eta_s)}" if b.eta_s else ""
+    batch = f", batch {b.batch_size:,}" if b.batch_size and not b.done else ""
+    thr = f", [yellow]waiting: {_escape(b.throttle)}[/yellow]" if b.throttle else ""
+    return f"{b.rows_done:,} / ~{est:,} rows{pct}{rate}{eta}{batch}{thr}" + (
+        ", done" if b.done else ""
     )
 
 
@@ -507,7 +513,7 @@ def migrate(
     )
     for file in outcome.applied:
         err.print(f"applied {_escape(file)}")
-    color = {"completed": "green", "waiting": "yellow"}.get(outcome.status, "red")
+    color = _color(outcome.status)
     err.print(f"[{color}]{outcome.status}[/{color}]: {_escape(outcome.message)}")
     raise typer.Exit(outcome.exit_code)
 
@@ -525,20 +531,18 @@ def history(
     """List the migrations `zdm migrate` applied: version, file, status, run, checksum."""
     rows = guarded(lambda: api.history(resolve_dsn(dsn), directory, state_schema=state_schema))
     if as_json:
-        sys.stdout.write(json.dumps(rows, default=str, indent=2) + "\n")
+        sys.stdout.write(json.dumps([asdict(r) for r in rows], default=str, indent=2) + "\n")
         return
     if not rows:
         out.print("no migrations recorded")
         return
     lines = [("version", "file", "status", "run", "applied at", "sha256", "note")]
     for r in rows:
-        note = "file changed since applied" if r["changed"] else ""
-        note = "file missing" if r["missing"] else note
-        applied_at = r["applied_at"].strftime("%Y-%m-%d %H:%M:%S") if r["applied_at"] else "-"
-        run = str(r["run_id"] or "-")
-        lines.append(
-            (r["version"], r["file"], r["status"], run, applied_at, r["sha256"][:12], note)
-        )
+        note = "file changed since applied" if r.changed else ""
+        note = "file missing" if r.missing else note
+        applied_at = r.applied_at.strftime("%Y-%m-%d %H:%M:%S") if r.applied_at else "-"
+        run = str(r.run_id or "-")
+        lines.append((r.version, r.file, r.status, run, applied_at, r.sha256[:12], note))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
         text = "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()

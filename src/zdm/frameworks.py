@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from zdm import api
+from zdm.state import RunStatus
 
 __all__ = [
     "PlanNotCompleted",
@@ -50,7 +51,7 @@ def run_plan(plan: str | Path, dsn: str, *, cont: bool = False, state_schema: st
     """
     _logs_on_stderr()
     outcome = api.run_plan(plan, dsn, cont=cont, state_schema=state_schema)
-    if outcome.status != "completed":
+    if outcome.status != RunStatus.COMPLETED:
         raise ZdmRunFailed(str(plan), outcome.status, outcome.message, outcome.exit_code)
 
 
@@ -72,9 +73,9 @@ def require_completed(plan: str | Path, dsn: str, *, state_schema: str = "zdm") 
     runs = api.status(dsn, name, state_schema=state_schema)
     if not runs:
         raise PlanNotCompleted(f"zdm plan {name} has never run here: `zdm run` it first")
-    if runs[0]["status"] != "completed":
+    if runs[0].status != RunStatus.COMPLETED:
         raise PlanNotCompleted(
-            f"zdm plan {name} is {runs[0]['status']} (run {runs[0]['id']}), not completed: "
+            f"zdm plan {name} is {runs[0].status} (run {runs[0].id}), not completed: "
             "finish it with `zdm run` first"
         )
 

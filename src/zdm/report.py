@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import psycopg
+from psycopg import sql
 
 from zdm.engine.session import connect, redact
 from zdm.plan import PHASES, PlanError, load_plan
-from zdm.state import Store
+from zdm.state import StepStatus, Store
 
 # Events of zdm.events that the report lists under lock waits and retries.
 WAIT_EVENTS = ("lock_retry", "long_holder_wait", "autovacuum_cancelled", "autovacuum_not_cancelled")
@@ -34,12 +34,6 @@ DOWNTIME_MEANING = (
     " any application statement could have waited behind zdm"
 )
 
-_VALIDATE = re.compile(r'VALIDATE CONSTRAINT ("(?:[^"]|"")+"|\S+)')
-_TABLE = re.compile(r'^ALTER TABLE ((?:"(?:[^"]|"")+"|[^\s."]+)(?:\.(?:"(?:[^"]|"")+"|[^\s."]+))?)')
-_NAME = r'(?:"(?:[^"]|"")+"|[^\s."(]+)'
-_CONCURRENT_INDEX = re.compile(
-    rf"INDEX CONCURRENTLY (?:IF NOT EXISTS )?(?P<index>{_NAME}) ON (?:ONLY )?(?:(?P<schema>{_NAME})\.)?"
-)
 
 
 def report_command(
@@ -120,6 +114,8 @@ def collect(
     verifies = [
         {"step": key_of.get(e["ordinal"]), **e["detail"]} for e in events if e["event"] == "verify"
     ]
+    # What each unit proved or built, as the executor recorded it from the unit's statements.
+    units = [(key_of.get(e["ordinal"]), e["detail"]) for e in events if e["event"] == "unit_done"]
     return {
         "generated_at": _iso(datetime.now(UTC)),
         "database": _database(conn, dsn),
@@ -164,8 +160,8 @@ def collect(
             "backfills_proven_complete": [
                 key_of.get(b.ordinal) for b in backfills if b.done or _step_done(steps, b.ordinal)
             ],
-            "constraints_validated": _validated_constraints(conn, statements),
-            "indexes_built": _indexes(conn, statements),
+            "constraints_validated": _validated_constraints(conn, units),
+            "indexes_built": _indexes(conn, units),
         },
         "downtime": _downtime(statements),
     }
@@ -218,7 +214,7 @@ def _phases(steps: list[Any], specs: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         starts = [s.started_at for s in mine if s.started_at is not None]
         ends = [s.finished_at for s in mine if s.finished_at is not None]
-        done = all(s.status == "done" for s in mine)
+        done = all(s.status == StepStatus.DONE for s in mine)
         out.append(
             {
                 "phase": phase,
@@ -247,48 +243,40 @@ def _phases(steps: list[Any], specs: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _step_done(steps: list[Any], ordinal: int) -> bool:
-    return any(s.ordinal == ordinal and s.status == "done" for s in steps)
+    return any(s.ordinal == ordinal and s.status == StepStatus.DONE for s in steps)
 
 
 def _validated_constraints(
-    conn: psycopg.Connection[Any], statements: list[dict[str, Any]]
+    conn: psycopg.Connection[Any], units: list[tuple[str | None, dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """Constraints a VALIDATE proved against every row, and whether they still stand."""
     found = []
-    for st in statements:
-        for text in st["sql"]:
-            m, t = _VALIDATE.search(text), _TABLE.search(text)
-            if m is None or t is None:
-                continue
-            name = _unquote(m.group(1))
+    for step, detail in units:
+        for schema, table, name in detail.get("validated", []):
+            qualified = sql.Identifier(schema, table).as_string(conn)
             row = conn.execute(
                 "SELECT convalidated FROM pg_constraint"
                 " WHERE conname = %s AND conrelid = to_regclass(%s)",
-                [name, t.group(1)],
+                [name, qualified],
             ).fetchone()
             now = "absent" if row is None else ("validated" if row[0] else "NOT VALID")
-            found.append({"constraint": name, "table": t.group(1), "step": st["step"], "now": now})
+            found.append({"constraint": name, "table": qualified, "step": step, "now": now})
     return found
 
 
 def _indexes(
-    conn: psycopg.Connection[Any], statements: list[dict[str, Any]]
+    conn: psycopg.Connection[Any], units: list[tuple[str | None, dict[str, Any]]]
 ) -> list[dict[str, Any]]:
+    """Indexes a concurrent build made, and whether they are valid now."""
     found = []
-    for st in statements:
-        for text in st["sql"]:
-            if text.startswith("DROP"):
-                continue
-            m = _CONCURRENT_INDEX.search(text)
-            if m is None:
-                continue
-            index, schema = m.group("index"), m.group("schema")
+    for step, detail in units:
+        for schema, name in detail.get("indexes", []):
             row = conn.execute(
                 "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
-                [f"{schema}.{index}" if schema else index],
+                [sql.Identifier(schema, name).as_string(conn)],
             ).fetchone()
             now = "absent" if row is None else ("valid" if row[0] else "INVALID")
-            found.append({"index": _unquote(index), "step": st["step"], "now": now})
+            found.append({"index": name, "step": step, "now": now})
     return found
 
 
@@ -304,10 +292,6 @@ def _downtime(statements: list[dict[str, Any]]) -> dict[str, Any]:
         "total_ms": sum(s["held_ms"] or 0 for s in blocking),
         "meaning": DOWNTIME_MEANING,
     }
-
-
-def _unquote(name: str) -> str:
-    return name[1:-1].replace('""', '"') if name.startswith('"') else name
 
 
 def _iso(value: datetime | None) -> str | None:

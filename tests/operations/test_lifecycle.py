@@ -1142,7 +1142,7 @@ def test_rollback_without_a_record_refuses_and_names_the_step(
     # The state as a zdm from before `remembered` left it: no such column, no record.
     conn.execute("ALTER TABLE zdm.steps DROP COLUMN remembered")
     after = snapshot(conn)
-    assert api.status(dsn, "lifecycle")[0]["status"] == "completed"  # read-only: no upgrade
+    assert api.status(dsn, "lifecycle")[0].status == "completed"  # read-only: no upgrade
 
     with pytest.raises(RunRefused, match=re.escape("cleanup[0] drop_default")) as shown:
         api.rollback_dry_run(plan, dsn)

@@ -44,11 +44,13 @@ def without_own_transaction(text: str) -> str:
     return text[:start] + body[: commit.start()].rstrip() + "\n"
 
 
-# Where scanning a statement stops to look: a quote, a comment, a dollar quote, a word, a `;`.
+# Where scanning a statement stops to look: a quote, a comment, a dollar quote, a word, a `;`,
+# a number, a `.` (the name after it is another relation's).
 _TOKEN = re.compile(
     r"""(?P<q>[Ee]')|(?P<s>')|(?P<d>")|(?P<line>--)|(?P<block>/\*)"""
     r"""|(?P<dollar>\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$)"""
     r"""|(?P<word>[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*)|(?P<semi>;)"""
+    r"""|(?P<num>\.?\d[\d.]*(?:[eE][+-]?\d+)?)|(?P<dot>\.)"""
 )
 _ROUTINE = re.compile(r"\A\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\b", re.I)
 
@@ -99,9 +101,28 @@ def folded_names(text: str) -> set[str]:
     }
 
 
+def names_column(text: str, column: str) -> bool:
+    """Whether SQL expression `text` names `column` of its own table: an unquoted name folded
+    to lower case or a quoted one as it is, not one qualified by another relation (`o.name`),
+    nor anything in a string or a comment.
+
+    (engine/backfill_sql.py's `_mentions` still asks this with a looser word match that errs on
+    yes; it is meant to use this helper once the backfill package settles.)"""
+    qualified = False
+    for kind, value, _, _ in _scan(text):
+        if kind == "dot":
+            qualified = True
+            continue
+        name = value.lower() if kind == "word" else value
+        if kind in ("word", "ident") and not qualified and name == column:
+            return True
+        qualified = False
+    return False
+
+
 def _scan(text: str) -> Iterator[tuple[str, str, int, int]]:
-    """(kind, text, start, end) of each word, quoted identifier ("ident", unquoted) and `;` of
-    `text`, passing over strings, comments and dollar-quoted bodies."""
+    """(kind, text, start, end) of each word, quoted identifier ("ident", unquoted), `;`, number
+    and `.` of `text`, passing over strings, comments and dollar-quoted bodies."""
     pos = 0
     while (m := _TOKEN.search(text, pos)) is not None:
         kind = m.lastgroup
@@ -123,7 +144,7 @@ def _scan(text: str) -> Iterator[tuple[str, str, int, int]]:
         elif kind == "dollar":
             end = text.find(m.group(), m.end())
             pos = len(text) if end == -1 else end + len(m.group())
-        else:  # a word or a ;
+        else:  # a word, a ;, a number or a .
             pos = m.end()
             yield str(kind), m.group(), m.start(), pos
 

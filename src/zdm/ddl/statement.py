@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -61,6 +61,11 @@ class Statement:
     note: str | None = None
     also: tuple[Table, ...] = ()
     """More tables it locks in `lock` mode (raw SQL naming several)."""
+    validates: str | None = None
+    """The constraint of `table` it proves against every row (VALIDATE CONSTRAINT), recorded
+    with the unit so that `zdm report` knows what the run proved."""
+    builds: Table | None = None
+    """The index it builds (CREATE INDEX CONCURRENTLY), recorded likewise."""
 
     def text(self) -> str:
         return self.sql.as_string(None)
@@ -138,7 +143,6 @@ class BackfillJob:
     options: Any  # zdm.plan.Backfill: batch sizing and throttles
     source: BackfillSource | None = None
     label: str = "backfill"
-    extra: dict[str, Any] = field(default_factory=dict)
     skip_triggers: tuple[str, ...] = ()
     """Mappings of dual-write triggers its batches need not fire (`zdm.skip_triggers`)."""
 

@@ -1,1 +1,2 @@
-"""Example schema and data for `zdm demo`, tests and benchmarks."""
+"""`zdm demo` and what tests and benchmarks share with it: the example schema and data (seed),
+the simulated application (traffic) and the embedded PostgreSQL server (testing)."""

@@ -26,10 +26,11 @@ from psycopg import sql
 
 from zdm import api
 from zdm.demo.seed import PHONE_CHECK, create_schema, phone_expression, seed_users
+from zdm.demo.testing import EmbeddedServer, create_database
+from zdm.demo.traffic import Mix, Traffic, TrafficReport
 from zdm.engine.session import connect
 from zdm.report import collect
-from zdm.testing import EmbeddedServer, create_database
-from zdm.traffic import Mix, Traffic, TrafficReport
+from zdm.state import RunStatus
 
 PLAN_FILE = Path(__file__).with_name("add_phone.yaml")
 """The flagship plan, shipped in the package; identical to plans/add_phone.yaml."""
@@ -207,13 +208,13 @@ def run_zdm(
             dropper.stop.set()
             dropper.join()
             result.message = f"{dropper.done} connection drops; "
-        if outcome.status == "paused":
+        if outcome.status == RunStatus.PAUSED:
             raise KeyboardInterrupt
         log.info("demo_migration_end", way=name, status=outcome.status, seconds=round(t1 - t0, 1))
         if blocker is not None:
             blocker.join()
     report = _report(traffic)
-    result.ok = outcome.status == "completed"
+    result.ok = outcome.status == RunStatus.COMPLETED
     result.message += outcome.message
     result.baseline = report.window(0.0, t0)
     result.during = report.window(t0, t1)

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from zdm.ddl import BackfillJob, Check, Table, Txn, catalog
-from zdm.engine.backfill import backfill_followers, walk_lines
+from zdm.engine.actions import Followers, OnCommit, followers_of, perform
+from zdm.engine.backfill import walk_lines
 from zdm.engine.executor import render
 from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.retry import lock_timeout_ms
@@ -21,7 +21,7 @@ from zdm.engine.session import connect, redact, server_version
 from zdm.operations import Context, plan_memo, plan_step
 from zdm.operations.base import LATEST_SERVER_VERSION
 from zdm.plan import LoadedPlan, PlanError, Settings
-from zdm.state import Store
+from zdm.state import Direction, RunStatus, StepStatus, Store
 
 
 def _fmt_ms(ms: int) -> str:
@@ -73,7 +73,9 @@ class DryRun:
         ctx = Context.of(self.loaded, version, self.store.schema)
         phase = None
         # Backfills of one table in a row walk it once, as the runner groups them.
-        statuses = ["done" if step.key in done else "pending" for step in steps]
+        statuses = [
+            StepStatus.DONE if step.key in done else StepStatus.PENDING for step in steps
+        ]
         absorbed: dict[int, str] = {}
         for ordinal, step in enumerate(steps):
             if step.phase != phase:
@@ -92,9 +94,7 @@ class DryRun:
             if ordinal in absorbed:
                 yield f"-- walked in the same pass over the table as step {absorbed[ordinal]}"
                 continue
-            followers = (
-                backfill_followers(steps, statuses, ordinal, ctx) if step.key not in done else []
-            )
+            followers = followers_of(steps, statuses, ordinal, ctx)
             absorbed.update((o, step.key) for o, _ in followers)
             memo = plan_memo(step.spec, ctx)
             if memo is not None and step.key not in done:
@@ -102,23 +102,11 @@ class DryRun:
                     "-- before its first attempt, recorded in zdm's state for rollback: "
                     + memo.as_string(conn)
                 )
-            for action in plan_step(step.spec, ctx):
-                yield from self._action(
-                    action,
-                    conn,
-                    s,
-                    skipped=step.key in done,
-                    probe=step.key == pending,
-                    also=[job for _, job in followers],
-                )
-
-    @staticmethod
-    def _exists(conn: psycopg.Connection[Any], table: Table) -> bool:
-        row = conn.execute(catalog.table_exists(table)).fetchone()
-        return bool(row and row[0])
-
-    def action_lines(self, action: Any, conn: psycopg.Connection[Any] | None) -> Iterator[str]:
-        return self._action(action, conn, self.plan.settings, skipped=False)
+            sink = PrintSink(
+                conn, s, self.store.schema, skipped=step.key in done, probe=step.key == pending
+            )
+            perform(plan_step(step.spec, ctx), sink, followers=followers)
+            yield from sink.lines
 
     def _done_steps(self, conn: psycopg.Connection[Any] | None) -> set[str]:
         if conn is None or not self.store.exists(conn):
@@ -128,87 +116,105 @@ class DryRun:
             latest = self.store.latest_run(conn, self.loaded.name)
             if (
                 latest is not None
-                and (latest.status, latest.direction) == ("completed", "forward")
+                and (latest.status, latest.direction) == (RunStatus.COMPLETED, Direction.FORWARD)
                 and latest.plan_sha256 == self.loaded.sha256
             ):
                 return {step.key for step in self.plan.steps()}  # `zdm run` does nothing
             return set()
-        return {r.key for r in self.store.steps(conn, run.id) if r.status == "done"}
+        return {r.key for r in self.store.steps(conn, run.id) if r.status == StepStatus.DONE}
 
-    def _action(
+
+class PrintSink:
+    """The dry-run's sink: collects what the live sink would run, as SQL with its lock modes,
+    the catalog's answers and estimates, instead of running it."""
+
+    def __init__(
         self,
-        action: Any,
         conn: psycopg.Connection[Any] | None,
-        s: Settings,
+        settings: Settings,
+        state_schema: str,
         *,
-        skipped: bool,
+        skipped: bool = False,
         probe: bool = True,
-        also: list[BackfillJob] | None = None,
-    ) -> Iterator[str]:
-        if isinstance(action, Txn):
-            yield from self._txn(action, conn, s, skipped, probe)
-        elif isinstance(action, Check):
-            yield f"-- verify (read-only transaction): must return {action.expect!r}"
-            yield action.query.as_string(conn) + ";"
-        elif isinstance(action, BackfillJob):
-            yield from self._backfill(action, conn, s, also or [])
+    ) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.state_schema = state_schema
+        self.skipped = skipped
+        """The step is done already: its statements are shown as comments."""
+        self.probe = probe
+        """Ask the catalog whether a unit is done (only up to the step a run would start with)."""
+        self.lines: list[str] = []
 
-    def _txn(
-        self,
-        txn: Txn,
-        conn: psycopg.Connection[Any] | None,
-        s: Settings,
-        skipped: bool,
-        probe: bool = True,
-    ) -> Iterator[str]:
-        for stmt in txn.statements:
-            named = [str(t) for t in (stmt.table, *stmt.also) if t is not None]
-            target = f" on {', '.join(named)}" if named else ""
-            facts = (
-                ["rewrites the table"]
-                if stmt.rewrites
-                else ["scans the table"]
-                if stmt.scans
-                else []
-            )
-            facts += [stmt.note] if stmt.note else []
-            yield f"-- {stmt.lock.sql_name}{target} ({stmt.lock.describe_blocking()})" + "".join(
-                f"; {f}" for f in facts
-            )
-        if txn.blocks_app:
-            yield (
-                f"-- retried up to {s.lock_retries} times on lock timeout, lock_timeout"
-                f" {_fmt_ms(lock_timeout_ms(s, 1))} rising to {_fmt_ms(s.lock_timeout_max)}"
-            )
-        elif txn.statements and txn.lock.value:
-            yield "-- waits as long as it needs: no application query queues behind this lock"
-        if not txn.transactional:
-            yield "-- outside any transaction"
-        if txn.wait is not None:
-            yield f"-- first waits, taking no lock, for as long as {txn.wait.reason}"
-        already = skipped
-        if not skipped and conn is not None and txn.skip_if is not None:
-            row = conn.execute(txn.skip_if).fetchone()
-            done_now = bool(row and row[0])
-            if done_now and probe:
-                already = True
-                yield "-- the catalog shows this is already done: skipped"
-            elif done_now:
-                yield "-- skipped if the catalog still shows it done when the run gets here (it does now)"
-        for query in render(txn, s):
-            text = query.as_string(conn) + ";"
-            # Every line of a skipped statement, a function body's too, is a comment.
-            yield "\n".join("-- " + line for line in text.split("\n")) if already else text
+    def txn(self, txn: Txn, on_commit: OnCommit | None) -> bool:
+        self.lines += txn_lines(txn, self.conn, self.settings, self.skipped, self.probe)
+        return False
 
-    def _backfill(
-        self,
-        job: BackfillJob,
-        conn: psycopg.Connection[Any] | None,
-        s: Settings,
-        also: list[BackfillJob],
-    ) -> Iterator[str]:
-        exists = conn is None or self._exists(conn, job.table)
-        yield from walk_lines([job, *also], conn, s, state_schema=self.store.schema, exists=exists)
+    def check(self, check: Check) -> None:
+        self.lines.append(f"-- verify (read-only transaction): must return {check.expect!r}")
+        self.lines.append(check.query.as_string(self.conn) + ";")
+
+    def backfill(self, job: BackfillJob, followers: Followers) -> None:
+        conn = self.conn
+        exists = conn is None or _exists(conn, job.table)
+        jobs = [job, *(j for _, j in followers)]
+        # The backfill module renders its own walk: the one call of its dry-run renderer.
+        self.lines += walk_lines(
+            jobs, conn, self.settings, state_schema=self.state_schema, exists=exists
+        )
+
+
+def _exists(conn: psycopg.Connection[Any], table: Table) -> bool:
+    row = conn.execute(catalog.table_exists(table)).fetchone()
+    return bool(row and row[0])
+
+
+def txn_lines(
+    txn: Txn,
+    conn: psycopg.Connection[Any] | None,
+    s: Settings,
+    skipped: bool,
+    probe: bool = True,
+) -> Iterator[str]:
+    """A transaction as the dry-run shows it: its locks, its policy, its SQL."""
+    for stmt in txn.statements:
+        named = [str(t) for t in (stmt.table, *stmt.also) if t is not None]
+        target = f" on {', '.join(named)}" if named else ""
+        facts = (
+            ["rewrites the table"]
+            if stmt.rewrites
+            else ["scans the table"]
+            if stmt.scans
+            else []
+        )
+        facts += [stmt.note] if stmt.note else []
+        yield f"-- {stmt.lock.sql_name}{target} ({stmt.lock.describe_blocking()})" + "".join(
+            f"; {f}" for f in facts
+        )
+    if txn.blocks_app:
+        yield (
+            f"-- retried up to {s.lock_retries} times on lock timeout, lock_timeout"
+            f" {_fmt_ms(lock_timeout_ms(s, 1))} rising to {_fmt_ms(s.lock_timeout_max)}"
+        )
+    elif txn.statements and txn.lock.value:
+        yield "-- waits as long as it needs: no application query queues behind this lock"
+    if not txn.transactional:
+        yield "-- outside any transaction"
+    if txn.wait is not None:
+        yield f"-- first waits, taking no lock, for as long as {txn.wait.reason}"
+    already = skipped
+    if not skipped and conn is not None and txn.skip_if is not None:
+        row = conn.execute(txn.skip_if).fetchone()
+        done_now = bool(row and row[0])
+        if done_now and probe:
+            already = True
+            yield "-- the catalog shows this is already done: skipped"
+        elif done_now:
+            yield "-- skipped if the catalog still shows it done when the run gets here (it does now)"
+    for query in render(txn, s):
+        text = query.as_string(conn) + ";"
+        # Every line of a skipped statement, a function body's too, is a comment.
+        yield "\n".join("-- " + line for line in text.split("\n")) if already else text
 
 
 def dry_run_text(loaded: LoadedPlan, dsn: str | None, *, state_schema: str = "zdm") -> str:
@@ -221,5 +227,3 @@ def dry_run_text(loaded: LoadedPlan, dsn: str | None, *, state_schema: str = "zd
             raise PlanError(issues)
     return "\n".join(DryRun(loaded, dsn, state_schema=state_schema).lines()) + "\n"
 
-
-__all__ = ["DryRun", "dry_run_text", "sql"]

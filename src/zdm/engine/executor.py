@@ -170,6 +170,7 @@ class Executor:
             attempts=attempts,
             blocks_app=txn.blocks_app,
             sql=[_text(s.sql, self.conn) for s in txn.statements],
+            **made(txn),
         )
         return True
 
@@ -376,6 +377,23 @@ def matches(value: Any, expect: Any) -> bool:
     if isinstance(expect, int | float) and isinstance(value, int | float | Decimal):
         return Decimal(str(value)) == Decimal(str(expect))
     return str(value) == str(expect)
+
+
+def made(txn: Txn) -> dict[str, Any]:
+    """What a unit proved or built, for its `unit_done` event: the constraints it validated
+    (`[schema, table, constraint]`) and the indexes it built (`[schema, index]`)."""
+    detail: dict[str, Any] = {}
+    validated = [
+        [s.table.schema, s.table.name, s.validates]
+        for s in txn.statements
+        if s.validates is not None and s.table is not None
+    ]
+    built = [[s.builds.schema, s.builds.name] for s in txn.statements if s.builds is not None]
+    if validated:
+        detail["validated"] = validated
+    if built:
+        detail["indexes"] = built
+    return detail
 
 
 def _text(stmt: Query, conn: psycopg.Connection[Any] | None = None) -> str:

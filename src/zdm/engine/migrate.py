@@ -13,50 +13,40 @@ file that changed since is refused (exit 2) unless `--force`, which accepts it a
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import os
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
+from zdm.engine.refusals import MigrationsRefused as MigrationsRefused  # re-exported
+from zdm.engine.refusals import PlanChanged
+from zdm.plan import LoadedPlan, PlanError, PlanIssue, load_plan
+from zdm.plan.migration_files import (
+    Version,
+    adopt_sql,
+    file_sha256,
+    is_sql,
+    migration_name,
+    undo_files,
+)
+from zdm.plan.migration_files import version_key as version_key  # re-exported
+from zdm.state.statuses import RunStatus, StepStatus
 
-from zdm.engine.refusals import PlanChanged, RunRefused
-from zdm.plan import LoadedPlan, PlanError, PlanIssue, load_plan, parse_plan
-
-# Loading a migration (`load_any`, for `zdm validate`) needs none of the engine: it is imported
-# where migrations are applied or listed.
+# Applying or listing migrations needs the engine: it is imported where they are.
 if TYPE_CHECKING:
     import psycopg
 
     from zdm.plan.expand import FactReader
     from zdm.state.migrations import MigrationRow
+    from zdm.state.overview import MigrationEntry
 
-VERSIONED = re.compile(r"^V(?P<version>\d+(?:[._]\d+)*)__(?P<name>.+)\.(?P<ext>ya?ml|sql)$")
-NUMBERED = re.compile(r"^(?P<version>\d+)_(?P<name>[^_].*)\.(?P<ext>ya?ml)$")
-UNDO = re.compile(r"^[UR](?P<version>\d+(?:[._]\d+)*)__(?P<name>.+)\.sql$")
-#: Where undo files of `V…sql` migrations may live, relative to the migrations' directory.
-UNDO_DIRS = (".", "rollback", "undo", "../rollback", "../undo")
 #: Name of the advisory lock one `zdm migrate` holds, so two never interleave their plans.
 MIGRATE_LOCK = "zdm migrate"
-
-Version = tuple[int, ...]
-
-
-class MigrationsRefused(RunRefused):
-    """The directory cannot be migrated as it is (exit 2)."""
 
 
 class MigrationsChanged(PlanChanged):
     """An applied migration's file changed since it was applied (exit 2 without --force)."""
-
-
-def version_key(version: str) -> Version:
-    """`"001"` -> (1,); `"1.2"` and `"1_2"` -> (1, 2): versions compare as numbers."""
-    return tuple(int(part) for part in re.split(r"[._]", version))
 
 
 @dataclass(frozen=True)
@@ -80,32 +70,7 @@ class Migration:
 
     @property
     def is_sql(self) -> bool:
-        return self.path.suffix == ".sql"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _undo_files(directory: Path) -> dict[Version, Path]:
-    found: dict[Version, Path] = {}
-    for sub in UNDO_DIRS:
-        folder = (directory / sub).resolve()
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            m = UNDO.match(path.name)
-            if m and path.is_file():
-                found.setdefault(version_key(m["version"]), path)
-    return found
-
-
-def find_undo(path: Path) -> Path | None:
-    """The undo file (`U001__*.sql` / `R001__*.sql`) of a `V001__*.sql` migration, if any."""
-    m = VERSIONED.match(path.name)
-    if m is None:
-        return None
-    return _undo_files(path.parent).get(version_key(m["version"]))
+        return is_sql(self.path)
 
 
 def scan(directory: str | Path) -> list[Migration]:
@@ -113,7 +78,7 @@ def scan(directory: str | Path) -> list[Migration]:
     directory = Path(directory)
     if not directory.is_dir():
         raise MigrationsRefused(f"{directory} is not a directory of migrations")
-    undo = _undo_files(directory)
+    undo = undo_files(directory)
     migrations: list[Migration] = []
     import structlog
 
@@ -121,19 +86,18 @@ def scan(directory: str | Path) -> list[Migration]:
     for path in sorted(directory.iterdir()):
         if not path.is_file():
             continue
-        m = VERSIONED.match(path.name) or NUMBERED.match(path.name)
-        if m is None:
-            if path.suffix in (".yaml", ".yml", ".sql") and not UNDO.match(path.name):
+        name = migration_name(path.name)
+        if name is None or not name.versioned or name.version is None:
+            if path.suffix.lower() in (".yaml", ".yml", ".sql") and not (name and name.undo):
                 log.warning("migration_file_ignored", file=str(path), reason="no version in name")
             continue
-        version = m["version"]
         migrations.append(
             Migration(
-                version=version,
-                name=m["name"],
+                version=name.version,
+                name=name.description,
                 path=path,
-                sha256=_sha256(path),
-                undo=undo.get(version_key(version)) if m["ext"] == "sql" else None,
+                sha256=file_sha256(path),
+                undo=undo.get(name.key) if name.ext == "sql" else None,
             )
         )
     migrations.sort(key=lambda mig: mig.key)
@@ -143,35 +107,6 @@ def scan(directory: str | Path) -> list[Migration]:
                 f"{previous.file} and {current.file} have the same version; give each its own"
             )
     return migrations
-
-
-def adopt_sql(path: Path, undo: Path | None = None) -> LoadedPlan:
-    """A Flyway-style `.sql` migration as a plan of one `sql` step (its undo file as `down`)."""
-    step: dict[str, Any] = {"up_file": path.name}
-    if undo is not None:
-        step["down_file"] = os.path.relpath(undo, path.parent)
-    text = yaml.safe_dump(
-        {
-            "version": 1,
-            "name": path.stem,
-            "description": f"{path.name}, adopted as it is",
-            "phases": {"additive": [{"sql": step}]},
-        },
-        sort_keys=False,
-    )
-    loaded = parse_plan(text, str(path))
-    return replace(loaded, sha256=_sha256(path))
-
-
-def load_any(path: str | Path, facts: FactReader | None = None) -> LoadedPlan:
-    """A plan file, or a Flyway-style `.sql` migration adopted as a plan; `facts` reads the
-    live catalog for changes that copy a column."""
-    path = Path(path)
-    if path.suffix == ".sql":
-        if not path.is_file():
-            raise MigrationsRefused(f"cannot read {path}: no such file")
-        return adopt_sql(path, find_undo(path))
-    return load_plan(path, facts)
 
 
 def _load(migration: Migration, facts: FactReader | None = None) -> LoadedPlan:
@@ -301,16 +236,16 @@ class Migrator:
                 log = self.log.bind(migration=m.file)
                 unfinished = self.store.unfinished_run(conn, loaded.name)
                 resume_gate = (
-                    cont and i == 0 and unfinished is not None and unfinished.status == "waiting"
+                    cont and i == 0 and unfinished is not None and unfinished.status == RunStatus.WAITING
                 )
                 log.info("migration_start", version=m.version, plan=loaded.name)
                 outcome = Runner(loaded, self.dsn, state_schema=self.state_schema, log=log).run(
                     cont=resume_gate, force=force
                 )
-                if outcome.status != "completed":
+                if outcome.status != RunStatus.COMPLETED:
                     hint = (
                         f"\n`zdm migrate {self.directory} --continue` passes the gate"
-                        if outcome.status == "waiting"
+                        if outcome.status == RunStatus.WAITING
                         else ""
                     )
                     return MigrateOutcome(
@@ -337,7 +272,7 @@ class Migrator:
             message = f"{self.directory}: all {len(migrations)} migrations already applied"
         else:
             message = f"{self.directory}: applied {len(done)} of {len(migrations)} migrations"
-        return MigrateOutcome("completed", message, 0, tuple(done))
+        return MigrateOutcome(RunStatus.COMPLETED, message, 0, tuple(done))
 
     def dry_run_lines(self, *, force: bool = False) -> Iterator[str]:
         """What `migrate` would apply, and each plan's dry-run; reads only, creates nothing."""
@@ -373,33 +308,27 @@ class Migrator:
 
 def history(
     dsn: str, directory: str | Path | None = None, *, state_schema: str = "zdm"
-) -> list[dict[str, Any]]:
+) -> list[MigrationEntry]:
     """Recorded migrations in version order; with the directory, also its files not applied."""
     from zdm.engine.session import connect
     from zdm.state import Store
     from zdm.state.migrations import read_history
+    from zdm.state.overview import MigrationEntry
 
     store = Store(state_schema)
     files = {m.key: m for m in scan(directory)} if directory is not None else {}
     with connect(dsn, "history") as conn:
         state = store.exists(conn)
         rows = read_history(conn, store) if state else []
-        entries: dict[Version, dict[str, Any]] = {}
+        entries: dict[Version, MigrationEntry] = {}
         for row in rows:
             key = version_key(row.version)
             file = files.get(key)
-            entries[key] = {
-                "version": row.version,
-                "name": row.name,
-                "file": row.file,
-                "plan": row.plan,
-                "status": row.status,
-                "run_id": row.run_id,
-                "applied_at": row.applied_at,
-                "sha256": row.sha256,
-                "changed": file is not None and row.applied and file.sha256 != row.sha256,
-                "missing": directory is not None and file is None,
-            }
+            entries[key] = MigrationEntry.recorded(
+                row,
+                changed=file is not None and row.applied and file.sha256 != row.sha256,
+                missing=directory is not None and file is None,
+            )
         for key, m in files.items():
             if key in entries:
                 continue
@@ -410,17 +339,7 @@ def history(
                 status = "invalid"
             else:
                 run = store.unfinished_run(conn, name) if state else None
-                status = run.status if run is not None else "pending"
-            entries[key] = {
-                "version": m.version,
-                "name": m.name,
-                "file": m.file,
-                "plan": name,
-                "status": status,
-                "run_id": run.id if run is not None else None,
-                "applied_at": None,
-                "sha256": m.sha256,
-                "changed": False,
-                "missing": False,
-            }
+                status = run.status if run is not None else StepStatus.PENDING
+            run_id = run.id if run is not None else None
+            entries[key] = MigrationEntry.unapplied(m.version, m.name, m.file, name, status, run_id, m.sha256)
     return [entries[key] for key in sorted(entries)]

@@ -40,7 +40,7 @@ from zdm.plan import (
 from zdm.plan.messages import format_path
 from zdm.plan.model import PlanStep
 from zdm.plan.yamlsource import read_yaml
-from zdm.state import Store
+from zdm.state import Direction, RunStatus, StepStatus, Store
 
 #: How long a probe waits for a share lock on a live table, and runs at most.
 PROBE_LOCK_TIMEOUT = "2s"
@@ -120,11 +120,15 @@ def pending_keys(conn: psycopg.Connection[Any], store: Store, name: str) -> set[
     run = store.unfinished_run(conn, name)
     if run is None:
         latest = store.latest_run(conn, name)
-        done = latest is not None and latest.status == "completed" and latest.direction == "forward"
+        done = (
+            latest is not None
+            and latest.status == RunStatus.COMPLETED
+            and latest.direction == Direction.FORWARD
+        )
         return set() if done else None
-    if run.direction != "forward":
+    if run.direction != Direction.FORWARD:
         return set()
-    return {r.key for r in store.steps(conn, run.id) if r.status != "done"}
+    return {r.key for r in store.steps(conn, run.id) if r.status != StepStatus.DONE}
 
 
 def _issue(

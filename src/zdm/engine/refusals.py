@@ -9,3 +9,7 @@ class PlanChanged(Exception):
 
 class RunRefused(Exception):
     """The run cannot proceed in its current state, e.g. a rollback is under way (exit 2)."""
+
+
+class MigrationsRefused(RunRefused):
+    """The directory cannot be migrated as it is (exit 2)."""

@@ -12,16 +12,16 @@ from typing import Any
 
 import psycopg
 
-from zdm.ddl import BackfillJob, Check, Txn
-from zdm.engine.dryrun import DryRun
+from zdm.engine.actions import LiveSink, perform
+from zdm.engine.dryrun import PrintSink
 from zdm.engine.executor import StepFailed
 from zdm.engine.runner import Outcome, Runner, RunRefused
 from zdm.engine.session import connect, scrub, server_version
 from zdm.operations import Context, Irreversible, plan_inverse
 from zdm.plan import PlanStep
-from zdm.state import Run, StepRow
+from zdm.state import Direction, Run, RunStatus, StepRow, StepStatus
 
-UNDO_STATUSES = ("done", "running", "failed")
+UNDO_STATUSES = (StepStatus.DONE, StepStatus.RUNNING, StepStatus.FAILED)
 
 
 class Rollback(Runner):
@@ -34,7 +34,7 @@ class Rollback(Runner):
         run = self.store.unfinished_run(conn, self.loaded.name)
         if run is None:
             latest = self.store.latest_run(conn, self.loaded.name)
-            run = latest if latest is not None and latest.status == "completed" else None
+            run = latest if latest is not None and latest.status == RunStatus.COMPLETED else None
         return run
 
     def _undo_list(
@@ -68,7 +68,7 @@ class Rollback(Runner):
         self.store.ensure(work)  # a state schema of an older zdm gains the newest columns
         ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         todo = self._undo_list(self.store.steps(work, run.id), ctx)
-        run = self.store.transition(work, run, "running", direction="rollback")
+        run = self.store.transition(work, run, RunStatus.RUNNING, direction=Direction.ROLLBACK)
         self.log.info("rollback_start", plan=self.loaded.name, run=run.id, steps=len(todo))
         executor, set_current = self.executor(work, monitor, run)
         current: StepRow | None = None
@@ -78,29 +78,21 @@ class Rollback(Runner):
                 set_current(row.ordinal)
                 self.log.info("undo_start", step=step.key, kind=step.kind)
                 self.store.step_started(work, run.id, row.ordinal)
-                marked = False
 
                 def mark(conn: psycopg.Connection[Any], ordinal: int = row.ordinal) -> None:
-                    nonlocal marked
-                    self.store.step_finished(conn, run.id, ordinal, "rolled_back")
-                    marked = True
+                    self.store.step_finished(conn, run.id, ordinal, StepStatus.ROLLED_BACK)
 
-                for i, action in enumerate(actions):
-                    if isinstance(action, Txn):
-                        executor.run(action, on_commit=mark if i == len(actions) - 1 else None)
-                    elif isinstance(action, Check):
-                        executor.check(action)
-                if not marked:
-                    self.store.step_finished(work, run.id, row.ordinal, "rolled_back")
+                if not perform(actions, LiveSink(executor), mark_done=mark).marked:
+                    self.store.step_finished(work, run.id, row.ordinal, StepStatus.ROLLED_BACK)
                 self.log.info("undo_done", step=step.key, kind=step.kind)
-            self.store.transition(work, run, "rolled_back")
+            self.store.transition(work, run, RunStatus.ROLLED_BACK)
         except StepFailed as e:
             message = scrub(str(e))
             if current is not None:
                 self.store.step_failed(work, run.id, current.ordinal, message)
-            self.store.transition(work, run, "failed", error=message)
+            self.store.transition(work, run, RunStatus.FAILED, error=message)
             return Outcome(
-                "failed",
+                RunStatus.FAILED,
                 f"undoing {current.key if current else '?'} failed: {message}\n"
                 "run `zdm rollback` again once the cause is fixed",
                 1,
@@ -108,7 +100,7 @@ class Rollback(Runner):
             )
         self.log.info("rollback_done", plan=self.loaded.name, run=run.id)
         return Outcome(
-            "rolled_back",
+            RunStatus.ROLLED_BACK,
             f"plan {self.loaded.name} rolled back (run {run.id}, {len(todo)} steps undone)",
             0,
             run.id,
@@ -123,16 +115,15 @@ class Rollback(Runner):
             if run is None:
                 raise RunRefused(f"plan {self.loaded.name} has no run to roll back")
             ctx = Context.of(self.loaded, server_version(conn), self.store.schema)
-            printer = DryRun(self.loaded, self.dsn, state_schema=self.store.schema)
             yield f"-- zdm rollback dry-run of plan {self.loaded.name}, run {run.id} ({run.status})"
             for row, step, actions in self._undo_list(self.store.steps(conn, run.id), ctx):
                 yield ""
                 yield f"-- undo {step.key} {step.kind} (was {row.status})"
                 if not actions:
                     yield "-- nothing to undo"
-                for action in actions:
-                    if not isinstance(action, BackfillJob):
-                        yield from printer.action_lines(action, conn)
+                sink = PrintSink(conn, self.plan.settings, self.store.schema)
+                perform(actions, sink)
+                yield from sink.lines
         finally:
             conn.rollback()
             conn.close()

@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 import structlog
 
-from zdm.ddl import BackfillJob, Check, Txn
-from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
+from zdm.ddl import BackfillJob
+from zdm.engine.actions import Followers, LiveSink, followers_of, perform
+from zdm.engine.backfill import Backfiller, Control, Interrupted
 from zdm.engine.executor import Executor, StepFailed
 from zdm.engine.pooling import keep_client_check, release, require_pinned
 from zdm.engine.probe import expression_issues, pending_keys
@@ -30,9 +31,11 @@ from zdm.engine.session import (
 )
 from zdm.operations import Context, plan_memo, plan_step
 from zdm.plan import PHASES, LoadedPlan, PlanError, PlanStep, StepSpec
-from zdm.state import NewStep, PlanLock, Run, Store
+from zdm.state import Direction, NewStep, PlanLock, Run, RunStatus, StepStatus, Store
 from zdm.state.lease import Lease, OwnershipLost, new_token
 
+LOST = "lost"
+"""An Outcome's status when another runner owns the run now."""
 HEARTBEAT_S = 5.0
 # After a dropped connection: first pause before reconnecting, doubled each time up to the cap.
 RECONNECT_FIRST_S = 0.5
@@ -44,6 +47,7 @@ OUTAGE_OVER_S = 60.0
 @dataclass(frozen=True)
 class Outcome:
     status: str
+    """The run's status when the command ended (a RunStatus), or `lost` (another owns it)."""
     message: str
     exit_code: int
     run_id: int | None = None
@@ -173,7 +177,7 @@ class Runner:
                 if now - outage_start > limit_s:
                     self.log.error("reconnect_gave_up", error=error, drops=drops)
                     return Outcome(
-                        "failed",
+                        RunStatus.FAILED,
                         f"the connection to the database was lost and not back within"
                         f" {limit_s:g} s ({error}); the run is resumable: `zdm run` again",
                         1,
@@ -266,7 +270,7 @@ class Runner:
     def lost(self, run: Run, reason: str) -> Outcome:
         """The run is another's now: stop without writing to its state."""
         self.log.error("ownership_lost", run=run.id, reason=reason)
-        return Outcome("lost", f"stopped: {reason}", 3, run.id)
+        return Outcome(LOST, f"stopped: {reason}", 3, run.id)
 
     def _run(
         self,
@@ -284,7 +288,7 @@ class Runner:
             if self.dropped.taken_over(work):
                 self.log.error("run_taken_over_while_disconnected", run=self.dropped.run_id)
                 return Outcome(
-                    "lost",
+                    LOST,
                     f"stopped: another runner took run {self.dropped.run_id} over while this one"
                     " was reconnecting",
                     3,
@@ -301,7 +305,7 @@ class Runner:
         run_or_outcome = self._start_or_resume(work, steps, force)
         if isinstance(run_or_outcome, Outcome):
             return run_or_outcome
-        run = self.store.transition(work, run_or_outcome, "running")
+        run = self.store.transition(work, run_or_outcome, RunStatus.RUNNING)
         self.started = True
         self.log.info(
             "run_start",
@@ -324,15 +328,17 @@ class Runner:
             for ordinal, (step, row) in enumerate(zip(steps, rows, strict=True)):
                 current = ordinal
                 set_current(ordinal)
-                if row.status == "done" or ordinal in absorbed:
+                if row.status == StepStatus.DONE or ordinal in absorbed:
                     continue
                 if self.control.stop.is_set():
                     raise Interrupted(self.control.signal_name or "stop")
                 self.fence(lease, monitor)
                 if until is not None and PHASES.index(step.phase) > PHASES.index(until):
-                    self.store.transition(work, run, "waiting", waiting_for=f"--until {until}")
+                    self.store.transition(
+                        work, run, RunStatus.WAITING, waiting_for=f"--until {until}"
+                    )
                     return Outcome(
-                        "waiting",
+                        RunStatus.WAITING,
                         f"stopped after phase {until} (--until); `zdm run` continues",
                         0,
                         run.id,
@@ -344,13 +350,13 @@ class Runner:
                             self.store.transition(
                                 work,
                                 run,
-                                "waiting",
+                                RunStatus.WAITING,
                                 phase=phase,
                                 waiting_for=f"gate before {phase}",
                             )
                             self.log.info("gate_waiting", phase=phase)
                             return Outcome(
-                                "waiting",
+                                RunStatus.WAITING,
                                 f"waiting at the gate before phase {phase}: check the application, then"
                                 f" run `zdm run {self.loaded.path} --continue`",
                                 0,
@@ -361,13 +367,13 @@ class Runner:
                         self.log.info("gate_passed", phase=phase)
                     self.store.set_phase(work, run, phase)
                     self.log.info("phase_start", phase=phase)
-                followers = backfill_followers(steps, [r.status for r in rows], ordinal, ctx)
+                followers = followers_of(steps, [r.status for r in rows], ordinal, ctx)
                 absorbed.update(o for o, _ in followers)
                 self._step(work, executor, ctx, run, ordinal, step, followers)
-            self.store.transition(work, run, "completed")
+            self.store.transition(work, run, RunStatus.COMPLETED)
             self.log.info("run_completed", plan=self.loaded.name, run=run.id)
             return Outcome(
-                "completed", f"plan {self.loaded.name} completed (run {run.id})", 0, run.id
+                RunStatus.COMPLETED, f"plan {self.loaded.name} completed (run {run.id})", 0, run.id
             )
         except OwnershipLost as e:
             return self.lost(run, str(e))
@@ -382,9 +388,9 @@ class Runner:
             )
             if current is not None:
                 self.store.step_failed(work, run.id, current, message)
-            self.store.transition(work, run, "failed", error=message)
+            self.store.transition(work, run, RunStatus.FAILED, error=message)
             return Outcome(
-                "failed",
+                RunStatus.FAILED,
                 f"step {steps[current].key if current is not None else '?'} failed: "
                 f"{message}\nthe run is resumable: fix the cause and run `zdm run` again",
                 1,
@@ -397,10 +403,10 @@ class Runner:
                 return self.lost(run, self.heartbeat.lost)
             if current is not None:
                 self.store.step_failed(work, run.id, current, f"interrupted by {e}")
-            self.store.transition(work, run, "paused", waiting_for=f"interrupted by {e}")
+            self.store.transition(work, run, RunStatus.PAUSED, waiting_for=f"interrupted by {e}")
             self.log.warning("run_interrupted", signal=str(e))
             return Outcome(
-                "paused", f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id
+                RunStatus.PAUSED, f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id
             )
         finally:
             self.control.restore()
@@ -415,12 +421,12 @@ class Runner:
             latest = self.store.latest_run(work, name)
             if (
                 latest is not None
-                and latest.status == "completed"
-                and latest.direction == "forward"
+                and latest.status == RunStatus.COMPLETED
+                and latest.direction == Direction.FORWARD
             ):
                 if latest.plan_sha256 == sha:
                     return Outcome(
-                        "completed",
+                        RunStatus.COMPLETED,
                         f"plan {name} is already completed (run {latest.id}); nothing to do",
                         0,
                         latest.id,
@@ -431,7 +437,7 @@ class Runner:
                         " give a new change its own plan, or pass --force to run this one again"
                     )
             return self.store.create_run(work, name, sha, str(self.loaded.path.resolve()), wanted)
-        if run.direction == "rollback":
+        if run.direction == Direction.ROLLBACK:
             raise RunRefused(
                 f"a rollback of plan {name} is unfinished (run {run.id}); finish it with"
                 " `zdm rollback`"
@@ -469,47 +475,52 @@ class Runner:
         run: Run,
         ordinal: int,
         step: PlanStep,
-        followers: list[tuple[int, BackfillJob]] | None = None,
+        followers: Followers = (),
     ) -> None:
         actions = plan_step(step.spec, ctx)
         attempt = self.store.step_started(work, run.id, ordinal, remember=plan_memo(step.spec, ctx))
         self.log.info("step_start", step=step.key, kind=step.kind, attempt=attempt)
-        marked = False
-        ran = False
 
-        def mark_done(conn: psycopg.Connection[Any]) -> None:
-            nonlocal marked
-            self.store.step_finished(conn, run.id, ordinal)
-            marked = True
+        def walk(job: BackfillJob, followers: Followers) -> None:
+            for o, _ in followers:
+                self.store.step_started(work, run.id, o)
+            Backfiller(
+                executor,
+                self.store,
+                run.id,
+                ordinal,
+                job,
+                self.control,
+                dsn=self.dsn,
+                also=followers,
+            ).run()
+            for o, _ in followers:
+                self.store.step_finished(work, run.id, o)
 
-        for i, action in enumerate(actions):
-            last = i == len(actions) - 1
-            if isinstance(action, Txn):
-                ran = executor.run(action, on_commit=mark_done if last else None) or ran
-            elif isinstance(action, Check):
-                ran = True
-                executor.check(action)
-            elif isinstance(action, BackfillJob):
-                ran = True
-                for o, _ in followers or []:
-                    self.store.step_started(work, run.id, o)
-                Backfiller(
-                    executor,
-                    self.store,
-                    run.id,
-                    ordinal,
-                    action,
-                    self.control,
-                    dsn=self.dsn,
-                    also=followers or [],
-                ).run()
-                for o, _ in followers or []:
-                    self.store.step_finished(work, run.id, o)
-        if not ran and actions and attempt == 1:
+        done = perform(
+            actions,
+            LiveSink(executor, walk),
+            mark_done=lambda conn: self.store.step_finished(conn, run.id, ordinal),
+            followers=followers,
+        )
+        if not done.ran and actions and attempt == 1:
             # Every unit found its effect already there on the step's first attempt: the object
             # existed before this run, so the run adopts it and rollback must leave it alone.
             self.log.warning("step_adopted_existing", step=step.key, kind=step.kind)
-            self.store.step_finished(work, run.id, ordinal, "done", adopted=True)
-        elif not marked:
+            self.store.step_finished(work, run.id, ordinal, StepStatus.DONE, adopted=True)
+        elif not done.marked:
             self.store.step_finished(work, run.id, ordinal)
         self.log.info("step_done", step=step.key, kind=step.kind)
+
+    def run_paused(self, conn: psycopg.Connection[Any], run_id: int) -> Callable[[bool], None]:
+        """What a backfill calls when `zdm pause` holds its walk (True) or lets it go on: the
+        run shows `paused`, then `running` again. The runner alone moves the run's status."""
+
+        def set_paused(paused: bool) -> None:
+            run = self.store.get_run(conn, run_id)
+            if paused:
+                self.store.transition(conn, run, RunStatus.PAUSED, waiting_for="zdm pause")
+            else:
+                self.store.transition(conn, run, RunStatus.RUNNING)
+
+        return set_paused

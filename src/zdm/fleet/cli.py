@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from zdm.failures import EXIT_USAGE
 from zdm.fleet.targets import TargetsError
+
+if TYPE_CHECKING:
+    from zdm.fleet.status import TargetStatus
 
 
 def _setting(name: str, default: str, kind: type[int] | type[float]) -> int | float:
@@ -52,7 +56,7 @@ def fleet_command(verb: str, plan: str, targets: str, state_schema: str) -> int:
 
 def status_rows(
     targets: str, plan: str | None, state_schema: str
-) -> list[dict[str, object]] | None:
+) -> list[TargetStatus] | None:
     from zdm.fleet.status import fleet_status
 
     try:

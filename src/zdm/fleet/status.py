@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from zdm.engine.session import scrub
 from zdm.fleet.targets import load_targets
+from zdm.state import StepStatus
 
 
-def fleet_status(targets: str, plan: str | None, state_schema: str = "zdm") -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class TargetStatus:
+    """One row of `zdm status --targets` (its fields, in order, are the table's columns)."""
+
+    target: str
+    status: str
+    """The run's status, or `unreachable`, or `not started`."""
+    phase: str | None = None
+    step: str | None = None
+    progress: str | None = None
+    last_error: str | None = None
+
+
+def fleet_status(targets: str, plan: str | None, state_schema: str = "zdm") -> list[TargetStatus]:
     from zdm import api
 
     rows = []
@@ -16,43 +30,25 @@ def fleet_status(targets: str, plan: str | None, state_schema: str = "zdm") -> l
         try:
             runs = api.status(t.dsn, plan, state_schema=state_schema)
         except Exception as e:
-            rows.append(
-                {
-                    "target": t.label,
-                    "status": "unreachable",
-                    "phase": None,
-                    "step": None,
-                    "progress": None,
-                    "last_error": scrub(str(e)),
-                }
-            )
+            rows.append(TargetStatus(t.label, "unreachable", last_error=scrub(str(e))))
             continue
         if not runs:
-            rows.append(
-                {
-                    "target": t.label,
-                    "status": "not started",
-                    "phase": None,
-                    "step": None,
-                    "progress": None,
-                    "last_error": None,
-                }
-            )
+            rows.append(TargetStatus(t.label, "not started"))
             continue
         for r in runs:
-            done = sum(1 for s in r["steps"] if s["status"] == "done")
-            progress = f"{done}/{len(r['steps'])} steps"
-            for b in r.get("backfill_steps", []):
-                if not b["done"]:
-                    progress += f", {b['step']} {b['rows_done']}/{b['rows_estimated']} rows"
+            done = sum(1 for s in r.steps if s.status == StepStatus.DONE)
+            progress = f"{done}/{len(r.steps)} steps"
+            for b in r.backfill_steps:
+                if not b.done:
+                    progress += f", {b.step} {b.rows_done}/{b.rows_estimated} rows"
             rows.append(
-                {
-                    "target": t.label,
-                    "status": r["status"],
-                    "phase": r["phase"],
-                    "step": r["step"],
-                    "progress": progress,
-                    "last_error": scrub(r["last_error"]) if r["last_error"] else None,
-                }
+                TargetStatus(
+                    t.label,
+                    r.status,
+                    r.phase,
+                    r.step,
+                    progress,
+                    scrub(r.last_error) if r.last_error else None,
+                )
             )
     return rows

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zdm.plan.migration_files import migration_name
+
 if TYPE_CHECKING:  # context needs pglast, which plan linting does without
     from zdm.lint.context import Wrap
 
 PLAN_SUFFIXES = (".yaml", ".yml")
-_FLYWAY = re.compile(r"^([VUR])(\d+(?:[._]\d+)*)?__", re.IGNORECASE)
 
 
 class LintError(Exception):
@@ -57,8 +58,8 @@ class LintFile:
     @property
     def undo(self) -> bool:
         """A Flyway undo migration: it reverses history instead of adding to it."""
-        match = _FLYWAY.match(self.path.name)
-        return bool(match and match.group(1).upper() == "U")
+        name = migration_name(self.path.name)
+        return name is not None and name.prefix == "U"
 
 
 def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
@@ -73,11 +74,9 @@ def migration_order(path: Path, root: Path) -> tuple[object, ...]:
     """Versioned files (Flyway ``V2__x``, or a leading number) by version, then the rest
     (repeatable, undo, plans) by natural name."""
     name = _natural(str(path.relative_to(root)))
-    match = _FLYWAY.match(path.name)
-    if match:
-        kind = {"V": 0, "R": 1, "U": 2}[match.group(1).upper()]
-        version = tuple(int(p) for p in re.split(r"[._]", match.group(2) or "") if p)
-        return (kind, version, name)
+    flyway = migration_name(path.name)
+    if flyway is not None and flyway.prefix:
+        return ({"V": 0, "R": 1, "U": 2}[flyway.prefix], flyway.key, name)
     number = re.match(r"\d+", path.name)
     if number:
         return (0, (int(number.group()),), name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
 from psycopg import sql
@@ -11,8 +10,9 @@ from psycopg import sql
 from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
 from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.sqltext import names_column
 from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
-from zdm.operations.constraints import readd
+from zdm.operations.constraints import readd, validate_statement
 from zdm.operations.dual_write import drop_trigger_statements
 from zdm.plan import (
     AddColumn,
@@ -104,28 +104,6 @@ def undo_add_column(step: AddColumn, ctx: Context) -> list[Action]:
     return drop_column(DropColumn(table=step.table, column=step.column.name), ctx)
 
 
-# A string literal, a quoted name, a bare name, a number, or a dot (the next name belongs to
-# another table).
-_TOKEN = re.compile(
-    r"""'(?:[^']|'')*'|"((?:[^"]|"")*)"|([^\W\d][\w$]*)|\.?\d[\d.]*(?:[eE][+-]?\d+)?|(\.)"""
-)
-
-
-def _mentions(expr: str, column: str) -> bool:
-    """Whether `expr` names `column`: bare names fold to lower case, string literals do not count."""
-    qualified = False
-    for m in _TOKEN.finditer(expr):
-        quoted, bare, dot = m.groups()
-        if dot is not None:
-            qualified = True
-            continue
-        name = quoted.replace('""', '"') if quoted is not None else bare and bare.lower()
-        if name == column and not qualified:
-            return True
-        qualified = False
-    return False
-
-
 @forward(DropColumn)
 def drop_column(step: DropColumn, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
@@ -137,7 +115,7 @@ def drop_column(step: DropColumn, ctx: Context) -> list[Action]:
         if (
             step.column in dw.set
             or step.column in dw.reverse
-            or any(_mentions(e, step.column) for e in exprs)
+            or any(names_column(e, step.column) for e in exprs)
         ):
             statements.extend(drop_trigger_statements(table, dw.trigger_name))
     statements.append(
@@ -285,15 +263,7 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
                 skip_if=cat.column_not_null(table, step.column),
             ),
             Txn(
-                (
-                    Statement(
-                        _alter(table, sql.SQL("VALIDATE CONSTRAINT {}").format(name)),
-                        SUE,
-                        table,
-                        scans=True,
-                        note="scans the table; reads and writes continue",
-                    ),
-                ),
+                (validate_statement(table, default),),
                 f"validate not-null constraint on {step.column}",
                 # Runs while the constraint of this name is NOT VALID, or is still to be added.
                 skip_if=cat.all_of(
@@ -327,15 +297,7 @@ def set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
             ),
         ),
         Txn(
-            (
-                Statement(
-                    _alter(table, sql.SQL("VALIDATE CONSTRAINT {}").format(check)),
-                    SUE,
-                    table,
-                    scans=True,
-                    note="scans the table; reads and writes continue",
-                ),
-            ),
+            (validate_statement(table, check_name),),
             f"validate check {step.column} IS NOT NULL",
             skip_if=sql.SQL("SELECT ({}) OR ({})").format(
                 already, cat.constraint_validated(table, check_name)

@@ -52,8 +52,9 @@ def _add(
     )
 
 
-def validate(table: Table, name: str) -> Txn:
-    stmt = Statement(
+def validate_statement(table: Table, name: str) -> Statement:
+    """VALIDATE CONSTRAINT: scans the table under SHARE UPDATE EXCLUSIVE."""
+    return Statement(
         sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
             table.ident(), sql.Identifier(name)
         ),
@@ -61,9 +62,15 @@ def validate(table: Table, name: str) -> Txn:
         table,
         scans=True,
         note="scans the table; reads and writes continue",
+        validates=name,
     )
+
+
+def validate(table: Table, name: str) -> Txn:
     return Txn(
-        (stmt,), f"validate constraint {name}", skip_if=cat.constraint_validated(table, name)
+        (validate_statement(table, name),),
+        f"validate constraint {name}",
+        skip_if=cat.constraint_validated(table, name),
     )
 
 

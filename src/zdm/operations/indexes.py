@@ -85,6 +85,7 @@ def concurrent_build(
         table,
         scans=True,
         note="scans the table twice; reads and writes continue",
+        builds=index,
     )
     return [
         drop_invalid_index(table, index),

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from zdm.state.statuses import RunStatus
 from zdm.state.store import Store
 
 
@@ -32,7 +33,7 @@ class MigrationRow:
     @property
     def applied(self) -> bool:
         """Still applied: its run completed (and was not rolled back since)."""
-        return self.run_status in (None, "completed")
+        return self.run_status in (None, RunStatus.COMPLETED)
 
     @property
     def status(self) -> str:

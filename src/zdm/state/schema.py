@@ -1,17 +1,22 @@
 """The state schema: zdm's own tables in the target database.
 
 Invariants live in constraints: one unfinished run per plan (a partial unique index), statuses
-from a fixed set (CHECK).
+from a fixed set (CHECK, written from the enums of state/statuses.py).
+
+The tables are created with IF NOT EXISTS and gain later columns with ADD COLUMN IF NOT EXISTS,
+so an older state schema is upgraded by running this again. A CHECK is only written when its
+table is created: a change to a set of statuses needs its own ALTER here for existing tables.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from enum import StrEnum
 from typing import LiteralString
 
 from psycopg import sql
 
-RUN_STATUSES = ("running", "waiting", "paused", "failed", "completed", "rolled_back")
-STEP_STATUSES = ("pending", "running", "done", "failed", "rolled_back")
+from zdm.state.statuses import FINISHED, Direction, ErrorSource, RunStatus, StepStatus
 
 _DDL: LiteralString = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -20,9 +25,8 @@ CREATE TABLE IF NOT EXISTS {s}.runs (
     plan text NOT NULL,
     plan_sha256 text NOT NULL,
     plan_path text,
-    direction text NOT NULL DEFAULT 'forward' CHECK (direction IN ('forward', 'rollback')),
-    status text NOT NULL CHECK (status IN ('running', 'waiting', 'paused', 'failed', 'completed',
-                                           'rolled_back')),
+    direction text NOT NULL DEFAULT {forward} CHECK (direction IN ({directions})),
+    status text NOT NULL CHECK (status IN ({run_statuses})),
     phase text,
     waiting_for text,
     gates_passed text[] NOT NULL DEFAULT '{{}}',
@@ -40,7 +44,7 @@ CREATE TABLE IF NOT EXISTS {s}.runs (
 ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS owner_token text;
 ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS lease_expires timestamptz;
 CREATE UNIQUE INDEX IF NOT EXISTS runs_one_unfinished_per_plan ON {s}.runs (plan)
-    WHERE status NOT IN ('completed', 'rolled_back');
+    WHERE status NOT IN ({finished});
 CREATE TABLE IF NOT EXISTS {s}.steps (
     run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,
     ordinal integer NOT NULL,
@@ -48,8 +52,7 @@ CREATE TABLE IF NOT EXISTS {s}.steps (
     idx integer NOT NULL,
     kind text NOT NULL,
     fingerprint text NOT NULL,
-    status text NOT NULL DEFAULT 'pending'
-        CHECK (status IN ('pending', 'running', 'done', 'failed', 'rolled_back')),
+    status text NOT NULL DEFAULT {pending} CHECK (status IN ({step_statuses})),
     attempts integer NOT NULL DEFAULT 0,
     started_at timestamptz,
     finished_at timestamptz,
@@ -108,7 +111,7 @@ CREATE TABLE IF NOT EXISTS {s}.mapping_errors (
     column_name text,                  -- the mapped column whose expression raised, if known
     sqlstate text NOT NULL,
     message text NOT NULL,
-    source text NOT NULL CHECK (source IN ('trigger', 'backfill', 'scan')),
+    source text NOT NULL CHECK (source IN ({sources})),
     at timestamptz NOT NULL DEFAULT now()
 );
 -- The dual-write triggers record here the rows their mapping raised for, as the application's
@@ -140,5 +143,19 @@ GRANT USAGE ON SCHEMA {s} TO PUBLIC;
 SCHEMA_LOCK_KEY = 0x7A646D00
 
 
+def one_of(values: Iterable[StrEnum]) -> sql.Composed:
+    """`'running', 'waiting', …`: the values of a CHECK (… IN (…)) or NOT IN (…)."""
+    return sql.SQL(", ").join(sql.Literal(str(v)) for v in values)
+
+
 def schema_ddl(schema: str) -> sql.Composed:
-    return sql.SQL(_DDL).format(s=sql.Identifier(schema))
+    return sql.SQL(_DDL).format(
+        s=sql.Identifier(schema),
+        forward=sql.Literal(str(Direction.FORWARD)),
+        directions=one_of(Direction),
+        run_statuses=one_of(RunStatus),
+        finished=one_of(FINISHED),
+        pending=sql.Literal(str(StepStatus.PENDING)),
+        step_statuses=one_of(StepStatus),
+        sources=one_of(ErrorSource),
+    )

@@ -20,24 +20,26 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from zdm.ddl import Query
-from zdm.state.schema import SCHEMA_LOCK_KEY, schema_ddl
+from zdm.state.schema import SCHEMA_LOCK_KEY, one_of, schema_ddl
+from zdm.state.statuses import FINISHED, Direction, RunStatus, StepStatus
 
 # Allowed run transitions: (from, to). A transition not listed raises IllegalTransition.
-RUN_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+_R = RunStatus
+RUN_TRANSITIONS: frozenset[tuple[RunStatus, RunStatus]] = frozenset(
     {
-        ("running", "waiting"),
-        ("running", "paused"),
-        ("running", "failed"),
-        ("running", "completed"),
-        ("running", "rolled_back"),
-        ("running", "running"),  # a resume after a crash: the dead owner left it running
-        ("waiting", "running"),
-        ("paused", "running"),
-        ("failed", "running"),
-        ("completed", "running"),  # rollback of a completed run
-        ("waiting", "rolled_back"),
-        ("paused", "rolled_back"),
-        ("failed", "rolled_back"),
+        (_R.RUNNING, _R.WAITING),
+        (_R.RUNNING, _R.PAUSED),
+        (_R.RUNNING, _R.FAILED),
+        (_R.RUNNING, _R.COMPLETED),
+        (_R.RUNNING, _R.ROLLED_BACK),
+        (_R.RUNNING, _R.RUNNING),  # a resume after a crash: the dead owner left it running
+        (_R.WAITING, _R.RUNNING),
+        (_R.PAUSED, _R.RUNNING),
+        (_R.FAILED, _R.RUNNING),
+        (_R.COMPLETED, _R.RUNNING),  # rollback of a completed run
+        (_R.WAITING, _R.ROLLED_BACK),
+        (_R.PAUSED, _R.ROLLED_BACK),
+        (_R.FAILED, _R.ROLLED_BACK),
     }
 )
 
@@ -51,8 +53,8 @@ class Run:
     id: int
     plan: str
     plan_sha256: str
-    direction: str
-    status: str
+    direction: Direction
+    status: RunStatus
     phase: str | None
     waiting_for: str | None
     gates_passed: list[str]
@@ -68,6 +70,10 @@ class Run:
     owner_token: str | None = None
     lease_expires: datetime | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", RunStatus(self.status))
+        object.__setattr__(self, "direction", Direction(self.direction))
+
 
 @dataclass(frozen=True)
 class StepRow:
@@ -76,7 +82,7 @@ class StepRow:
     idx: int
     kind: str
     fingerprint: str
-    status: str
+    status: StepStatus
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
@@ -84,6 +90,9 @@ class StepRow:
     adopted: bool = False
     remembered: dict[str, Any] | None = None
     """What the step read from the catalog before its first attempt, for its inverse."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", StepStatus(self.status))
 
     @property
     def key(self) -> str:
@@ -158,7 +167,7 @@ class Store:
 
     def unfinished_run(self, conn: psycopg.Connection[Any], plan: str) -> Run | None:
         return self._run(
-            conn, sql.SQL("plan = %s AND status NOT IN ('completed', 'rolled_back')"), [plan]
+            conn, sql.SQL("plan = %s AND status NOT IN ({})").format(one_of(FINISHED)), [plan]
         )
 
     def latest_run(self, conn: psycopg.Connection[Any], plan: str) -> Run | None:
@@ -189,9 +198,9 @@ class Store:
             row = conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (plan, plan_sha256, plan_path, status, owner_host, owner_pid, heartbeat)"
-                    " VALUES (%s, %s, %s, 'running', %s, %s, now()) RETURNING id"
+                    " VALUES (%s, %s, %s, %s, %s, %s, now()) RETURNING id"
                 ).format(self.t("runs")),
-                [plan, sha256, path, socket.gethostname(), os.getpid()],
+                [plan, sha256, path, RunStatus.RUNNING, socket.gethostname(), os.getpid()],
             ).fetchone()
             assert row is not None
             run_id = int(row[0])
@@ -232,13 +241,13 @@ class Store:
                 if prev is None:
                     continue
                 same = (prev.kind, prev.fingerprint) == (new.kind, new.fingerprint)
-                if not same and prev.status != "done":
+                if not same and prev.status != StepStatus.DONE:
                     continue
                 kept.append(
                     {
                         "run_id": run.id,
                         "ordinal": ordinal,
-                        "status": prev.status if same else "done",
+                        "status": prev.status if same else StepStatus.DONE,
                         "attempts": prev.attempts if same else 0,
                         "started_at": prev.started_at if same else None,
                         "finished_at": prev.finished_at if same else None,
@@ -253,12 +262,12 @@ class Store:
                 cur.executemany(
                     sql.SQL(
                         "UPDATE {} SET status = %(status)s, attempts = %(attempts)s,"
-                        " started_at = %(started_at)s, finished_at = CASE WHEN %(status)s = 'done'"
+                        " started_at = %(started_at)s, finished_at = CASE WHEN %(status)s = {}"
                         " THEN coalesce(%(finished_at)s, now()) ELSE %(finished_at)s END,"
                         " last_error = %(last_error)s, adopted = %(adopted)s,"
                         " remembered = %(remembered)s WHERE run_id = %(run_id)s"
                         " AND ordinal = %(ordinal)s"
-                    ).format(self.t("steps")),
+                    ).format(self.t("steps"), sql.Literal(str(StepStatus.DONE))),
                     kept,
                 )
             conn.execute(
@@ -272,22 +281,23 @@ class Store:
         self,
         conn: psycopg.Connection[Any],
         run: Run,
-        status: str,
+        status: RunStatus | str,
         *,
         phase: str | None = None,
         waiting_for: str | None = None,
         error: str | None = None,
-        direction: str | None = None,
+        direction: Direction | None = None,
     ) -> Run:
+        # `str` only for engine/backfill.py's own pause, until it calls the runner's instead.
+        status = RunStatus(status)
         current = self.get_run(conn, run.id)
         if (current.status, status) not in RUN_TRANSITIONS:
             raise IllegalTransition(f"run {run.id}: {current.status} -> {status} is not allowed")
-        finished = status in ("completed", "rolled_back")
+        # last_error: set by a failure, kept otherwise (a resumed run shows what stopped it).
         conn.execute(
             sql.SQL(
                 "UPDATE {} SET status = %s, phase = coalesce(%s, phase), waiting_for = %s,"
-                " last_error = CASE WHEN %s = 'failed' THEN %s WHEN %s = 'running' THEN last_error"
-                " ELSE last_error END,"
+                " last_error = CASE WHEN %s THEN %s ELSE last_error END,"
                 " direction = coalesce(%s, direction), owner_host = %s, owner_pid = %s,"
                 " heartbeat = now(), updated_at = now(),"
                 " finished_at = CASE WHEN %s THEN now() END WHERE id = %s"
@@ -296,13 +306,12 @@ class Store:
                 status,
                 phase,
                 waiting_for,
-                status,
+                status == RunStatus.FAILED,
                 error,
-                status,
                 direction,
                 socket.gethostname(),
                 os.getpid(),
-                finished,
+                status.finished,
                 run.id,
             ],
         )
@@ -328,8 +337,8 @@ class Store:
         conn.execute(
             sql.SQL(
                 "UPDATE {} SET pause_requested = %s, updated_at = now()"
-                " WHERE plan = %s AND status NOT IN ('completed', 'rolled_back')"
-            ).format(self.t("runs")),
+                " WHERE plan = %s AND status NOT IN ({})"
+            ).format(self.t("runs"), one_of(FINISHED)),
             [pause, plan],
         )
         return self.unfinished_run(conn, plan)
@@ -384,10 +393,10 @@ class Store:
                 conn.execute("SELECT set_config('search_path', '', true)")
             row = conn.execute(
                 sql.SQL(
-                    "UPDATE {} SET status = 'running', attempts = attempts + 1,"
+                    "UPDATE {} SET status = {}, attempts = attempts + 1,"
                     " started_at = coalesce(started_at, now()), last_error = NULL{}"
                     " WHERE run_id = %s AND ordinal = %s RETURNING attempts"
-                ).format(self.t("steps"), record),
+                ).format(self.t("steps"), sql.Literal(str(StepStatus.RUNNING)), record),
                 [run_id, ordinal],
             ).fetchone()
         return int(row[0]) if row else 1
@@ -397,7 +406,7 @@ class Store:
         conn: psycopg.Connection[Any],
         run_id: int,
         ordinal: int,
-        status: str = "done",
+        status: StepStatus = StepStatus.DONE,
         *,
         adopted: bool = False,
     ) -> None:
@@ -408,7 +417,7 @@ class Store:
                 "UPDATE {} SET status = %s, adopted = %s, finished_at = CASE WHEN %s"
                 " THEN finished_at ELSE now() END WHERE run_id = %s AND ordinal = %s"
             ).format(self.t("steps")),
-            [status, adopted, status == "rolled_back", run_id, ordinal],
+            [status, adopted, status == StepStatus.ROLLED_BACK, run_id, ordinal],
         )
 
     def step_failed(
@@ -416,18 +425,12 @@ class Store:
     ) -> None:
         conn.execute(
             sql.SQL(
-                "UPDATE {} SET status = 'failed', last_error = %s WHERE run_id = %s AND ordinal = %s"
-            ).format(self.t("steps")),
+                "UPDATE {} SET status = {}, last_error = %s WHERE run_id = %s AND ordinal = %s"
+            ).format(self.t("steps"), sql.Literal(str(StepStatus.FAILED))),
             [error, run_id, ordinal],
         )
 
     # -- backfills ---------------------------------------------------------------------------
-
-    def backfill(
-        self, conn: psycopg.Connection[Any], run_id: int, ordinal: int, worker: int = 0
-    ) -> BackfillRow | None:
-        rows = self.backfills(conn, run_id, ordinal, worker)
-        return rows[0] if rows else None
 
     def backfills(
         self,

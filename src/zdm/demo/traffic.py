@@ -35,6 +35,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from zdm.stats import percentile
+
 __all__ = [
     "KINDS",
     "KindStats",
@@ -169,22 +171,14 @@ class KindStats:
         }
 
 
-def _percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values (0.0 when there are none)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 def _stats(latencies: list[float], errors: int, duration_s: float) -> KindStats:
     latencies.sort()
     count = len(latencies)
     return KindStats(
         count=count,
         errors=errors,
-        p50_ms=_percentile(latencies, 50),
-        p99_ms=_percentile(latencies, 99),
+        p50_ms=percentile(latencies, 50),
+        p99_ms=percentile(latencies, 99),
         max_ms=latencies[-1] if latencies else 0.0,
         mean_ms=math.fsum(latencies) / count if count else 0.0,
         throughput=count / duration_s if duration_s > 0 else 0.0,
@@ -791,9 +785,9 @@ def _default_dsn() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m zdm.traffic``: run traffic for a while and print the report table."""
+    """``python -m zdm.demo.traffic``: run traffic for a while and print the report table."""
     parser = argparse.ArgumentParser(
-        prog="python -m zdm.traffic", description="Simulated application traffic on users."
+        prog="python -m zdm.demo.traffic", description="Simulated application traffic on users."
     )
     parser.add_argument("--dsn", default=_default_dsn(), help="default: ZDM_DSN, DATABASE_URL")
     parser.add_argument("--seconds", type=float, default=10.0)
