@@ -631,12 +631,22 @@ def demo(
         typer.Option("--compare-naive", help="Also make the change the naive way, and compare."),
     ] = False,
     threads: Annotated[int, typer.Option("--threads", help="Application traffic threads.")] = 4,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="Also write the report as a page with the latency chart (zdm[report])."
+        ),
+    ] = None,
 ) -> None:
     """Start an embedded PostgreSQL, seed users, run plans/add_phone.yaml under live traffic, report."""
     from zdm.demo.run import demo_command
 
     raise typer.Exit(
-        demo_command(rows=rows, compare_naive=compare_naive, threads=threads, out=sys.stdout)
+        guarded(
+            lambda: demo_command(
+                rows=rows, compare_naive=compare_naive, threads=threads, out=sys.stdout, html=html
+            )
+        )
     )
 
 
@@ -648,11 +658,47 @@ def report(
     dsn: DsnOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
     state_schema: StateOpt = "zdm",
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write a self-contained page: the application's latency over time, the"
+            " phases and the units that held blocking locks, beside the report (zdm[report]).",
+        ),
+    ] = None,
+    latency: Annotated[
+        Path | None,
+        typer.Option(
+            "--latency",
+            help="The application's latency during the run: CSV timestamp,latency_ms or JSON.",
+        ),
+    ] = None,
+    naive: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare-naive",
+            help="A latency file of the same change made the naive way, drawn on the same scales.",
+        ),
+    ] = None,
 ) -> None:
     """The record of a run to attach to a change ticket."""
+    if html is None and (latency is not None or naive is not None):
+        err.print("[red]--latency and --compare-naive draw on the page:[/red] give --html FILE")
+        raise typer.Exit(EXIT_USAGE)
+    name = _plan_name(plan) if plan else None
+    if html is not None:
+        from zdm.report_html import report_page_command
+
+        raise typer.Exit(
+            guarded(
+                lambda: report_page_command(
+                    resolve_dsn(dsn), name, fmt, sys.stdout, page_path=html, latency=latency,
+                    naive=naive, state_schema=state_schema,
+                )
+            )
+        )
     from zdm.report import report_command
 
-    name = _plan_name(plan) if plan else None
     raise typer.Exit(
         guarded(
             lambda: report_command(

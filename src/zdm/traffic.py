@@ -303,6 +303,11 @@ class TrafficReport:
         ]
         return sorted(found)
 
+    def latencies(self) -> list[tuple[float, float]]:
+        """(start in seconds since the traffic started, latency ms) of every statement."""
+        s = self._samples
+        return [(float(a), float(ms)) for a, ms in zip(s.starts, s.latencies_ms, strict=True)]
+
     def window(self, t0: float, t1: float) -> TrafficReport:
         """Report of the statements that started within ``[t0, t1)`` seconds after the start.
 

@@ -28,6 +28,7 @@ from zdm import api
 from zdm.demo.seed import PHONE_CHECK, create_schema, phone_expression, seed_users
 from zdm.engine.session import connect
 from zdm.report import collect
+from zdm.report_html import Span, Timeline, require_matplotlib, timeline_of_record, write_page
 from zdm.testing import EmbeddedServer, create_database
 from zdm.traffic import Mix, Traffic, TrafficReport
 
@@ -81,6 +82,10 @@ class Scenario:
     parts: list[Part] = field(default_factory=list)
     stalls: list[Stall] = field(default_factory=list)
     record: dict[str, Any] | None = None
+    app: TrafficReport | None = None
+    """Every statement the application ran, baseline included (for the page's chart)."""
+    wall0: float = 0.0
+    """Epoch seconds of the traffic's time 0."""
 
 
 class Blocker(threading.Thread):
@@ -213,6 +218,7 @@ def run_zdm(
         if blocker is not None:
             blocker.join()
     report = _report(traffic)
+    result.app, result.wall0 = report, wall0
     result.ok = outcome.status == "completed"
     result.message += outcome.message
     result.baseline = report.window(0.0, t0)
@@ -281,6 +287,7 @@ def run_naive(
         if blocker is not None:
             blocker.begin()
         t0 = traffic.now()
+        result.wall0 = time.time() - t0
         log.info("demo_migration_start", way=name)
         try:
             for label, stmt in naive_statements():
@@ -300,6 +307,7 @@ def run_naive(
         if blocker is not None:
             blocker.join()
     report = _report(traffic)
+    result.app = report
     result.baseline = report.window(0.0, t0)
     result.during = report.window(t0, t1)
     result.duration_s = t1 - t0
@@ -405,11 +413,16 @@ def seeded_database(admin_dsn: str, name: str, rows: int) -> str:
     return dsn
 
 
-def demo_command(*, rows: int, compare_naive: bool, threads: int, out: TextIO) -> int:
-    """Embedded server, example data, the flagship plan under traffic, a report on `out`."""
+def demo_command(
+    *, rows: int, compare_naive: bool, threads: int, out: TextIO, html: Path | None = None
+) -> int:
+    """Embedded server, example data, the flagship plan under traffic, a report on `out` (and
+    the page with its chart at `html`)."""
     if rows < 1 or threads < 1:
         print("--rows and --threads must be at least 1", file=sys.stderr)
         return 2
+    if html is not None:
+        require_matplotlib()  # before minutes of work, not after
     started = time.monotonic()
     try:
         with _terminate_as_interrupt(), EmbeddedServer(fast=True) as server:
@@ -418,9 +431,37 @@ def demo_command(*, rows: int, compare_naive: bool, threads: int, out: TextIO) -
     except KeyboardInterrupt:
         print("interrupted: the embedded server is stopped and its files removed", file=sys.stderr)
         return 130
-    out.write(format_demo(results, rows=rows, threads=threads, version=version))
-    out.write(f"\nwall time {time.monotonic() - started:.0f} s\n")
+    text = format_demo(results, rows=rows, threads=threads, version=version)
+    text += f"\nwall time {time.monotonic() - started:.0f} s\n"
+    out.write(text)
+    if html is not None:
+        title = f"zdm demo: plan add_phone on {rows:,} users, PostgreSQL {version}"
+        write_page(html, title, demo_timelines(results), text)
+        print(f"wrote {html}", file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1
+
+
+def demo_timelines(results: Sequence[Scenario]) -> list[Timeline]:
+    """Each scenario on the page's chart, with the latency its traffic measured: zdm's from its
+    run's record, the naive way's from its statements (each held a lock blocking the app)."""
+    out = []
+    for r in results:
+        if r.app is None or r.during is None:
+            continue
+        samples = [(r.wall0 + at, ms) for at, ms in r.app.latencies()]
+        source = f"the demo's application traffic ({len(samples):,} statements)"
+        if r.record is not None:
+            out.append(timeline_of_record(r.record, samples, source=source))
+            continue
+        spans = [Span(p.name, r.wall0 + p.start_s, r.wall0 + p.end_s) for p in r.parts]
+        locks = [Span(f"{s.label} ({(s.end - s.start) * 1000:,.0f} ms)", s.start, s.end)
+                 for s in spans]
+        origin = r.wall0 + r.during.t0
+        title = f"the naive way: {r.message}"
+        out.append(
+            Timeline(title, origin, origin + r.duration_s, samples, spans, locks, source)
+        )
+    return out
 
 
 def _demo(
@@ -550,6 +591,7 @@ __all__ = [
     "Scenario",
     "Stall",
     "demo_command",
+    "demo_timelines",
     "format_demo",
     "naive_statements",
     "run_baseline",
