@@ -216,6 +216,16 @@ def write_latency_csv(path: str | Path, samples: Iterable[Sample]) -> int:
     return n
 
 
+def write_latency_json(path: str | Path, samples: Iterable[Sample], phases: Iterable[Span]) -> None:
+    """Writes samples and named spans (a naive run's statements) in the JSON form that
+    `read_latency` reads, for `--compare-naive`."""
+    data = {
+        "samples": [[round(ts, 6), round(ms, 3)] for ts, ms in samples],
+        "phases": [{"name": p.label, "start": p.start, "end": p.end} for p in phases],
+    }
+    Path(path).write_text(json.dumps(data) + "\n", encoding="utf-8")
+
+
 # -- timelines -------------------------------------------------------------------------------
 
 
