@@ -17,10 +17,9 @@ import pytest
 from zdm_helpers import ADD_PHONE, output_of, seed, zdm
 
 from zdm.demo.run import run_naive
-from zdm.report_html import (
-    LOCK,
-    P50,
-    P99,
+from zdm.report_html import LOCK, P50, P99
+from zdm.testing import create_database, drop_database, unique_name
+from zdm.timeline import (
     LatencyFileError,
     Span,
     Timeline,
@@ -29,7 +28,6 @@ from zdm.report_html import (
     write_latency_csv,
     write_latency_json,
 )
-from zdm.testing import create_database, drop_database, unique_name
 from zdm.traffic import Traffic
 
 ROWS = 3_000

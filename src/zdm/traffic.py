@@ -844,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall0 = time.time() - traffic.now()
     report = traffic.stop()
     if args.latency_out:
-        from zdm.report_html import write_latency_csv
+        from zdm.timeline import write_latency_csv
 
         write_latency_csv(args.latency_out, ((wall0 + at, ms) for at, ms in report.latencies()))
     if args.json:

@@ -28,8 +28,9 @@ from zdm import api
 from zdm.demo.seed import PHONE_CHECK, create_schema, phone_expression, seed_users
 from zdm.engine.session import connect
 from zdm.report import collect
-from zdm.report_html import Span, Timeline, require_matplotlib, timeline_of_record, write_page
+from zdm.report_html import require_matplotlib, write_page
 from zdm.testing import EmbeddedServer, create_database
+from zdm.timeline import Span, Timeline, timeline_of_record
 from zdm.traffic import Mix, Traffic, TrafficReport
 
 PLAN_FILE = Path(__file__).with_name("add_phone.yaml")
