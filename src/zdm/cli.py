@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from zdm import __version__
+from zdm.console import Console
 from zdm.failures import EXIT_FAILED, EXIT_OK, EXIT_USAGE, expected
 from zdm.lazy import lazy_module
 
@@ -35,8 +35,8 @@ app = typer.Typer(
     add_completion=True,
 )
 # No hard wraps: messages stay greppable.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True)
+out = Console()
 
 
 
