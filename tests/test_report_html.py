@@ -194,6 +194,13 @@ def test_bad_input_is_one_line_and_exit_2(pages: dict[str, Any], tmp_path: Path)
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.html").exists()
     alone = zdm("report", "--dsn", pages["dsn"], "--latency", bad)
     assert alone.returncode == 2 and "give --html FILE" in alone.stderr
+    nowhere = tmp_path / "missing" / "p.html"
+    for args in (["report", "--dsn", pages["dsn"]], ["demo", "--rows", "10"]):
+        done = zdm(*args, "--html", nowhere)
+        assert done.returncode == 2 and done.stdout == "", output_of(done)
+        assert done.stderr.strip() == (
+            f"error: cannot write the page to {nowhere}: no directory {nowhere.parent}"
+        )
 
 
 def test_the_traffic_tool_writes_a_latency_file(dsn: str, tmp_path: Path) -> None:

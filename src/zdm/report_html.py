@@ -47,12 +47,24 @@ class ReportExtraMissing(Exception):
         )
 
 
+class PageError(Exception):
+    """The page cannot be written where it was asked for."""
+
+
 def require_matplotlib() -> None:
     """Raise ReportExtraMissing unless matplotlib can be imported."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ReportExtraMissing from None
+
+
+def check_page_path(path: Path) -> None:
+    """Refuse, before any work, a page path whose directory is missing or that is a directory."""
+    if path.is_dir():
+        raise PageError(f"cannot write the page to {path}: it is a directory")
+    if not path.absolute().parent.is_dir():
+        raise PageError(f"cannot write the page to {path}: no directory {path.absolute().parent}")
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -193,7 +205,10 @@ def page(title: str, timelines: Sequence[Timeline], text: str) -> str:
 
 
 def write_page(path: str | Path, title: str, timelines: Sequence[Timeline], text: str) -> None:
-    Path(path).write_text(page(title, timelines, text), encoding="utf-8")
+    try:
+        Path(path).write_text(page(title, timelines, text), encoding="utf-8")
+    except OSError as e:
+        raise PageError(f"cannot write the page to {path}: {e.strerror}") from None
 
 
 # -- `zdm report --html` ---------------------------------------------------------------------
@@ -215,6 +230,7 @@ def report_page_command(
     from zdm.report import EXIT_NO_RUN, EXIT_OK, FORMATS, collect, markdown
 
     require_matplotlib()
+    check_page_path(page_path)
     if fmt not in FORMATS:
         print(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}", file=sys.stderr)
         return EXIT_NO_RUN

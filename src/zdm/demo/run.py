@@ -28,7 +28,7 @@ from zdm import api
 from zdm.demo.seed import PHONE_CHECK, create_schema, phone_expression, seed_users
 from zdm.engine.session import connect
 from zdm.report import collect
-from zdm.report_html import require_matplotlib, write_page
+from zdm.report_html import check_page_path, require_matplotlib, write_page
 from zdm.testing import EmbeddedServer, create_database
 from zdm.timeline import Span, Timeline, timeline_of_record
 from zdm.traffic import Mix, Traffic, TrafficReport
@@ -422,8 +422,9 @@ def demo_command(
     if rows < 1 or threads < 1:
         print("--rows and --threads must be at least 1", file=sys.stderr)
         return 2
-    if html is not None:
-        require_matplotlib()  # before minutes of work, not after
+    if html is not None:  # before minutes of work, not after
+        require_matplotlib()
+        check_page_path(html)
     started = time.monotonic()
     try:
         with _terminate_as_interrupt(), EmbeddedServer(fast=True) as server:
