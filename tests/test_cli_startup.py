@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import zdm
@@ -89,6 +90,24 @@ def test_status_imports_psycopg_but_not_the_engine_or_plan_models(
     assert not modules & {
         "zdm.engine.runner", "zdm.operations", "zdm.plan", "structlog", "rich", "matplotlib"
     }
+
+
+def test_status_of_a_run_prints_its_steps_without_rich(tmp_path: Path, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id bigint PRIMARY KEY)")
+    (tmp_path / "p.yaml").write_text(PLAN)
+    ran = subprocess.run(
+        [sys.executable, "-m", "zdm", "run", "p.yaml", "--dsn", dsn],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    code, modules, output = imported("status", "--dsn", dsn, cwd=tmp_path)
+    assert code == 0 and "startup  run 1  completed" in output
+    lines = output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("step"))
+    assert lines[header].split() == ["step", "kind", "status", "attempts", "error"]
+    assert lines[header + 1].split() == ["additive[0]", "add_column", "done", "1"]
+    assert "rich" not in modules
 
 
 def test_a_command_that_runs_still_configures_logs_on_stderr(tmp_path: Path, dsn: str) -> None:

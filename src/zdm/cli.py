@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from zdm import __version__
-from zdm.console import Console
+from zdm.console import Console, columns
 from zdm.failures import EXIT_FAILED, EXIT_OK, EXIT_USAGE, expected
 from zdm.lazy import lazy_module
 
@@ -284,16 +284,20 @@ def _print_run(r: dict[str, Any]) -> None:
             for w in r["backfills"]:
                 if w["ordinal"] == b["ordinal"]:
                     out.print(f"    worker {w['worker']}: {_backfill_line(w)}")
-    from rich.table import Table as RichTable
+    header, *rows = columns(
+        ("step", "kind", "status", "attempts", "error"),
+        [
+            (s["key"], s["kind"], s["status"], str(s["attempts"]), _one_line(s["last_error"]))
+            for s in r["steps"]
+        ],
+    )
+    out.print(f"[bold]{_escape(header)}[/bold]")
+    for row in rows:
+        out.print(_escape(row))
 
-    table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("step", "kind", "status", "attempts", "error"):
-        table.add_column(col)
-    for s in r["steps"]:
-        table.add_row(
-            s["key"], s["kind"], s["status"], str(s["attempts"]), _escape(s["last_error"] or "")
-        )
-    out.print(table)
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
 
 
 def _backfill_line(b: dict[str, Any]) -> str:
