@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -452,14 +452,16 @@ def demo_timelines(results: Sequence[Scenario]) -> list[Timeline]:
             continue
         samples = [(r.wall0 + at, ms) for at, ms in r.app.latencies()]
         source = f"the demo's application traffic ({len(samples):,} statements)"
+        named = "" if r.name in ("zdm", "naive") else f" (scenario {r.name})"
         if r.record is not None:
-            out.append(timeline_of_record(r.record, samples, source=source))
+            tl = timeline_of_record(r.record, samples, source=source)
+            out.append(replace(tl, title=tl.title + named))
             continue
         spans = [Span(p.name, r.wall0 + p.start_s, r.wall0 + p.end_s) for p in r.parts]
         locks = [Span(f"{s.label} ({(s.end - s.start) * 1000:,.0f} ms)", s.start, s.end)
                  for s in spans]
         origin = r.wall0 + r.during.t0
-        title = f"the naive way: {r.message}"
+        title = f"the naive way{named}: {r.message}"
         out.append(
             Timeline(title, origin, origin + r.duration_s, samples, spans, locks, source)
         )
