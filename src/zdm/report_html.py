@@ -181,7 +181,7 @@ pre { flex: 2 1 420px; margin: 0; font-size: 12px; background: #f6f6f6; padding:
 
 def page(title: str, timelines: Sequence[Timeline], text: str) -> str:
     """The HTML page: the chart beside the text report, nothing loaded from anywhere."""
-    svg = chart_svg(timelines)
+    svg = chart_svg(timelines) if timelines else "<p>No run to draw.</p>"
     notes = []
     for tl in timelines:
         longest = max((u.end - u.start for u in tl.locks), default=None)
