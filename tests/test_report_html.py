@@ -192,6 +192,11 @@ def test_bad_input_is_one_line_and_exit_2(pages: dict[str, Any], tmp_path: Path)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().startswith(f"error: {bad}:2: expected timestamp,latency_ms")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.html").exists()
+    elsewhere = tmp_path / "old.csv"
+    elsewhere.write_text("2001-01-01T00:00:00,1\n")
+    done = zdm("report", "--dsn", pages["dsn"], "--html", tmp_path / "p.html", "--latency", elsewhere)
+    assert done.returncode == 0 and "warning: no statement of" in done.stderr, output_of(done)
+    assert "no latency samples in this run's time" in (tmp_path / "p.html").read_text()
     alone = zdm("report", "--dsn", pages["dsn"], "--latency", bad)
     assert alone.returncode == 2 and "give --html FILE" in alone.stderr
     nowhere = tmp_path / "missing" / "p.html"
@@ -217,3 +222,15 @@ def test_the_traffic_tool_writes_a_latency_file(dsn: str, tmp_path: Path) -> Non
     samples = read_latency(out).samples
     assert len(samples) > 10
     assert before - 1 < samples[0][0] < samples[-1][0] < time.time()
+
+
+def test_edge_cases_draw_without_failing() -> None:
+    """Zero latencies, a run whose samples all fall outside it, a run without any: all drawn."""
+    from zdm.report_html import page
+
+    zeros = Timeline("zeros", 100.0, 110.0, [(100.0 + i / 10, 0.0) for i in range(100)])
+    outside = Timeline("outside", 100.0, 110.0, [(5.0, 1.0)], [Span("additive", 100.0, 101.0)])
+    nothing = Timeline("nothing", 100.0, 100.0)
+    for timelines in ([zeros, outside], [outside], [nothing], []):
+        assert page("t", timelines, "text").startswith("<!DOCTYPE html>")
+    assert "no latency samples in this run" in page("t", [zeros, outside], "")

@@ -105,10 +105,10 @@ def chart_svg(timelines: Sequence[Timeline]) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "zdm", "font.size": 9}):
         fig = Figure(figsize=(11, 0.8 + 3.4 * len(timelines)), layout="constrained")
         axes = fig.subplots(len(timelines), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
-        any_latency = any(t.samples for t in timelines)
-        for i, (ax, tl) in enumerate(zip(axes, timelines, strict=True)):
+        drawn = [buckets(tl, lo, hi, width) for tl in timelines]
+        any_latency = any(drawn)
+        for i, (ax, tl, rows) in enumerate(zip(axes, timelines, drawn, strict=True)):
             ax.set_gid(f"run-{i}")
-            rows = buckets(tl, lo, hi, width)
             if rows:
                 x = [b.start for b in rows] + [rows[-1].start + width]
                 for name, colour, lw in (("max", MAX, 1.0), ("p99", P99, 1.6), ("p50", P50, 1.6)):
@@ -117,7 +117,7 @@ def chart_svg(timelines: Sequence[Timeline]) -> str:
                         x, [*y, y[-1]], where="post", color=colour, lw=lw, label=f"{name} ms"
                     )
                     line.set_gid(f"run-{i}-latency-{name}")
-            elif any_latency:
+            elif tl.samples:
                 ax.text(0.5, 0.5, "no latency samples in this run's time", transform=ax.transAxes,
                         ha="center", color="#666")
             else:
@@ -253,6 +253,13 @@ def report_page_command(
                 title="the naive way",
                 source=f"{naive} ({len(naive_run.samples):,} statements)",
             )
+        )
+    lo, hi, width = window(timelines)
+    if app is not None and not buckets(timelines[0], lo, hi, width):
+        print(
+            f"warning: no statement of {latency} started during the run (give times in UTC or"
+            " with their zone); the page shows the run without latency",
+            file=sys.stderr,
         )
     title = f"zdm report: plan {record['plan']['name']}, run {record['run']['id']}"
     write_page(page_path, title, timelines, text)
