@@ -6,7 +6,7 @@ application traffic (`zdm.demo.traffic`): a baseline (traffic, no migration); th
 running the plan; and both again with a transaction holding ACCESS SHARE on users for
 `--blocker` seconds as the migration starts (the lock-queue hazard).
 
-    python bench/zero_downtime.py --rows 1000000
+    python bench/zero_downtime.py --rows 1000000 [--html page.html]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from zdm.demo.run import (
     PLAN_FILE,
     Scenario,
     app_cells,
+    demo_timelines,
     run_baseline,
     run_naive,
     run_zdm,
@@ -42,6 +43,7 @@ from zdm.demo.run import (
 from zdm.demo.testing import EmbeddedServer
 from zdm.demo.traffic import APPLICATION_NAME, Mix, TrafficReport
 from zdm.logs import configure
+from zdm.report_html import check_page_path, require_matplotlib, write_page
 
 SCENARIOS = (
     "baseline",
@@ -138,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-seconds", type=float, default=3.0)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--html", type=Path, help="also draw the scenarios' latency into this page (zdm[report])"
+    )
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     configure("console", args.log_level)
@@ -146,7 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
 
+    if args.html is not None:
+        require_matplotlib()
+        check_page_path(args.html)
     rows_out: list[list[str]] = []
+    drawn: list[Scenario] = []
     detail: dict[str, Any] = {}
     started = time.monotonic()
     load = os.getloadavg()
@@ -195,21 +204,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     dsn, baseline_s=args.baseline_seconds, blocker_s=blocker, name=name, **common
                 )
             waits = watcher.stop()
+            drawn.append(result)
             assert result.during is not None
             rows_out.append(_row(name, result.during, result, f"{result.duration_s:.1f} s", waits))
             detail[name] = {**_detail(result), "app_lock_waits": _waits(waits)}
             _print_stalls(result, waits)
-    print(
-        f"\nzero_downtime: {args.rows:,} users, PostgreSQL {version}, {args.threads} application"
+    title = (
+        f"zero_downtime: {args.rows:,} users, PostgreSQL {version}, {args.threads} application"
         f" threads ({args.pause_ms:g} ms think time), blocker {args.blocker:g} s"
     )
-    print(
-        table(
-            ["scenario", *APP_HEADER, "migration", "ok", "app lock waits", "longest, on"],
-            rows_out,
-            indent="",
-        )
+    text = table(
+        ["scenario", *APP_HEADER, "migration", "ok", "app lock waits", "longest, on"],
+        rows_out,
+        indent="",
     )
+    print(f"\n{title}\n{text}")
+    if args.html is not None:
+        write_page(args.html, title, demo_timelines(drawn), f"{title}\n\n{text}\n")
+        print(f"wrote {args.html}", file=sys.stderr)
     print(
         f"\nbench wall time {time.monotonic() - started:.0f} s; load average at the start"
         f" {load[0]:.1f}, at the end {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)"

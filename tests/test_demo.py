@@ -33,9 +33,13 @@ def test_the_shipped_plan_is_plans_add_phone() -> None:
 
 
 @pytest.mark.slow
-def test_demo_prints_the_report_with_no_application_errors() -> None:
+def test_demo_prints_the_report_with_no_application_errors(tmp_path: Path) -> None:
     started = time.monotonic()
-    done = zdm("demo", "--rows", "20000", "--compare-naive", "--threads", "2", timeout=300)
+    page = tmp_path / "demo.html"
+    done = zdm(
+        "demo", "--rows", "20000", "--compare-naive", "--threads", "2", "--html", page,
+        timeout=300,
+    )
     assert done.returncode == 0, output_of(done)
     out = done.stdout
     assert out.startswith("zdm demo: plan add_phone on 20,000 users, PostgreSQL")
@@ -59,6 +63,14 @@ def test_demo_prints_the_report_with_no_application_errors() -> None:
         assert int(row["count"].replace(",", "")) > 0, label
     assert rows["during zdm"]["errors"] == "0"
     assert rows["before zdm"]["errors"] == "0"
+
+    # The page: both ways on the same scales, with the report beside the chart.
+    html = page.read_text()
+    for run in ("run-0", "run-1"):
+        assert f'id="{run}-latency-p99"' in html and f'id="{run}-lock-markers"' in html
+    assert 'id="run-0-phase-2-backfill"' in html and 'id="run-1-phase-1-update-every-row"' in html
+    assert "zdm demo: plan add_phone on 20,000 users" in html and "<script" not in html
+    assert f"wrote {page}" in done.stderr
 
     # Progress went to stderr as logs, never to stdout.
     assert "demo_migration_start" in done.stderr and "demo_migration_start" not in out

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
 
 from zdm import __version__
+from zdm.console import Console, columns
 from zdm.failures import EXIT_FAILED, EXIT_OK, EXIT_USAGE, expected
 from zdm.lazy import lazy_module
 
@@ -37,8 +37,8 @@ app = typer.Typer(
     add_completion=True,
 )
 # No hard wraps: messages stay greppable.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True)
+out = Console()
 
 
 
@@ -292,14 +292,17 @@ def _print_run(r: RunState) -> None:
             for w in r.backfills:
                 if w.ordinal == b.ordinal:
                     out.print(f"    worker {w.worker}: {_backfill_line(w)}")
-    from rich.table import Table as RichTable
+    header, *rows = columns(
+        ("step", "kind", "status", "attempts", "error"),
+        [(s.key, s.kind, s.status, str(s.attempts), _one_line(s.last_error)) for s in r.steps],
+    )
+    out.print(f"[bold]{_escape(header)}[/bold]")
+    for row in rows:
+        out.print(_escape(row))
 
-    table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("step", "kind", "status", "attempts", "error"):
-        table.add_column(col)
-    for s in r.steps:
-        table.add_row(s.key, s.kind, s.status, str(s.attempts), _escape(s.last_error or ""))
-    out.print(table)
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
 
 
 def _backfill_line(b: BackfillProgress | WorkerProgress) -> str:
@@ -635,12 +638,22 @@ def demo(
         typer.Option("--compare-naive", help="Also make the change the naive way, and compare."),
     ] = False,
     threads: Annotated[int, typer.Option("--threads", help="Application traffic threads.")] = 4,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="Also write the report as a page with the latency chart (zdm[report])."
+        ),
+    ] = None,
 ) -> None:
     """Start an embedded PostgreSQL, seed users, run plans/add_phone.yaml under live traffic, report."""
     from zdm.demo.run import demo_command
 
     raise typer.Exit(
-        demo_command(rows=rows, compare_naive=compare_naive, threads=threads, out=sys.stdout)
+        guarded(
+            lambda: demo_command(
+                rows=rows, compare_naive=compare_naive, threads=threads, out=sys.stdout, html=html
+            )
+        )
     )
 
 
@@ -652,11 +665,47 @@ def report(
     dsn: DsnOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="markdown or json.")] = "markdown",
     state_schema: StateOpt = "zdm",
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write a self-contained page: the application's latency over time, the"
+            " phases and the units that held blocking locks, beside the report (zdm[report]).",
+        ),
+    ] = None,
+    latency: Annotated[
+        Path | None,
+        typer.Option(
+            "--latency",
+            help="The application's latency during the run: CSV timestamp,latency_ms or JSON.",
+        ),
+    ] = None,
+    naive: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare-naive",
+            help="A latency file of the same change made the naive way, drawn on the same scales.",
+        ),
+    ] = None,
 ) -> None:
     """The record of a run to attach to a change ticket."""
+    if html is None and (latency is not None or naive is not None):
+        err.print("[red]--latency and --compare-naive draw on the page:[/red] give --html FILE")
+        raise typer.Exit(EXIT_USAGE)
+    name = _plan_name(plan) if plan else None
+    if html is not None:
+        from zdm.report_html import report_page_command
+
+        raise typer.Exit(
+            guarded(
+                lambda: report_page_command(
+                    resolve_dsn(dsn), name, fmt, sys.stdout, page_path=html, latency=latency,
+                    naive=naive, state_schema=state_schema,
+                )
+            )
+        )
     from zdm.report import report_command
 
-    name = _plan_name(plan) if plan else None
     raise typer.Exit(
         guarded(
             lambda: report_command(

@@ -17,6 +17,8 @@ _EXPECTED = (
     ("zdm.state.lease", ("OwnershipLost",), "locked:", " ", EXIT_LOCKED),
     ("zdm.engine.session", ("ConnectionFailed",), "error:", " ", EXIT_FAILED),
     ("zdm.engine.probe", ("ProbeBlocked",), "error:", " ", EXIT_FAILED),
+    ("zdm.report_html", ("ReportExtraMissing", "PageError"), "error:", " ", EXIT_USAGE),
+    ("zdm.timeline", ("LatencyFileError",), "error:", " ", EXIT_USAGE),
 )
 
 

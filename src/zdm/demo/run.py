@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -30,7 +30,9 @@ from zdm.demo.testing import EmbeddedServer, create_database
 from zdm.demo.traffic import Mix, Traffic, TrafficReport
 from zdm.engine.session import connect
 from zdm.report import collect
+from zdm.report_html import check_page_path, require_matplotlib, write_page
 from zdm.state import RunStatus
+from zdm.timeline import Span, Timeline, timeline_of_record
 
 PLAN_FILE = Path(__file__).with_name("add_phone.yaml")
 """The flagship plan, shipped in the package; identical to plans/add_phone.yaml."""
@@ -82,6 +84,10 @@ class Scenario:
     parts: list[Part] = field(default_factory=list)
     stalls: list[Stall] = field(default_factory=list)
     record: dict[str, Any] | None = None
+    app: TrafficReport | None = None
+    """Every statement the application ran, baseline included (for the page's chart)."""
+    wall0: float = 0.0
+    """Epoch seconds of the traffic's time 0."""
 
 
 class Blocker(threading.Thread):
@@ -214,6 +220,7 @@ def run_zdm(
         if blocker is not None:
             blocker.join()
     report = _report(traffic)
+    result.app, result.wall0 = report, wall0
     result.ok = outcome.status == RunStatus.COMPLETED
     result.message += outcome.message
     result.baseline = report.window(0.0, t0)
@@ -282,6 +289,7 @@ def run_naive(
         if blocker is not None:
             blocker.begin()
         t0 = traffic.now()
+        result.wall0 = time.time() - t0
         log.info("demo_migration_start", way=name)
         try:
             for label, stmt in naive_statements():
@@ -301,6 +309,7 @@ def run_naive(
         if blocker is not None:
             blocker.join()
     report = _report(traffic)
+    result.app = report
     result.baseline = report.window(0.0, t0)
     result.during = report.window(t0, t1)
     result.duration_s = t1 - t0
@@ -406,11 +415,17 @@ def seeded_database(admin_dsn: str, name: str, rows: int) -> str:
     return dsn
 
 
-def demo_command(*, rows: int, compare_naive: bool, threads: int, out: TextIO) -> int:
-    """Embedded server, example data, the flagship plan under traffic, a report on `out`."""
+def demo_command(
+    *, rows: int, compare_naive: bool, threads: int, out: TextIO, html: Path | None = None
+) -> int:
+    """Embedded server, example data, the flagship plan under traffic, a report on `out` (and
+    the page with its chart at `html`)."""
     if rows < 1 or threads < 1:
         print("--rows and --threads must be at least 1", file=sys.stderr)
         return 2
+    if html is not None:  # before minutes of work, not after
+        require_matplotlib()
+        check_page_path(html)
     started = time.monotonic()
     try:
         with _terminate_as_interrupt(), EmbeddedServer(fast=True) as server:
@@ -419,9 +434,39 @@ def demo_command(*, rows: int, compare_naive: bool, threads: int, out: TextIO) -
     except KeyboardInterrupt:
         print("interrupted: the embedded server is stopped and its files removed", file=sys.stderr)
         return 130
-    out.write(format_demo(results, rows=rows, threads=threads, version=version))
-    out.write(f"\nwall time {time.monotonic() - started:.0f} s\n")
+    text = format_demo(results, rows=rows, threads=threads, version=version)
+    text += f"\nwall time {time.monotonic() - started:.0f} s\n"
+    out.write(text)
+    if html is not None:
+        title = f"zdm demo: plan add_phone on {rows:,} users, PostgreSQL {version}"
+        write_page(html, title, demo_timelines(results), text)
+        print(f"wrote {html}", file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1
+
+
+def demo_timelines(results: Sequence[Scenario]) -> list[Timeline]:
+    """Each scenario on the page's chart, with the latency its traffic measured: zdm's from its
+    run's record, the naive way's from its statements (each held a lock blocking the app)."""
+    out = []
+    for r in results:
+        if r.app is None or r.during is None:
+            continue
+        samples = [(r.wall0 + at, ms) for at, ms in r.app.latencies()]
+        source = f"the demo's application traffic ({len(samples):,} statements)"
+        named = "" if r.name in ("zdm", "naive") else f" (scenario {r.name})"
+        if r.record is not None:
+            tl = timeline_of_record(r.record, samples, source=source)
+            out.append(replace(tl, title=tl.title + named))
+            continue
+        spans = [Span(p.name, r.wall0 + p.start_s, r.wall0 + p.end_s) for p in r.parts]
+        locks = [Span(f"{s.label} ({(s.end - s.start) * 1000:,.0f} ms)", s.start, s.end)
+                 for s in spans]
+        origin = r.wall0 + r.during.t0
+        title = f"the naive way{named}: {r.message}"
+        out.append(
+            Timeline(title, origin, origin + r.duration_s, samples, spans, locks, source)
+        )
+    return out
 
 
 def _demo(
@@ -551,6 +596,7 @@ __all__ = [
     "Scenario",
     "Stall",
     "demo_command",
+    "demo_timelines",
     "format_demo",
     "naive_statements",
     "run_baseline",

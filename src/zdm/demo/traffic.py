@@ -297,6 +297,11 @@ class TrafficReport:
         ]
         return sorted(found)
 
+    def latencies(self) -> list[tuple[float, float]]:
+        """(start in seconds since the traffic started, latency ms) of every statement."""
+        s = self._samples
+        return [(float(a), float(ms)) for a, ms in zip(s.starts, s.latencies_ms, strict=True)]
+
     def window(self, t0: float, t1: float) -> TrafficReport:
         """Report of the statements that started within ``[t0, t1)`` seconds after the start.
 
@@ -802,6 +807,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--new-app", action="store_true", help="run the new app from the start")
     parser.add_argument("--auto-new-app", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--latency-out",
+        metavar="FILE",
+        help="write every statement's start (epoch s) and latency (ms) as CSV, the form"
+        " `zdm report --html --latency` reads",
+    )
     args = parser.parse_args(argv)
     try:
         traffic = Traffic(
@@ -824,7 +835,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     with contextlib.suppress(KeyboardInterrupt):
         time.sleep(args.seconds)
+    wall0 = time.time() - traffic.now()
     report = traffic.stop()
+    if args.latency_out:
+        from zdm.timeline import write_latency_csv
+
+        write_latency_csv(args.latency_out, ((wall0 + at, ms) for at, ms in report.latencies()))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

@@ -64,10 +64,11 @@ def _step_choice(cls: type[StepSpec] | type[ChangeSpec]) -> Any:
     def unwrap(value: Any) -> Any:
         return value[kind] if isinstance(value, dict) else value
 
-    # Only for the JSON Schema: editors see the one-key mapping that YAML files contain.
+    # Only for the JSON Schema: editors see the one-key mapping that YAML files contain. Built
+    # when the schema is asked for (defer_build), not by every command that loads a plan.
     wrapper = create_model(
         f"{cls.__name__}Step",
-        __config__=ConfigDict(extra="forbid"),
+        __config__=ConfigDict(extra="forbid", defer_build=True),
         __doc__=cls.__doc__,
         **{kind: (cls, ...)},  # type: ignore[call-overload]
     )
