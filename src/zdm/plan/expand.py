@@ -50,6 +50,7 @@ from zdm.plan.steps import (
     Expose,
     ExposeTable,
     ForeignRef,
+    IndexColumn,
     NewColumn,
     RenameColumn,
     RenameConstraint,
@@ -595,7 +596,8 @@ def _written_steps_on(plan: Plan, table: str, column: str) -> list[str]:
     for phase, i, step in plan.iter_steps():
         if split_qualified(getattr(step, "table", "") or "", plan.schema_) != key:
             continue
-        named = {getattr(step, "column", None), *(getattr(step, "columns", None) or [])}
+        columns = step.column_names if isinstance(step, CreateIndex) else None
+        named = {getattr(step, "column", None), *(columns or getattr(step, "columns", None) or [])}
         if column in named:
             found.append(f"phases.{phase}[{i}] {step.kind}")
     return found
@@ -647,7 +649,7 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
             CreateIndex(
                 table=table,
                 name=temp,
-                columns=swapped(idx.columns),
+                columns=list[str | IndexColumn](swapped(idx.columns)),
                 unique=idx.unique,
                 method=idx.method,  # type: ignore[arg-type]
             ),
@@ -805,9 +807,18 @@ def _add_column(
     if column.unique:
         unique = truncate_identifier(f"{base}_{name}_key")
         out.add("cleanup", index, AddUnique(table=table, name=unique, columns=[name]))
-    if column.check is not None:
+    if isinstance(column.check, str):
         check = truncate_identifier(f"{base}_{name}_check")
         out.add("cleanup", index, AddCheck(table=table, name=check, check=column.check))
+    elif column.check is not None:
+        named = column.check
+        out.add(
+            "cleanup",
+            index,
+            AddCheck(
+                table=table, name=named.name, check=named.constraint, no_inherit=named.no_inherit
+            ),
+        )
     if column.references is not None:
         out.add("cleanup", index, _foreign_key(table, name, column.references))
 
