@@ -34,6 +34,7 @@ from zdm.plan.expand import (
     ForeignKeyFact,
     IndexFact,
     ReferenceFact,
+    _rename_not_null,
     default_version_schema,
 )
 
@@ -244,6 +245,10 @@ def test_alter_column_type_through_a_copy() -> None:
                     'TO "orders_sku_price_key";\n'
                     'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_price_fk" '
                     'TO "orders_price_fk";\n'
+                    # PostgreSQL 18's not-null constraint of the copy gets the name it would
+                    # have given the column's own, so a later copy finds its name free.
+                    + _rename_not_null('"public"."orders"', "price", "orders_price_not_null")
+                    + ";\n"
                     'ALTER TABLE "public"."orders" ALTER COLUMN "price" SET DEFAULT 0;\n',
                     "lock": "ACCESS EXCLUSIVE",
                     "tables": ["orders"],

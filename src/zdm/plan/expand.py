@@ -688,8 +688,11 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
     not_null = known.not_null if spec.nullable is None else not spec.nullable
     if not_null:
         out.add("cleanup", index, SetNotNull(table=table, column=copy))
-    if not_null and known.not_null_name is not None:
-        renames.append(_rename_not_null(_qual(plan, table), spec.final, known.not_null_name))
+    if not_null:
+        # The copy's not-null constraint (PostgreSQL 18) takes the old one's name, or the name
+        # PostgreSQL gives a new one: a later copy of the column must find its own name free.
+        name = known.not_null_name or truncate_identifier(f"{bare_name(table)}_{spec.final}_not_null")
+        renames.append(_rename_not_null(_qual(plan, table), spec.final, name))
     default = spec.default[0] if spec.default is not None else known.default
     t = _qual(plan, table)
     swap = [
