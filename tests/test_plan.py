@@ -719,11 +719,15 @@ def test_sql_files_must_exist(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("", "p.yaml: the plan is empty; expected a mapping with at least version and phases"),
+        (
+            "",
+            "p.yaml: the plan is empty; expected a mapping with version and phases, changes or "
+            "both",
+        ),
         (
             "- a\n",
-            "p.yaml:1:1: the plan is a list, not a mapping; expected a mapping with at least "
-            "version and phases",
+            "p.yaml:1:1: the plan is a list, not a mapping; expected a mapping with version and "
+            "phases, changes or both",
         ),
         (
             "version: 1\nphases: {cleanup: [\n",
