@@ -112,3 +112,22 @@ def test_the_chain_runs_and_rolls_back_step_by_step(dsn: str) -> None:
             assert not differ, f"{path.name}: {differ}"
             undone.append(path.name)
     assert len(undone) >= 20, undone
+
+
+def test_set_type_refuses_a_change_that_would_rewrite(dsn: str, tmp_path: Path) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (c varchar(50), n int)")
+        plan = tmp_path / "p.yaml"
+        plan.write_text(
+            "version: 1\nphases:\n  additive:\n    - set_type: {table: t, column: c, type: varchar(20)}\n"
+        )
+        outcome = api.run_plan(plan, dsn)
+        assert outcome.status == "failed"
+        assert (
+            "column c is character varying(50): changing it to varchar(20) would rewrite the table"
+            in outcome.message
+        )
+        assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                            "WHERE attrelid = 't'::regclass AND attname = 'c'").fetchone() == (
+            "character varying(50)",
+        )  # fmt: skip

@@ -81,6 +81,7 @@ MINIMAL: dict[str, tuple[Phase, str]] = {
     "rename_table": ("cleanup", "{table: t, to: u}"),
     "add_column": ("additive", "{table: t, column: {name: c, type: text}}"),
     "drop_column": ("cleanup", "{table: t, column: c}"),
+    "set_type": ("additive", "{table: t, column: c, type: varchar(20)}"),
     "rename_column": ("cleanup", "{table: t, column: c, to: d}"),
     "set_default": ("additive", "{table: t, column: c, default: '0'}"),
     "drop_default": ("cleanup", "{table: t, column: c}"),

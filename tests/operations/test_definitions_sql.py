@@ -185,3 +185,33 @@ def test_foreign_key_and_check_options() -> None:
         'ALTER TABLE "public"."tickets" ADD CONSTRAINT "c" CHECK (sellers_zip > 0) NO INHERIT '
         "NOT VALID",
     )
+
+
+def test_set_type_checks_the_live_column_then_changes_it_in_place() -> None:
+    from zdm.ddl import Check
+    from zdm.operations import plan_inverse, plan_memo
+
+    plan = plan_of("additive:\n  - set_type: {table: users, column: name, type: varchar(200)}\n")
+    step = step_of(plan, "additive", 0)
+    check, change = plan_step(step, ctx())
+    assert isinstance(check, Check) and check.expect is None
+    assert "a.atttypmod - 4 <= 200" in check.query.as_string(None)
+    assert shape([change])[0].sql == (
+        'ALTER TABLE "public"."users" ALTER COLUMN "name" TYPE varchar(200)',
+    )
+    memo = plan_memo(step, ctx())
+    assert memo is not None and "format_type(atttypid, atttypmod)" in memo.as_string(None)
+    undo = plan_inverse(step, ctx(), {"type": "character varying(100)"})
+    assert shape(undo)[0].sql == (
+        'ALTER TABLE "public"."users" ALTER COLUMN "name" TYPE character varying(100)',
+    )
+
+
+def test_set_type_refuses_a_rewriting_type_where_the_plan_says_it() -> None:
+    text = "version: 1\nphases:\n  additive:\n    - set_type: {table: t, column: c, type: bigint}\n"
+    with pytest.raises(PlanError) as error:
+        parse_plan(text, "p.yaml")
+    assert str(error.value).startswith(
+        "p.yaml:4:45: phases.additive[0].set_type.type: set_type changes only what PostgreSQL "
+        "changes without a rewrite"
+    )

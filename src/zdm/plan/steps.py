@@ -7,6 +7,7 @@ happen there too.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -197,6 +198,47 @@ class DropDefault(StepSpec):
 
     table: QualifiedName
     column: Name
+
+
+_VARCHAR_OR_TEXT = re.compile(
+    r"^\s*(?:text|(?:character\s+varying|varchar)\s*(?:\(\s*(?P<length>\d+)\s*\))?)\s*$", re.I
+)
+
+
+def varchar_length(type_: str) -> int | Literal["text"] | None:
+    """For ``varchar(n)``: n; ``varchar``: None; ``text``: "text"; raises ValueError else."""
+    match = _VARCHAR_OR_TEXT.match(type_)
+    if match is None:
+        raise ValueError(type_)
+    if match.group("length") is not None:
+        return int(match.group("length"))
+    return "text" if "text" in type_.lower() else None
+
+
+class SetType(StepSpec):
+    """Change a column's type where PostgreSQL needs no rewrite: varchar to a longer varchar,
+    to varchar without a length or to text (catalog only); any other change goes through a
+    copy column (``alter_column``)."""
+
+    kind = "set_type"
+
+    table: QualifiedName
+    column: Name
+    type: SqlText
+    """``varchar(n)``, ``varchar`` or ``text``."""
+
+    @model_validator(mode="after")
+    def _check_type(self) -> Self:
+        try:
+            varchar_length(self.type)
+        except ValueError:
+            raise PlanValueError(
+                f"set_type changes only what PostgreSQL changes without a rewrite (a varchar "
+                f"widened, or made text), not to {self.type}; use alter_column, which goes "
+                "through a copy column",
+                "type",
+            ) from None
+        return self
 
 
 class SetNotNull(StepSpec):
@@ -676,6 +718,7 @@ STEP_KINDS: dict[str, type[StepSpec]] = {
         RenameColumn,
         SetDefault,
         DropDefault,
+        SetType,
         CreateIndex,
         DropIndex,
         AddCheck,
