@@ -181,3 +181,21 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     result = CliRunner().invoke(app, ["convert", str(tmp_path)])
     assert result.exit_code == 2 and "is a folder: give --output FOLDER" in result.stderr
+
+
+def test_the_readme_line_converts_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if x.startswith("zdm convert pgroll/")]
+    source = tmp_path / "pgroll" / "migrations"
+    source.mkdir(parents=True)
+    for path in FIXTURES.glob("0[1-3]_*"):
+        (source / path.name).write_text(path.read_text())
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, line.split()[1:])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "plans").iterdir()) == [
+        "01_create_tables.yaml",
+        "02_create_another_table.yaml",
+        "03_add_column.yaml",
+    ]
+    assert result.stderr == "wrote 3 plan(s) to plans\n"
