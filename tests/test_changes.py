@@ -1157,7 +1157,9 @@ def test_bigint_swap_expansion() -> None:
         {"set_not_null": {"table": "accounts", "column": "_zdm_new_id"}},
         {
             "sql": {
-                "up": 'DROP TRIGGER "zdm_dw_accounts_id" ON "public"."accounts";\n'
+                # The referencing tables first, as the application's writes lock them.
+                "up": 'LOCK TABLE "public"."orders", "public"."accounts" IN ACCESS EXCLUSIVE MODE;\n'
+                'DROP TRIGGER "zdm_dw_accounts_id" ON "public"."accounts";\n'
                 'DROP FUNCTION "public"."zdm_dw_accounts_id"();\n'
                 'ALTER SEQUENCE "public"."accounts_id_seq" OWNED BY NONE;\n'
                 'ALTER TABLE "public"."orders" DROP CONSTRAINT "orders_account_id_fkey";\n'

@@ -378,7 +378,14 @@ def _swap_primary_key(
     out.add("cleanup", index, SetNotNull(table=table, column=copy))
     t = _qual(plan, table)
     function = _sibling(plan, table, trigger)
-    swap = [f"DROP TRIGGER {q(trigger)} ON {t}", f"DROP FUNCTION {function}()"]
+    referencing = list(dict.fromkeys(ref.table for ref in known.referenced_by if ref.table != table))
+    # An application write to a referencing table locks the key's table after it (the foreign
+    # key's check): the swap locks in the same order, so it never holds the key's table while
+    # it waits for such a writer, which would wait for it in turn (a deadlock the application
+    # would be told of once a retry's lock_timeout outgrew deadlock_timeout).
+    locked = ", ".join([*(_qual(plan, name) for name in referencing), t])
+    swap = [f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE"] if referencing else []
+    swap += [f"DROP TRIGGER {q(trigger)} ON {t}", f"DROP FUNCTION {function}()"]
     seq = known.sequence
     if seq is not None and known.identity:
         # The identity's sequence goes with the old column: carry its position over.
@@ -418,7 +425,7 @@ def _swap_primary_key(
         ]
     if known.not_null_name is not None:
         swap.append(_rename_not_null(t, column, known.not_null_name))
-    tables = [table, *dict.fromkeys(ref.table for ref in known.referenced_by if ref.table != table)]
+    tables = [table, *referencing]
     out.add(
         "cleanup",
         index,
