@@ -378,13 +378,13 @@ def _swap_primary_key(
     out.add("cleanup", index, SetNotNull(table=table, column=copy))
     t = _qual(plan, table)
     function = _sibling(plan, table, trigger)
-    referencing = list(dict.fromkeys(ref.table for ref in known.referenced_by if ref.table != table))
+    ref_tables = list(dict.fromkeys(ref.table for ref in known.referenced_by if ref.table != table))
     # An application write to a referencing table locks the key's table after it (the foreign
     # key's check): the swap locks in the same order, so it never holds the key's table while
     # it waits for such a writer, which would wait for it in turn (a deadlock the application
     # would be told of once a retry's lock_timeout outgrew deadlock_timeout).
-    locked = ", ".join([*(_qual(plan, name) for name in referencing), t])
-    swap = [f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE"] if referencing else []
+    locked = ", ".join([*(_qual(plan, name) for name in ref_tables), t])
+    swap = [f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE"] if ref_tables else []
     swap += [f"DROP TRIGGER {q(trigger)} ON {t}", f"DROP FUNCTION {function}()"]
     seq = known.sequence
     if seq is not None and known.identity:
@@ -425,7 +425,7 @@ def _swap_primary_key(
         ]
     if known.not_null_name is not None:
         swap.append(_rename_not_null(t, column, known.not_null_name))
-    tables = [table, *referencing]
+    tables = [table, *ref_tables]
     out.add(
         "cleanup",
         index,
