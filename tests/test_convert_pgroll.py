@@ -199,3 +199,80 @@ def test_the_readme_line_converts_a_folder(tmp_path: Path, monkeypatch: pytest.M
         "03_add_column.yaml",
     ]
     assert result.stderr == "wrote 3 plan(s) to plans\n"
+
+
+def test_constraint_operations_convert_by_what_their_up_and_down_do() -> None:
+    plan = converted(
+        """
+operations:
+  - drop_constraint:
+      table: posts
+      name: title_length
+      up: title
+      down: SELECT CASE WHEN length(title) <= 3 THEN LPAD(title, 4, '-') ELSE title END
+  - drop_constraint: {table: reviews, name: reviews_review_unique, up: review, down: review}
+  - drop_multicolumn_constraint:
+      table: tickets
+      name: check_zip_name
+      up: {sellers_name: sellers_name, sellers_zip: sellers_zip}
+      down: {sellers_name: sellers_name, sellers_zip: "greatest(sellers_zip, 1)"}
+  - create_constraint: {type: primary_key, table: tasks, name: tasks_pkey, columns: [id], up: {id: id}, down: {id: id}}
+"""
+    )
+    assert plan["changes"] == [
+        {
+            "drop_constraint": {
+                "table": "posts",
+                "name": "title_length",
+                "column": "title",
+                "up": "title",
+                "down": "(SELECT CASE WHEN length(title) <= 3 THEN LPAD(title, 4, '-') ELSE title END)",
+            }
+        },
+        {"drop_constraint": {"table": "reviews", "name": "reviews_review_unique"}},
+        {
+            "drop_constraint": {
+                "table": "tickets",
+                "name": "check_zip_name",
+                "column": "sellers_zip",
+                "up": "sellers_zip",
+                "down": "greatest(sellers_zip, 1)",
+            }
+        },
+        {"add_primary_key": {"table": "tasks", "name": "tasks_pkey", "columns": ["id"]}},
+    ]  # fmt: skip
+    # A new check whose `up` changes one column: that column's alter_column with the check.
+    plan = converted(
+        """
+operations:
+  - create_constraint:
+      type: check
+      table: tickets
+      name: check_zip
+      columns: [sellers_name, sellers_zip]
+      check: sellers_zip > 0
+      up: {sellers_name: sellers_name, sellers_zip: "greatest(sellers_zip, 1)"}
+      down: {sellers_name: sellers_name, sellers_zip: sellers_zip}
+"""
+    )
+    assert plan["changes"] == [
+        {
+            "alter_column": {
+                "table": "tickets",
+                "column": "sellers_zip",
+                "check": {"name": "check_zip", "constraint": "sellers_zip > 0"},
+                "up": "greatest(sellers_zip, 1)",
+            }
+        }
+    ]
+    with pytest.raises(PgrollError) as error:
+        convert_pgroll(
+            "operations:\n  - drop_multicolumn_constraint: {table: t, name: c,"
+            " up: {a: a + 1, b: b + 1}, down: {a: a, b: b}}\n",
+            "m.yaml",
+            "m",
+        )
+    assert str(error.value) == (
+        "m.yaml: operations[0].drop_multicolumn_constraint.down: zdm transforms one column while "
+        "dropping a constraint, not several"
+    )
