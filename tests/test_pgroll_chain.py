@@ -131,3 +131,56 @@ def test_set_type_refuses_a_change_that_would_rewrite(dsn: str, tmp_path: Path) 
                             "WHERE attrelid = 't'::regclass AND attname = 'c'").fetchone() == (
             "character varying(50)",
         )  # fmt: skip
+
+
+def test_rich_definitions_with_mixed_case_names(dsn: str, tmp_path: Path) -> None:
+    plan = tmp_path / "p.yaml"
+    plan.write_text(
+        """\
+version: 1
+name: mixed
+phases:
+  additive:
+    - create_table:
+        table: Shop Items
+        comment: "the shop's items"
+        columns:
+          - {name: Id, type: bigint, generated: {identity: {}}}
+          - {name: Price, type: numeric, comment: in euros,
+             check: {name: Price Positive, constraint: '"Price" > 0'}}
+          - {name: Label, type: text}
+        constraints:
+          - {name: Shop Items PK, type: primary_key, columns: [Id]}
+          - {name: One Label, type: unique, columns: [Label], index_parameters: {include_columns: [Price]}}
+    - create_index:
+        table: Shop Items
+        name: Items By Label
+        columns: [{column: Label, collate: C, sort: desc, nulls: last}]
+"""
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = snapshot(conn)
+        outcome = api.run_plan(plan, dsn)
+        assert outcome.status == "completed", outcome.message
+        names = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = '\"Shop Items\"'::regclass"
+            " ORDER BY 1"
+        ).fetchall()
+        assert [n for (n,) in names if not n.endswith("_not_null")] == [
+            "One Label",
+            "Price Positive",
+            "Shop Items PK",
+        ]
+        index = conn.execute(
+            "SELECT pg_get_indexdef('public.\"Items By Label\"'::regclass)"
+        ).fetchone()
+        assert index is not None and index[0].endswith(
+            'USING btree ("Label" COLLATE "C" DESC NULLS LAST)'
+        )
+        comments = conn.execute(
+            "SELECT obj_description('\"Shop Items\"'::regclass),"
+            " col_description('\"Shop Items\"'::regclass, 2)"
+        ).fetchone()
+        assert comments == ("the shop's items", "in euros")
+        assert api.rollback(plan, dsn).status == "rolled_back"
+        assert not _differences(snapshot(conn), before)
