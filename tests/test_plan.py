@@ -81,6 +81,7 @@ MINIMAL: dict[str, tuple[Phase, str]] = {
     "rename_table": ("cleanup", "{table: t, to: u}"),
     "add_column": ("additive", "{table: t, column: {name: c, type: text}}"),
     "drop_column": ("cleanup", "{table: t, column: c}"),
+    "set_type": ("additive", "{table: t, column: c, type: varchar(20)}"),
     "rename_column": ("cleanup", "{table: t, column: c, to: d}"),
     "set_default": ("additive", "{table: t, column: c, default: '0'}"),
     "drop_default": ("cleanup", "{table: t, column: c}"),
@@ -257,9 +258,8 @@ def test_full_fields_of_rich_kinds() -> None:
     )
     additive = parse_plan(text).plan.phases.additive
     table, index, sql, backfill = additive
-    assert table.model_dump()["columns"][1]["references"] == {
+    assert table.model_dump(exclude_defaults=True)["columns"][1]["references"] == {
         "table": "users",
-        "column": "id",
         "on_delete": "cascade",
     }
     assert isinstance(index, CreateIndex) and index.include == ["id"]
@@ -420,7 +420,7 @@ def test_unknown_key_lists_the_expected_keys() -> None:
     text = plan_text("cleanup", "- add_check: {table: users, name: c, check: x, foo: 1}")
     assert issues_of(text) == [
         "p.yaml:4:52: phases.cleanup[0].add_check.foo: unknown key 'foo'; "
-        "expected one of: table, name, check, validate"
+        "expected one of: table, name, check, no_inherit, validate"
     ]
 
 
@@ -720,11 +720,15 @@ def test_sql_files_must_exist(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("", "p.yaml: the plan is empty; expected a mapping with at least version and phases"),
+        (
+            "",
+            "p.yaml: the plan is empty; expected a mapping with version and phases, changes or "
+            "both",
+        ),
         (
             "- a\n",
-            "p.yaml:1:1: the plan is a list, not a mapping; expected a mapping with at least "
-            "version and phases",
+            "p.yaml:1:1: the plan is a list, not a mapping; expected a mapping with version and "
+            "phases, changes or both",
         ),
         (
             "version: 1\nphases: {cleanup: [\n",

@@ -20,6 +20,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from zdm.plan import PHASES, Plan, Settings, parse_plan
+from zdm.plan.changes import CHANGE_KINDS, ChangeSpec
+from zdm.plan.expand import offline_facts
 from zdm.plan.steps import STEP_KINDS, PlanModel, StepSpec
 
 DOC = Path(__file__).parent.parent / "docs" / "plan-reference.md"
@@ -142,7 +144,8 @@ TEXT = DOC.read_text(encoding="utf-8")
 TOP = sections(TEXT, "##")
 #: Sections checked on their own; nested top-level keys (``changes[].…``) may have a section of
 #: their own besides "Top-level keys".
-OWN_SECTIONS = ("Settings", "Phases", STEP_KINDS_HEADING)
+CHANGE_KINDS_HEADING = "Change kinds"
+OWN_SECTIONS = ("Settings", "Phases", STEP_KINDS_HEADING, CHANGE_KINDS_HEADING)
 
 
 def test_top_level_keys_are_documented_with_their_defaults() -> None:
@@ -250,6 +253,69 @@ def test_every_step_kind_has_a_section_with_lock_example_and_every_field() -> No
     for kind in documented.keys() - STEP_KINDS.keys():
         problems.append(f'{DOC_NAME}: section "### `{kind}`" is no step kind; remove it')
     assert not problems, "\n".join(problems)
+
+
+def _change_template(kind: str, cls: type[ChangeSpec]) -> str:
+    rows = "\n".join(_row_hint(key, default) for key, default in model_rows(cls).items())
+    return (
+        f"### `{kind}`\n\n<what it does>\n\n**Expands into:** <phases, steps, locks>\n\n"
+        f"```yaml\n- {kind}: {{...}}\n```\n\n| field | default | meaning |\n|---|---|---|\n"
+        f"{rows}"
+    )
+
+
+def change_kind_problems(text: str) -> list[str]:
+    """What the "Change kinds" section of `text` lacks: a section per kind with its expansion,
+    an example that validates and a row per field."""
+    kinds = sections(sections(text, "##").get(CHANGE_KINDS_HEADING, ""), "###")
+    documented = {heading.strip("`"): body for heading, body in kinds.items()}
+    problems = []
+    for kind, cls in CHANGE_KINDS.items():
+        where = f'"### `{kind}`"'
+        body = documented.get(kind)
+        if body is None:
+            problems.append(
+                f'{DOC_NAME}: no section for change kind `{kind}`; add under "## '
+                f'{CHANGE_KINDS_HEADING}":\n{_change_template(kind, cls)}'
+            )
+            continue
+        if "**Expands into:**" not in body:
+            problems.append(
+                f"{DOC_NAME}, section {where}: add a line **Expands into:** <phases, steps, locks>"
+            )
+        examples = yaml_blocks(body)
+        if len(examples) != 1:
+            problems.append(f"{DOC_NAME}, section {where}: give one ```yaml example of the change")
+        else:
+            changes = yaml.safe_load(examples[0])
+            plan = yaml.safe_dump({"version": 1, "name": "example", "changes": changes})
+            try:
+                parse_plan(plan, "example.yaml", facts=offline_facts)
+            except Exception as error:
+                problems.append(
+                    f"{DOC_NAME}, section {where}: its example does not validate:\n{error}"
+                )
+        problems += compare(where, model_rows(cls), doc_rows(body))
+    for kind in documented.keys() - CHANGE_KINDS.keys():
+        problems.append(f'{DOC_NAME}: section "### `{kind}`" is no change kind; remove it')
+    return problems
+
+
+def test_every_change_kind_has_a_section_with_expansion_example_and_every_field() -> None:
+    problems = change_kind_problems(TEXT)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_change_kind_without_its_section_fails() -> None:
+    start = TEXT.index("### `rename_table`", TEXT.index(f"## {CHANGE_KINDS_HEADING}"))
+    end = TEXT.index("### ", start + 4)
+    problems = change_kind_problems(TEXT[:start] + TEXT[end:])
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f'{DOC_NAME}: no section for change kind `rename_table`; add under "## Change kinds":\n'
+        "### `rename_table`\n"
+    )
+    assert "| `from` | required | <what it does> |" in problems[0]
 
 
 def test_the_drift_check_names_what_to_add_for_a_new_field() -> None:

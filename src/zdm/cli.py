@@ -617,13 +617,18 @@ def lint(
 @app.command()
 def convert(
     sql_file: Annotated[
-        Path, typer.Argument(help="A .sql migration to turn into a safe zdm plan; - reads stdin.")
+        Path,
+        typer.Argument(
+            help="A .sql migration, a pgroll migration (.json/.yaml) or a folder of pgroll "
+            "migrations to turn into zdm plans; - reads stdin."
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the plan here.")
     ] = None,
 ) -> None:
-    """Write a five-phase zdm plan that makes the same change as a .sql file, safely."""
+    """Write a five-phase zdm plan that makes the same change as a .sql file or a pgroll
+    migration, safely; a folder of pgroll migrations becomes a folder of numbered plans."""
     from zdm.lint.convert import convert_command
 
     stdin = sys.stdin.read() if str(sql_file) == "-" else None

@@ -36,6 +36,19 @@ def test_clean_file_exits_0(tmp_path: Path) -> None:
     assert "no problems in 1 file" in err
 
 
+def test_a_folder_lints_plans_of_changes_only(tmp_path: Path) -> None:
+    write(tmp_path / "m" / "01_a.yaml", "version: 1\nphases:\n  additive: []\n")
+    write(
+        tmp_path / "m" / "02_b.yaml",
+        "version: 1\nchanges:\n  - alter_column: {table: t, column: c, nullable: false}\n",
+    )
+    write(tmp_path / "m" / "notes.yaml", "title: not a plan\n")
+    code, out, err = lint(str(tmp_path / "m"))
+    assert code == 1
+    assert "02_b.yaml:3:" in out and "[change-not-null-without-up]" in out
+    assert "in 2 files" in err
+
+
 def test_findings_exit_1_with_place_rule_and_fix(tmp_path: Path) -> None:
     path = write(tmp_path / "V1__idx.sql", BAD_SQL)
     code, out, err = lint(str(path))

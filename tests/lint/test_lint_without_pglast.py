@@ -155,3 +155,18 @@ def test_other_commands_do_not_need_pglast(zdm: Zdm, tmp_path: Path) -> None:
     assert result.returncode == 0 and '"phases"' in result.stdout
     result = zdm("--help")
     assert result.returncode == 0 and "lint" in result.stdout
+
+
+def test_convert_of_pgroll_migrations_needs_no_pglast(zdm: Zdm, tmp_path: Path) -> None:
+    (tmp_path / "01_fruits.json").write_text(
+        '{"operations": [{"create_table": {"name": "fruits", "columns": '
+        '[{"name": "id", "type": "serial", "pk": true}]}}]}'
+    )
+    result = zdm("convert", "01_fruits.json")
+    _no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    assert "create_table:" in result.stdout and "table: fruits" in result.stdout
+    result = zdm("convert", ".", "-o", "out")
+    _no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "01_fruits.yaml").exists()

@@ -181,8 +181,10 @@ class _Copies:
                 parts: list[sql.Composable] = [sql.Identifier(coldef.name), user_sql(coldef.type)]
                 if coldef.default is not None:
                     parts += [sql.SQL("DEFAULT"), user_sql(f"({coldef.default})")]
-                if coldef.check is not None:
-                    parts += [sql.SQL("CHECK"), user_sql(f"({coldef.check})")]
+                check = coldef.check
+                if check is not None:
+                    text = check if isinstance(check, str) else check.constraint
+                    parts += [sql.SQL("CHECK"), user_sql(f"({text})")]
                 columns.append(sql.SQL(" ").join(parts))
             yield Probe(
                 at,
@@ -245,7 +247,7 @@ class _Copies:
                 what: sql.Composable = user_sql(f"({spec.expression})")
                 loc = (*at, "expression")
             else:
-                what = sql.SQL(", ").join(sql.Identifier(c) for c in spec.columns or [])
+                what = sql.SQL(", ").join(sql.Identifier(c) for c in spec.column_names)
                 loc = (*at, "columns")
             statement = (
                 sql.SQL("CREATE INDEX ON {} USING {} (").format(copy, sql.Identifier(spec.method))

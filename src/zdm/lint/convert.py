@@ -62,10 +62,15 @@ def convert_command(
     sql_file: Path, output: Path | None, out: TextIO, stdin: str | None = None
 ) -> int:
     """Write the plan for ``sql_file`` (``-``: the SQL ``stdin``) to ``output`` (or ``out``);
-    returns the exit code."""
+    returns the exit code. A pgroll migration (JSON or YAML) converts too, and a folder of
+    them converts into a folder."""
+    from zdm.lint.pgroll import PgrollError
+
+    if stdin is None and sql_file.is_dir():
+        return _convert_folder(sql_file, output)
     try:
         text = convert_file(sql_file, stdin)
-    except (LintError, ConvertError) as error:
+    except (LintError, ConvertError, PgrollError) as error:
         sys.stderr.write(f"zdm convert: {error}\n")
         return EXIT_ERROR
     except Exception as error:  # a converter bug: say so instead of printing a traceback
@@ -88,10 +93,45 @@ def convert_command(
     return EXIT_OK
 
 
+def _convert_folder(folder: Path, output: Path | None) -> int:
+    """Every pgroll migration of `folder`, in name order, into the folder `output`."""
+    from zdm.lint.pgroll import PgrollError, convert_pgroll, migration_files, output_name
+
+    if output is None:
+        sys.stderr.write(f"zdm convert: {folder} is a folder: give --output FOLDER\n")
+        return EXIT_ERROR
+    files = migration_files(folder)
+    if not files:
+        sys.stderr.write(f"zdm convert: {folder}: no .json, .yaml or .yml migrations\n")
+        return EXIT_ERROR
+    plans = []
+    try:
+        for position, path in enumerate(files, 1):
+            name = output_name(path, position)
+            plans.append((name, convert_pgroll(read_text(path), str(path), name[:-5])))
+    except (LintError, PgrollError) as error:
+        sys.stderr.write(f"zdm convert: {error}\n")
+        return EXIT_ERROR
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        for name, text in plans:
+            (output / name).write_text(text, encoding="utf-8")
+    except OSError as error:
+        sys.stderr.write(f"zdm convert: cannot write {output}: {error.strerror or error}\n")
+        return EXIT_ERROR
+    sys.stderr.write(f"wrote {len(plans)} plan(s) to {output}\n")
+    return EXIT_OK
+
+
 def convert_file(sql_file: Path, stdin: str | None = None) -> str:
-    """The plan YAML for a .sql file (or ``stdin``); raises LintError or ConvertError."""
+    """The plan YAML for a .sql file, a pgroll migration (or ``stdin``); raises LintError,
+    ConvertError or PgrollError."""
+    from zdm.lint.pgroll import convert_pgroll, is_pgroll
+
     file = str(sql_file) if stdin is None else "<stdin>"
     text = read_text(sql_file) if stdin is None else stdin
+    if is_pgroll(text):
+        return convert_pgroll(text, file, sql_file.stem if stdin is None else "converted")
     try:
         require_pglast()
     except PglastMissing as error:

@@ -90,7 +90,7 @@ def _looks_like_plan(path: Path) -> bool:
         data = read_yaml(path.read_text(encoding="utf-8")).data
     except (OSError, UnicodeDecodeError, YamlSyntaxError):
         return False
-    return isinstance(data, dict) and "phases" in data
+    return isinstance(data, dict) and ("phases" in data or "changes" in data)
 
 
 def discover(

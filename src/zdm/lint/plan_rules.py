@@ -101,7 +101,7 @@ def _filled_columns(plan: Plan, steps: list[PlanStep], index: int, spec: Backfil
 def _indexed_columns(spec: CreateIndex | AddUnique) -> set[str]:
     if isinstance(spec, AddUnique):
         return set(spec.columns)
-    columns = set(spec.columns or []) | set(spec.include or [])
+    columns = set(spec.column_names) | set(spec.include or [])
     for text in (spec.expression, spec.where):
         if text:
             columns |= expression_columns(text)

@@ -15,12 +15,13 @@ from zdm.operations import (
     indexes,
     keys,
     tables,
+    types,
     views,
 )
 from zdm.operations.base import FORWARD, INVERSE, MEMO, Context, Irreversible
 from zdm.plan import StepSpec
 
-_MODULES = (columns, comments, constraints, data, dual_write, indexes, keys, tables, views)
+_MODULES = (columns, comments, constraints, data, dual_write, indexes, keys, tables, types, views)
 
 
 def plan_step(step: StepSpec, ctx: Context) -> list[Action]:

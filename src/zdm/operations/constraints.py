@@ -86,6 +86,39 @@ def drop(table: Table, name: str) -> Txn:
     return Txn((stmt,), f"drop constraint {name}", skip_if=cat.constraint_missing(table, name))
 
 
+def reference_options(
+    match_type: str | None,
+    on_delete: str | None,
+    on_update: str | None,
+    deferrable: bool = False,
+    initially_deferred: bool = False,
+    on_delete_set_columns: list[str] | None = None,
+) -> sql.Composed:
+    """What follows a foreign key's REFERENCES clause: MATCH, ON DELETE, ON UPDATE,
+    DEFERRABLE (the plan's values are checked literals, so their upper case is SQL)."""
+    parts: list[sql.Composable] = []
+    if match_type:
+        parts.append(sql.SQL(" MATCH ") + user_sql(match_type.upper()))
+    if on_delete:
+        parts.append(sql.SQL(" ON DELETE ") + user_sql(on_delete.upper()))
+        if on_delete_set_columns:
+            parts.append(
+                sql.SQL(" ({})").format(
+                    sql.SQL(", ").join(map(sql.Identifier, on_delete_set_columns))
+                )
+            )
+    if on_update:
+        parts.append(sql.SQL(" ON UPDATE ") + user_sql(on_update.upper()))
+    parts.append(deferral(deferrable, initially_deferred))
+    return sql.Composed(parts)
+
+
+def deferral(deferrable: bool, initially_deferred: bool) -> sql.SQL:
+    if initially_deferred:
+        return sql.SQL(" DEFERRABLE INITIALLY DEFERRED")
+    return sql.SQL(" DEFERRABLE" if deferrable else "")
+
+
 @forward(AddCheck)
 def add_check(step: AddCheck, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
@@ -93,7 +126,9 @@ def add_check(step: AddCheck, ctx: Context) -> list[Action]:
         _add(
             table,
             step.name,
-            sql.SQL("CHECK ({})").format(user_sql(step.check)),
+            sql.SQL("CHECK ({}){}").format(
+                user_sql(step.check), sql.SQL(" NO INHERIT" if step.no_inherit else "")
+            ),
             AE,
             "no scan (NOT VALID); new writes are checked",
         )
@@ -112,8 +147,9 @@ def add_foreign_key(step: AddForeignKey, ctx: Context) -> list[Action]:
         target.ident(),
         sql.SQL(", ").join(map(sql.Identifier, step.references.columns)),
     )
-    if step.on_delete:
-        body = body + sql.SQL(" ON DELETE ") + user_sql(step.on_delete.upper())
+    body = body + reference_options(
+        step.match_type, step.on_delete, step.on_update, step.deferrable, step.initially_deferred
+    )
     actions: list[Action] = [
         _add(
             table,

@@ -13,7 +13,7 @@ from psycopg import sql
 from zdm.ddl import Action, Check, LockMode, Query, Statement, Table, Txn, Wait, user_sql
 from zdm.ddl import catalog as cat
 from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
-from zdm.plan import CreateIndex, DropIndex
+from zdm.plan import CreateIndex, DropIndex, IndexColumn
 
 SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
 AE = LockMode.ACCESS_EXCLUSIVE
@@ -52,6 +52,7 @@ def build_index(
     method: str = "btree",
     include: list[str] | None = None,
     where: str | None = None,
+    storage: str | None = None,
     skip_if: Query | None = None,
 ) -> list[Action]:
     """The two units of a concurrent index build: recover, then build (skipped when valid)."""
@@ -69,6 +70,8 @@ def build_index(
         parts.append(
             sql.SQL(" INCLUDE ({})").format(sql.SQL(", ").join(map(sql.Identifier, include)))
         )
+    if storage:
+        parts.append(sql.SQL(" WITH ({})").format(user_sql(storage)))
     if where:
         parts.append(sql.SQL(" WHERE {}").format(user_sql(where)))
     return concurrent_build(table, index, sql.Composed(parts), skip_if)
@@ -103,7 +106,7 @@ def create_index(step: CreateIndex, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
     keys: sql.Composable
     if step.columns:
-        keys = sql.SQL(", ").join(map(sql.Identifier, step.columns))
+        keys = sql.SQL(", ").join(index_key(key) for key in step.keys)
     else:
         assert step.expression is not None
         keys = sql.SQL("({})").format(user_sql(step.expression))
@@ -115,7 +118,26 @@ def create_index(step: CreateIndex, ctx: Context) -> list[Action]:
         method=step.method,
         include=step.include,
         where=step.where,
+        storage=step.storage_parameters,
     )
+
+
+def index_key(key: IndexColumn) -> sql.Composed:
+    """One index key: the column, then COLLATE, operator class (with its parameters), ASC or
+    DESC and NULLS FIRST or LAST, in PostgreSQL's order."""
+    parts: list[sql.Composable] = [sql.Identifier(key.column)]
+    if key.collate is not None:
+        parts.append(sql.SQL(" COLLATE {}").format(sql.Identifier(key.collate)))
+    if key.opclass is not None:
+        parts.append(sql.SQL(" ") + sql.Identifier(key.opclass.name))
+        if key.opclass.params:
+            params = sql.SQL(", ").join(map(user_sql, key.opclass.params))
+            parts.append(sql.SQL(" ({})").format(params))
+    if key.sort is not None:
+        parts.append(sql.SQL(" DESC" if key.sort == "desc" else " ASC"))
+    if key.nulls is not None:
+        parts.append(sql.SQL(" NULLS FIRST" if key.nulls == "first" else " NULLS LAST"))
+    return sql.Composed(parts)
 
 
 @inverse(CreateIndex)

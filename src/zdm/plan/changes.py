@@ -11,6 +11,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
+from zdm.plan.definitions import NamedCheck
 from zdm.plan.errors import PlanValueError
 from zdm.plan.names import Name, QualifiedName, SqlText
 from zdm.plan.steps import OnDelete, PlanModel
@@ -153,7 +154,8 @@ class AddColumnSpec(PlanModel):
     default: SqlText | None = None
     comment: str | None = None
     unique: bool = False
-    check: SqlText | None = None
+    check: SqlText | NamedCheck | None = None
+    """An expression (named ``<table>_<column>_check``), or ``{name, constraint}``."""
     references: ReferencesSpec | None = None
 
 

@@ -50,6 +50,7 @@ from zdm.plan.steps import (
     Expose,
     ExposeTable,
     ForeignRef,
+    IndexColumn,
     NewColumn,
     RenameColumn,
     RenameConstraint,
@@ -58,9 +59,11 @@ from zdm.plan.steps import (
     SetDefault,
     SetNotNull,
     SetReplicaIdentity,
+    SetType,
     Sql,
     StepSpec,
     Unexpose,
+    varchar_length,
 )
 
 COPY_PREFIX = "_zdm_new_"
@@ -375,7 +378,14 @@ def _swap_primary_key(
     out.add("cleanup", index, SetNotNull(table=table, column=copy))
     t = _qual(plan, table)
     function = _sibling(plan, table, trigger)
-    swap = [f"DROP TRIGGER {q(trigger)} ON {t}", f"DROP FUNCTION {function}()"]
+    ref_tables = list(dict.fromkeys(ref.table for ref in known.referenced_by if ref.table != table))
+    # An application write to a referencing table locks the key's table after it (the foreign
+    # key's check): the swap locks in the same order, so it never holds the key's table while
+    # it waits for such a writer, which would wait for it in turn (a deadlock the application
+    # would be told of once a retry's lock_timeout outgrew deadlock_timeout).
+    locked = ", ".join([*(_qual(plan, name) for name in ref_tables), t])
+    swap = [f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE"] if ref_tables else []
+    swap += [f"DROP TRIGGER {q(trigger)} ON {t}", f"DROP FUNCTION {function}()"]
     seq = known.sequence
     if seq is not None and known.identity:
         # The identity's sequence goes with the old column: carry its position over.
@@ -415,7 +425,7 @@ def _swap_primary_key(
         ]
     if known.not_null_name is not None:
         swap.append(_rename_not_null(t, column, known.not_null_name))
-    tables = [table, *dict.fromkeys(ref.table for ref in known.referenced_by if ref.table != table)]
+    tables = [table, *ref_tables]
     out.add(
         "cleanup",
         index,
@@ -453,14 +463,14 @@ def _widens(old: str, new: str) -> bool:
 
 
 def _retype_in_place(change: AlterColumn, index: int, plan: Plan, old: str, out: _Out) -> None:
-    alter = f"ALTER TABLE {_qual(plan, change.table)} ALTER COLUMN {q(change.column)} TYPE"
-    step = Sql(
-        up=f"{alter} {change.type};\n",
-        down=f"{alter} {old};\n",
-        lock="ACCESS EXCLUSIVE",
-        tables=[change.table],
-    )
-    out.add("additive", index, step)
+    """A varchar widened (or made text) in place; the same type again changes nothing. The
+    step does not depend on `old`, so the plan expands the same after it ran (a resume)."""
+    assert change.type is not None
+    try:
+        varchar_length(change.type)
+    except ValueError:
+        return  # the column has the type already
+    out.add("additive", index, SetType(table=change.table, column=change.column, type=change.type))
 
 
 def _alter_in_place(change: AlterColumn, index: int, out: _Out) -> None:
@@ -595,7 +605,8 @@ def _written_steps_on(plan: Plan, table: str, column: str) -> list[str]:
     for phase, i, step in plan.iter_steps():
         if split_qualified(getattr(step, "table", "") or "", plan.schema_) != key:
             continue
-        named = {getattr(step, "column", None), *(getattr(step, "columns", None) or [])}
+        columns = step.column_names if isinstance(step, CreateIndex) else None
+        named = {getattr(step, "column", None), *(columns or getattr(step, "columns", None) or [])}
         if column in named:
             found.append(f"phases.{phase}[{i}] {step.kind}")
     return found
@@ -647,7 +658,7 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
             CreateIndex(
                 table=table,
                 name=temp,
-                columns=swapped(idx.columns),
+                columns=list[str | IndexColumn](swapped(idx.columns)),
                 unique=idx.unique,
                 method=idx.method,  # type: ignore[arg-type]
             ),
@@ -686,8 +697,11 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
     not_null = known.not_null if spec.nullable is None else not spec.nullable
     if not_null:
         out.add("cleanup", index, SetNotNull(table=table, column=copy))
-    if not_null and known.not_null_name is not None:
-        renames.append(_rename_not_null(_qual(plan, table), spec.final, known.not_null_name))
+    if not_null:
+        # The copy's not-null constraint (PostgreSQL 18) takes the old one's name, or the name
+        # PostgreSQL gives a new one: a later copy of the column must find its own name free.
+        name = known.not_null_name or truncate_identifier(f"{bare_name(table)}_{spec.final}_not_null")
+        renames.append(_rename_not_null(_qual(plan, table), spec.final, name))
     default = spec.default[0] if spec.default is not None else known.default
     t = _qual(plan, table)
     swap = [
@@ -805,9 +819,18 @@ def _add_column(
     if column.unique:
         unique = truncate_identifier(f"{base}_{name}_key")
         out.add("cleanup", index, AddUnique(table=table, name=unique, columns=[name]))
-    if column.check is not None:
+    if isinstance(column.check, str):
         check = truncate_identifier(f"{base}_{name}_check")
         out.add("cleanup", index, AddCheck(table=table, name=check, check=column.check))
+    elif column.check is not None:
+        named = column.check
+        out.add(
+            "cleanup",
+            index,
+            AddCheck(
+                table=table, name=named.name, check=named.constraint, no_inherit=named.no_inherit
+            ),
+        )
     if column.references is not None:
         out.add("cleanup", index, _foreign_key(table, name, column.references))
 

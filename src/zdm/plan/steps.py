@@ -7,17 +7,28 @@ happen there too.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic import ConfigDict, Field, PlainValidator, model_validator
 
+from zdm.plan.definitions import (
+    ColumnDef,
+    ColumnRef,
+    IndexColumn,
+    IndexMethod,
+    MatchType,
+    OnDelete,
+    OnUpdate,
+    PlanModel,
+    TableConstraint,
+)
 from zdm.plan.durations import Duration
 from zdm.plan.errors import PlanValueError, describe
 from zdm.plan.names import Name, QualifiedName, SqlText, bare_name, truncate_identifier
 
-OnDelete = Literal["no action", "restrict", "cascade", "set null", "set default"]
-IndexMethod = Literal["btree", "hash", "gin", "gist", "brin", "spgist"]
+__all__ = ["ColumnDef", "ColumnRef", "IndexColumn", "IndexMethod", "OnDelete", "PlanModel"]
 LockModeName = Literal[
     "ACCESS SHARE",
     "ROW SHARE",
@@ -35,15 +46,6 @@ _NOT_NULL_WITHOUT_DEFAULT = (
 )
 
 
-class PlanModel(BaseModel):
-    """Base of every plan model: unknown keys are errors, values are never coerced."""
-
-    # strict: a YAML 1 is not a string, "yes" is not a boolean; plans say what they mean.
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True
-    )
-
-
 class StepSpec(PlanModel):
     """One step of a plan, as written under its kind's key."""
 
@@ -56,27 +58,6 @@ class StepSpec(PlanModel):
 # --- tables -------------------------------------------------------------------------------
 
 
-class ColumnRef(PlanModel):
-    """A column-level foreign key: the referenced table and column."""
-
-    table: QualifiedName
-    column: Name = "id"
-    on_delete: OnDelete | None = None
-
-
-class ColumnDef(PlanModel):
-    """A column of a new table."""
-
-    name: Name
-    type: SqlText
-    nullable: bool = True
-    default: SqlText | None = None
-    primary_key: bool = False
-    unique: bool = False
-    references: ColumnRef | None = None
-    check: SqlText | None = None
-
-
 class CreateTable(StepSpec):
     """Create a table; a new table locks nothing that anyone uses."""
 
@@ -85,6 +66,10 @@ class CreateTable(StepSpec):
     table: QualifiedName
     columns: list[ColumnDef] = Field(min_length=1)
     primary_key: list[Name] | None = Field(default=None, min_length=1)
+    constraints: list[TableConstraint] = Field(default_factory=list)
+    """Named table-level constraints: primary_key, unique, check, foreign_key, exclude."""
+    comment: str | None = None
+    """The table's comment."""
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:
@@ -93,16 +78,25 @@ class CreateTable(StepSpec):
             if column.name in seen:
                 raise PlanValueError(f"column {column.name!r} is defined twice", "columns")
             seen.add(column.name)
-        keyed = [column.name for column in self.columns if column.primary_key]
+        for constraint in self.constraints:
+            for name in [*(constraint.columns or []), *_included(constraint)]:
+                if name not in seen:
+                    raise PlanValueError(
+                        f"constraint {constraint.name!r} names column {name!r}, which is not "
+                        "among the table's columns",
+                        "constraints",
+                    )
+        keyed = [f"column {c.name!r}" for c in self.columns if c.primary_key]
+        keyed += [f"constraint {c.name!r}" for c in self.constraints if c.type == "primary_key"]
         if keyed and self.primary_key is not None:
             raise PlanValueError(
-                f"the primary key is given both here and on column {keyed[0]!r}; keep one of them",
+                f"the primary key is given both here and on {keyed[0]}; keep one of them",
                 "primary_key",
             )
         if len(keyed) > 1:
             raise PlanValueError(
-                f"columns {', '.join(keyed)} are all marked primary_key; list them in the "
-                "table's primary_key for a composite key",
+                f"{', '.join(keyed)} are all primary keys; a table has one (list a composite "
+                "key's columns in the table's primary_key)",
                 "columns",
             )
         for name in self.primary_key or []:
@@ -112,6 +106,11 @@ class CreateTable(StepSpec):
                     "primary_key",
                 )
         return self
+
+
+def _included(constraint: TableConstraint) -> list[str]:
+    params = constraint.index_parameters
+    return list(params.include_columns or []) if params is not None else []
 
 
 class DropTable(StepSpec):
@@ -201,6 +200,47 @@ class DropDefault(StepSpec):
     column: Name
 
 
+_VARCHAR_OR_TEXT = re.compile(
+    r"^\s*(?:text|(?:character\s+varying|varchar)\s*(?:\(\s*(?P<length>\d+)\s*\))?)\s*$", re.I
+)
+
+
+def varchar_length(type_: str) -> int | Literal["text"] | None:
+    """For ``varchar(n)``: n; ``varchar``: None; ``text``: "text"; raises ValueError else."""
+    match = _VARCHAR_OR_TEXT.match(type_)
+    if match is None:
+        raise ValueError(type_)
+    if match.group("length") is not None:
+        return int(match.group("length"))
+    return "text" if "text" in type_.lower() else None
+
+
+class SetType(StepSpec):
+    """Change a column's type where PostgreSQL needs no rewrite: varchar to a longer varchar,
+    to varchar without a length or to text (catalog only); any other change goes through a
+    copy column (``alter_column``)."""
+
+    kind = "set_type"
+
+    table: QualifiedName
+    column: Name
+    type: SqlText
+    """``varchar(n)``, ``varchar`` or ``text``."""
+
+    @model_validator(mode="after")
+    def _check_type(self) -> Self:
+        try:
+            varchar_length(self.type)
+        except ValueError:
+            raise PlanValueError(
+                f"set_type changes only what PostgreSQL changes without a rewrite (a varchar "
+                f"widened, or made text), not to {self.type}; use alter_column, which goes "
+                "through a copy column",
+                "type",
+            ) from None
+        return self
+
+
 class SetNotNull(StepSpec):
     """Make a column NOT NULL through a validated check, so no long scan holds a lock."""
 
@@ -242,12 +282,24 @@ class CreateIndex(StepSpec):
 
     table: QualifiedName
     name: Name
-    columns: list[Name] | None = Field(default=None, min_length=1)
+    columns: list[Name | IndexColumn] | None = Field(default=None, min_length=1)
+    """Key columns: names, or ``{column, collate, opclass, sort, nulls}``."""
     expression: SqlText | None = None
     unique: bool = False
     where: SqlText | None = None
     include: list[Name] | None = Field(default=None, min_length=1)
     method: IndexMethod = "btree"
+    storage_parameters: SqlText | None = None
+    """``WITH (...)`` contents, e.g. ``fillfactor = 70``."""
+
+    @property
+    def keys(self) -> list[IndexColumn]:
+        """The key columns, each with its options."""
+        return [IndexColumn(column=c) if isinstance(c, str) else c for c in self.columns or []]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [key.column for key in self.keys]
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:
@@ -291,6 +343,7 @@ with warnings.catch_warnings():
         table: QualifiedName
         name: Name
         check: SqlText
+        no_inherit: bool = False
         validate: bool = True  # type: ignore[assignment]
 
     class AddForeignKey(StepSpec):
@@ -303,10 +356,18 @@ with warnings.catch_warnings():
         columns: list[Name] = Field(min_length=1)
         references: ForeignRef
         on_delete: OnDelete | None = None
+        on_update: OnUpdate | None = None
+        match_type: MatchType | None = None
+        deferrable: bool = False
+        initially_deferred: bool = False
         validate: bool = True  # type: ignore[assignment]
 
         @model_validator(mode="after")
         def _check_arity(self) -> Self:
+            if self.initially_deferred and not self.deferrable:
+                raise PlanValueError(
+                    "initially_deferred needs deferrable: true", "initially_deferred"
+                )
             if len(self.columns) != len(self.references.columns):
                 raise PlanValueError(
                     f"{len(self.columns)} column(s) reference {len(self.references.columns)} "
@@ -657,6 +718,7 @@ STEP_KINDS: dict[str, type[StepSpec]] = {
         RenameColumn,
         SetDefault,
         DropDefault,
+        SetType,
         CreateIndex,
         DropIndex,
         AddCheck,
