@@ -244,3 +244,25 @@ def test_names_a_raw_sql_step_may_create_are_not_refused(dsn: str, tmp_path: Pat
     path = write_plan(tmp_path / "add_phone.yaml", plan)
     (problem,) = api.validate(path, dsn)[1]
     assert "cleanup[1].add_check.check" in problem and "must be type boolean" in problem
+
+
+def test_a_missing_table_is_named_once_and_a_quoted_name_is_explained(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    conn.execute('CREATE TABLE "Mixed Case" (id int PRIMARY KEY)')
+    step = {"add_column": {"table": "Mixed Casex", "column": {"name": "b", "type": "text"}}}
+    plan = {"version": 1, "name": "q", "phases": {"additive": [step]}}
+    missing = zdm("validate", write_plan(tmp_path / "missing.yaml", plan), "--dsn", dsn)
+    assert missing.returncode == 2
+    assert "table public.Mixed Casex does not exist" in missing.stderr
+    assert "pg_temp" not in missing.stderr
+
+    step["add_column"]["table"] = '"Mixed Case"'
+    quoted = zdm("validate", write_plan(tmp_path / "quoted.yaml", plan), "--dsn", dsn)
+    assert quoted.returncode == 2
+    assert 'add_column.table: write names without SQL quotes: "Mixed Case" is the name' in (
+        quoted.stderr
+    )
+    step["add_column"]["table"] = "Mixed Case"
+    good = zdm("validate", write_plan(tmp_path / "good.yaml", plan), "--dsn", dsn)
+    assert good.returncode == 0, good.stderr

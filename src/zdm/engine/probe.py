@@ -153,21 +153,22 @@ class _Copies:
         self.schema = schema
         self.copied: dict[Table, sql.Identifier] = {}
 
-    def table(self, name: str) -> sql.Identifier:
-        """The copy of the live table ``name`` (made on first use); the live one if it has none."""
+    def table(self, name: str) -> sql.Identifier | None:
+        """The copy of the table ``name`` (made on first use); None when there is no such table
+        (the plan's check against the live schema says so, in its own words)."""
         table = Table.parse(name, self.schema)
         if table not in self.copied:
-            copy = sql.Identifier("pg_temp", table.name)
             exists = self.conn.execute(
                 "SELECT to_regclass(%s) IS NOT NULL", [table.ident().as_string(self.conn)]
             ).fetchone()
-            if exists and exists[0]:
-                self.conn.execute(
-                    sql.SQL(
-                        "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
-                    ).format(sql.Identifier(table.name), table.ident())
-                )
-            self.copied[table] = copy
+            if not (exists and exists[0]):
+                return None
+            self.conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
+                ).format(sql.Identifier(table.name), table.ident())
+            )
+            self.copied[table] = sql.Identifier("pg_temp", table.name)
         return self.copied[table]
 
     def probes(self, step: PlanStep) -> Iterator[Probe]:

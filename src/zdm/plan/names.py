@@ -14,6 +14,11 @@ MAX_IDENTIFIER_BYTES = 63
 def _check_part(part: str, what: str) -> None:
     if not part:
         raise ValueError(f"expected a {what}, got an empty name")
+    if len(part) > 1 and part[0] == part[-1] == '"':
+        raise ValueError(
+            f"write names without SQL quotes: {part} is the {what} {part[1:-1]}"
+            " (zdm quotes every name itself)"
+        )
     if "\x00" in part:
         raise ValueError(f"a {what} cannot contain a NUL character")
     size = len(part.encode("utf-8", "surrogatepass"))
