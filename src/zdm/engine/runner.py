@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -17,6 +17,7 @@ import structlog
 from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
+from zdm.engine.partitions import read_partitions, refusals, step_tables, with_partitions
 from zdm.engine.pooling import keep_client_check, release, require_pinned
 from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.refusals import PlanChanged as PlanChanged  # re-exported
@@ -293,9 +294,12 @@ class Runner:
             self.dropped = None
         steps = self.plan.steps()
         # Before anything is created: a wrong name or type in an expression is the plan's fault.
-        issues = expression_issues(
-            work, self.loaded, pending_keys(work, self.store, self.loaded.name)
-        )
+        pending = pending_keys(work, self.store, self.loaded.name)
+        issues = expression_issues(work, self.loaded, pending)
+        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
+        # What PostgreSQL cannot do on a partitioned table (a unique key without the partition
+        # key): refused before anything is created, too.
+        issues += refusals(self.loaded, with_partitions(ctx, work, self.plan), pending)
         if issues:
             raise PlanError(issues)
         run_or_outcome = self._start_or_resume(work, steps, force)
@@ -310,7 +314,6 @@ class Runner:
             steps=len(steps),
             server=work.info.server_version,
         )
-        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         executor, set_current = self.executor(work, monitor, run)
         lease = self.lease
         assert lease is not None
@@ -363,6 +366,7 @@ class Runner:
                     self.log.info("phase_start", phase=phase)
                 followers = backfill_followers(steps, [r.status for r in rows], ordinal, ctx)
                 absorbed.update(o for o, _ in followers)
+                ctx = with_partitions(ctx, work, self.plan)
                 self._step(work, executor, ctx, run, ordinal, step, followers)
             self.store.transition(work, run, "completed")
             self.log.info("run_completed", plan=self.loaded.name, run=run.id)
@@ -473,6 +477,8 @@ class Runner:
     ) -> None:
         actions = plan_step(step.spec, ctx)
         attempt = self.store.step_started(work, run.id, ordinal, remember=plan_memo(step.spec, ctx))
+        tables = step_tables(step.spec, ctx.schema)
+        trees = {t: ctx.partitions[t] for t in tables if t in ctx.partitions}
         self.log.info("step_start", step=step.key, kind=step.kind, attempt=attempt)
         marked = False
         ran = False
@@ -482,6 +488,42 @@ class Runner:
             self.store.step_finished(conn, run.id, ordinal)
             marked = True
 
+        while True:
+            done = None if trees else mark_done  # a partitioned table's: after the re-check
+            ran = self._actions(work, executor, run, ordinal, actions, followers, done) or ran
+            if not trees:
+                break
+            # A partition attached or created meanwhile (pg_partman, the application) gets what
+            # the others got before the step counts as done: planned again, units already done
+            # skipped by their catalog probes.
+            fresh = read_partitions(work, trees)
+            if fresh == trees:
+                break
+            self.log.info("partitions_changed", step=step.key, tables=[str(t) for t in fresh])
+            trees = fresh
+            ctx = replace(ctx, partitions={**ctx.partitions, **fresh})
+            actions = plan_step(step.spec, ctx)
+        if not ran and actions and attempt == 1:
+            # Every unit found its effect already there on the step's first attempt: the object
+            # existed before this run, so the run adopts it and rollback must leave it alone.
+            self.log.warning("step_adopted_existing", step=step.key, kind=step.kind)
+            self.store.step_finished(work, run.id, ordinal, "done", adopted=True)
+        elif not marked:
+            self.store.step_finished(work, run.id, ordinal)
+        self.log.info("step_done", step=step.key, kind=step.kind)
+
+    def _actions(
+        self,
+        work: psycopg.Connection[Any],
+        executor: Executor,
+        run: Run,
+        ordinal: int,
+        actions: list[Any],
+        followers: list[tuple[int, BackfillJob]] | None,
+        mark_done: Callable[[psycopg.Connection[Any]], None] | None,
+    ) -> bool:
+        """Runs a step's actions; the last unit commits with `mark_done`. True when any ran."""
+        ran = False
         for i, action in enumerate(actions):
             last = i == len(actions) - 1
             if isinstance(action, Txn):
@@ -505,11 +547,4 @@ class Runner:
                 ).run()
                 for o, _ in followers or []:
                     self.store.step_finished(work, run.id, o)
-        if not ran and actions and attempt == 1:
-            # Every unit found its effect already there on the step's first attempt: the object
-            # existed before this run, so the run adopts it and rollback must leave it alone.
-            self.log.warning("step_adopted_existing", step=step.key, kind=step.kind)
-            self.store.step_finished(work, run.id, ordinal, "done", adopted=True)
-        elif not marked:
-            self.store.step_finished(work, run.id, ordinal)
-        self.log.info("step_done", step=step.key, kind=step.kind)
+        return ran
