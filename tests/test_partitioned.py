@@ -433,3 +433,30 @@ def test_partition_created_mid_run_and_kill_mid_build(
     )
     assert scalar(conn, "SELECT phone FROM users_2030") == "+15550100000"
     assert scalar(conn, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
+
+
+def test_lint_knows_a_partitioned_table(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    make_users(conn, "hash")
+    steps = [
+        {"create_index": {"table": "users", "name": "users_name", "columns": ["name"]}},
+        {
+            "sql": {
+                "up": "CREATE INDEX CONCURRENTLY users_email ON users (email)",
+                "down": "DROP INDEX CONCURRENTLY users_email",
+                "transactional": False,
+                "tables": ["users"],
+            }
+        },
+    ]
+    plan = write_plan(
+        tmp_path / "ix.yaml", {"version": 1, "name": "ix", "phases": {"cleanup": steps}}
+    )
+    done = zdm("lint", "--dsn", dsn, plan)
+    assert done.returncode == 1, output_of(done)
+    found = [line for line in done.stdout.splitlines() if "concurrently-on-partitioned" in line]
+    assert len(found) == 1 and "ix.yaml:" in found[0], done.stdout
+    assert "index-not-concurrent" not in done.stdout
+    # Without the database the linter cannot know the table is partitioned.
+    assert "concurrently-on-partitioned" not in zdm("lint", plan).stdout
