@@ -175,9 +175,18 @@ def test_add_phone_on_a_partitioned_table(
             'ALTER INDEX "public"."idx_users_phone" ATTACH PARTITION'
             ' "public"."idx_users_phone_users_2020"' in dry
         )
+    for leaf in leaves:
+        assert f"-- backfill of public.{leaf} by primary key" in dry
     ok("run", plan, "--dsn", dsn)
     assert partition_problems(conn) == []
     assert mismatched_phones(conn) == 0
+    # The backfill walked each leaf with checkpoints of its own; status shows each.
+    parts = conn.execute("SELECT part, rows_done FROM zdm.backfills ORDER BY part").fetchall()
+    assert [p for p, _ in parts] == sorted(f"public.{leaf}" for leaf in leaves)
+    assert sum(n for _, n in parts) == ROWS
+    status = ok("status", "--dsn", dsn).stdout
+    for leaf in leaves:
+        assert f"partition public.{leaf}: " in status, status
     # Writes through the parent and into a partition directly both meet the constraint.
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(
@@ -460,3 +469,34 @@ def test_lint_knows_a_partitioned_table(
     assert "index-not-concurrent" not in done.stdout
     # Without the database the linter cannot know the table is partitioned.
     assert "concurrently-on-partitioned" not in zdm("lint", plan).stdout
+
+
+def test_backfill_killed_between_partitions_resumes_each_where_it_was(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    make_users(conn, "hash")
+    plan = write_plan(
+        tmp_path / "add_phone.yaml",
+        add_phone(backfill={"batch_size": 100, "pause": "30ms"}),
+    )
+    run = start_zdm("run", plan, "--dsn", dsn)
+    deadline = time.monotonic() + 60
+    parts: list[Any] = []
+    while time.monotonic() < deadline:
+        if scalar(conn, "SELECT to_regclass('zdm.backfills') IS NOT NULL"):
+            parts = conn.execute(
+                "SELECT part, done, batches FROM zdm.backfills ORDER BY part"
+            ).fetchall()
+        if any(done for _, done, _ in parts) and not all(done for _, done, _ in parts):
+            break
+        time.sleep(0.05)
+    run.kill()
+    walked = {p: n for p, done, n in parts if done}
+    assert walked, parts
+    ok("run", plan, "--dsn", dsn)
+    after = dict(conn.execute("SELECT part, batches FROM zdm.backfills").fetchall())
+    assert {p: after[p] for p in walked} == walked  # a finished partition is not walked again
+    assert len(after) == 4
+    assert scalar(conn, "SELECT sum(rows_updated) FROM zdm.backfills") == ROWS
+    assert mismatched_phones(conn) == 0
+    assert partition_problems(conn) == []

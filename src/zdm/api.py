@@ -210,33 +210,45 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
 
 
 def _backfill_steps(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each backfill step's progress over all its workers: they walk in parallel."""
+    """Each backfill step's progress over all its workers (they walk in parallel) and, for a
+    partitioned table, over each partition's walk (`partitions`)."""
     steps: dict[Any, list[dict[str, Any]]] = {}
     for w in workers:
         steps.setdefault(w["ordinal"], []).append(w)
     out = []
     for rows in steps.values():
-        rates = [w["rows_per_s"] for w in rows if w["rows_per_s"]]
-        etas = [w["eta_s"] for w in rows if w["eta_s"] is not None and not w["done"]]
-        sizes = [w["batch_size"] for w in rows if w["batch_size"] and not w["done"]]
-        out.append(
-            {
-                "ordinal": rows[0]["ordinal"],
-                "step": rows[0]["step"],
-                "workers": len(rows),
-                "workers_done": sum(1 for w in rows if w["done"]),
-                "rows_done": sum(w["rows_done"] for w in rows),
-                "rows_updated": sum(w["rows_updated"] for w in rows),
-                "rows_estimated": sum(w["rows_estimated"] or 0 for w in rows),
-                "rows_per_s": round(sum(rates), 1) if rates else None,
-                "eta_s": max(etas) if etas else None,
-                "batch_size": round(sum(sizes) / len(sizes)) if sizes else None,
-                "batches": sum(w["batches"] for w in rows),
-                "throttle": next((w["throttle"] for w in rows if w["throttle"]), None),
-                "done": all(w["done"] for w in rows),
-            }
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for w in rows:
+            parts.setdefault(w.get("part") or "", []).append(w)
+        entry = _progress(rows)
+        entry["workers"] = max(len(r) for r in parts.values())
+        entry["partitions"] = (
+            [{"part": part, **_progress(r)} for part, r in parts.items()] if "" not in parts else []
         )
+        out.append(entry)
     return out
+
+
+def _progress(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The progress of walks in parallel (a step's workers, or one partition's)."""
+    rates = [w["rows_per_s"] for w in rows if w["rows_per_s"]]
+    etas = [w["eta_s"] for w in rows if w["eta_s"] is not None and not w["done"]]
+    sizes = [w["batch_size"] for w in rows if w["batch_size"] and not w["done"]]
+    return {
+        "ordinal": rows[0]["ordinal"],
+        "step": rows[0]["step"],
+        "workers": len(rows),
+        "workers_done": sum(1 for w in rows if w["done"]),
+        "rows_done": sum(w["rows_done"] for w in rows),
+        "rows_updated": sum(w["rows_updated"] for w in rows),
+        "rows_estimated": sum(w["rows_estimated"] or 0 for w in rows),
+        "rows_per_s": round(sum(rates), 1) if rates else None,
+        "eta_s": max(etas) if etas else None,
+        "batch_size": round(sum(sizes) / len(sizes)) if sizes else None,
+        "batches": sum(w["batches"] for w in rows),
+        "throttle": next((w["throttle"] for w in rows if w["throttle"]), None),
+        "done": all(w["done"] for w in rows),
+    }
 
 
 def _owner_alive(conn: psycopg.Connection[Any], plan: str) -> bool:

@@ -280,10 +280,13 @@ def _print_run(r: dict[str, Any]) -> None:
     for b in r.get("backfill_steps", []):
         workers = f", {b['workers']} workers" if b["workers"] > 1 else ""
         out.print(f"  backfill {b['step']}{workers}: {_backfill_line(b)}")
+        for p in b.get("partitions", []):
+            out.print(f"    partition {_escape(p['part'])}: {_backfill_line(p)}")
         if b["workers"] > 1:
             for w in r["backfills"]:
                 if w["ordinal"] == b["ordinal"]:
-                    out.print(f"    worker {w['worker']}: {_backfill_line(w)}")
+                    part = f" of {_escape(w['part'])}" if w.get("part") else ""
+                    out.print(f"    worker {w['worker']}{part}: {_backfill_line(w)}")
     from rich.table import Table as RichTable
 
     table = RichTable(show_header=True, header_style="bold", box=None, pad_edge=False)

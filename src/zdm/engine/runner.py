@@ -364,9 +364,9 @@ class Runner:
                         self.log.info("gate_passed", phase=phase)
                     self.store.set_phase(work, run, phase)
                     self.log.info("phase_start", phase=phase)
+                ctx = with_partitions(ctx, work, self.plan)
                 followers = backfill_followers(steps, [r.status for r in rows], ordinal, ctx)
                 absorbed.update(o for o, _ in followers)
-                ctx = with_partitions(ctx, work, self.plan)
                 self._step(work, executor, ctx, run, ordinal, step, followers)
             self.store.transition(work, run, "completed")
             self.log.info("run_completed", plan=self.loaded.name, run=run.id)
@@ -537,7 +537,7 @@ class Runner:
                     self.store.step_started(work, run.id, o)
                 Backfiller(
                     executor,
-                    self.store,
+                    self.store.for_part(action.part) if action.part else self.store,
                     run.id,
                     ordinal,
                     action,

@@ -13,7 +13,8 @@ foreign key on one, so these steps work partition by partition:
 - a CHECK, a NOT NULL or (PostgreSQL 18) a foreign key: added NOT VALID on the root (its
   partitions get NOT VALID copies), validated leaf by leaf, then on each level up;
 - a foreign key from a partitioned table before PostgreSQL 18: added NOT VALID and validated on
-  each leaf, then added on the root, which adopts the leaves' without a scan.
+  each leaf, then added on the root, which adopts the leaves' without a scan;
+- a backfill: one walk per leaf, each with its own checkpoints.
 
 Every unit asks the catalog whether its effect is there, so the step is planned again, and run
 again, when a partition appears while it runs: the new one gets what the others got.
@@ -27,16 +28,17 @@ from typing import Any, TypeVar
 
 from psycopg import sql
 
-from zdm.ddl import Action, Check, LockMode, Statement, Table, Txn
+from zdm.ddl import Action, BackfillJob, Check, LockMode, Statement, Table, Txn
 from zdm.ddl import catalog as cat
 from zdm.ddl.partitions import Partition, Partitioning, derived_name
-from zdm.operations import columns, constraints, indexes, keys
+from zdm.operations import columns, constraints, data, indexes, keys
 from zdm.operations.base import Context
 from zdm.plan import (
     AddCheck,
     AddForeignKey,
     AddPrimaryKey,
     AddUnique,
+    Backfill,
     CreateIndex,
     SetNotNull,
     StepSpec,
@@ -391,4 +393,22 @@ def undo_add_foreign_key(step: AddForeignKey, ctx: Context, tree: Partitioning) 
     actions: list[Action] = [constraints.drop(tree.root, step.name)]
     if ctx.server_version < 180000:
         actions += [constraints.drop(leaf.table, step.name) for leaf in tree.leaves]
+    return actions
+
+
+# --- backfill -------------------------------------------------------------------------------
+
+
+@_register(FORWARD, Backfill)
+def backfill(step: Backfill, ctx: Context, tree: Partitioning) -> list[Action]:
+    """One walk per leaf, each with its own checkpoints (`zdm status` shows each): a leaf's key
+    ranges are its own (a key range of the parent spans every hash partition), a walk without a
+    key goes by the leaf's own pages, and a resumed run takes each leaf up where it was."""
+    actions: list[Action] = []
+    for unit in data.backfill(step, _leaf_ctx(ctx)):
+        assert isinstance(unit, BackfillJob)
+        actions += [
+            replace(unit, table=leaf.table, label=f"backfill {leaf.table}", part=str(leaf.table))
+            for leaf in tree.leaves
+        ]
     return actions
