@@ -500,3 +500,41 @@ def test_backfill_killed_between_partitions_resumes_each_where_it_was(
     assert scalar(conn, "SELECT sum(rows_updated) FROM zdm.backfills") == ROWS
     assert mismatched_phones(conn) == 0
     assert partition_problems(conn) == []
+
+
+def test_an_older_state_schema_gains_per_partition_checkpoints(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from zdm.state import Store
+
+    store = Store()
+    store.ensure(conn)
+    conn.execute(
+        "ALTER TABLE zdm.backfills DROP CONSTRAINT backfills_pkey, DROP COLUMN part,"
+        " ADD PRIMARY KEY (run_id, ordinal, worker)"
+    )
+    store.ensure(conn)
+    store.ensure(conn)
+    key = conn.execute(
+        "SELECT array_agg(a.attname ORDER BY k.n) FROM pg_constraint c,"
+        " unnest(c.conkey) WITH ORDINALITY k(attnum, n)"
+        " JOIN pg_attribute a ON a.attnum = k.attnum"
+        " WHERE c.conrelid = 'zdm.backfills'::regclass AND c.contype = 'p'"
+        " AND a.attrelid = c.conrelid"
+    ).fetchone()
+    assert key is not None and key[0] == ["run_id", "ordinal", "part", "worker"]
+
+
+def test_dual_write_into_the_partition_key_is_refused_up_front(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    make_users(conn, "range2")
+    step = {"dual_write": {"table": "users", "set": {"created_at": "updated_at"}}}
+    plan = write_plan(
+        tmp_path / "dw.yaml", {"version": 1, "name": "dw", "phases": {"dual_write": [step]}}
+    )
+    done = zdm("run", plan, "--dsn", dsn)
+    assert done.returncode == 2, output_of(done)
+    assert "maps partition key column(s) created_at" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'zdm%%'") == 0

@@ -28,8 +28,9 @@ def plan_step(step: StepSpec, ctx: Context) -> list[Action]:
     """The actions that carry out `step`, in order: partition by partition on a partitioned
     table (`zdm.operations.partitioned`)."""
     tree = partitioned.tree_of(step, ctx)
-    if tree is not None:
-        return partitioned.FORWARD[type(step)](step, ctx, tree)
+    planner = partitioned.FORWARD.get(type(step))
+    if tree is not None and planner is not None:
+        return planner(step, ctx, tree)
     return FORWARD[type(step)](step, ctx)
 
 

@@ -40,6 +40,7 @@ from zdm.plan import (
     AddUnique,
     Backfill,
     CreateIndex,
+    DualWrite,
     SetNotNull,
     StepSpec,
 )
@@ -70,7 +71,7 @@ def _register(
 def tree_of(step: StepSpec, ctx: Context) -> Partitioning | None:
     """The step's table's partitions, when the step has a recipe for them."""
     table = getattr(step, "table", None)
-    if not isinstance(table, str) or type(step) not in FORWARD:
+    if not isinstance(table, str) or (type(step) not in FORWARD and type(step) not in REFUSALS):
         return None
     return ctx.partitioning(ctx.table(table))
 
@@ -394,6 +395,24 @@ def undo_add_foreign_key(step: AddForeignKey, ctx: Context, tree: Partitioning) 
     if ctx.server_version < 180000:
         actions += [constraints.drop(leaf.table, step.name) for leaf in tree.leaves]
     return actions
+
+
+# --- dual-write triggers ----------------------------------------------------------------------
+# The ordinary trigger, created on the parent: PostgreSQL (13+) clones a row trigger on a
+# partitioned table to every partition, those attached or created later included, so writes
+# through the parent and straight into a partition both fire it.
+
+
+@_register(REFUSALS, DualWrite)
+def _dual_write_refusal(step: DualWrite, ctx: Context, tree: Partitioning) -> str | None:
+    mapped = [c for c in (*step.set, *(step.reverse or {})) if c in tree.key_columns]
+    if mapped:
+        return (
+            f"dual_write on partitioned table {tree.root}: it maps partition key column(s)"
+            f" {', '.join(mapped)}, and PostgreSQL refuses a BEFORE row trigger that moves a row"
+            " to another partition"
+        )
+    return None
 
 
 # --- backfill -------------------------------------------------------------------------------
