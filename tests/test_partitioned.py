@@ -247,6 +247,8 @@ def test_unique_key_without_the_partition_key_is_refused_up_front(
     assert "add column(s) created_at, id" in done.stderr
     assert scalar(conn, "SELECT count(*) FROM pg_class WHERE relname LIKE 'users_email%%'") == 0
     assert "REFUSED" in ok("run", plan, "--dsn", dsn, "--dry-run").stdout
+    checked = zdm("validate", plan, "--dsn", dsn)
+    assert checked.returncode != 0 and "add column(s) created_at, id" in output_of(checked)
 
 
 def test_unique_and_primary_key_partition_by_partition(

@@ -10,6 +10,7 @@ import psycopg
 
 from zdm.ddl import Table
 from zdm.ddl.partitions import TREE, Partition, Partitioning
+from zdm.engine.session import server_version
 from zdm.operations import Context, plan_refusal
 from zdm.plan import LoadedPlan, Plan, PlanIssue, StepSpec
 from zdm.plan.messages import format_path
@@ -78,3 +79,11 @@ def refusals(loaded: LoadedPlan, ctx: Context, pending: Iterable[str] | None) ->
         line, column = document.position(loc) or (None, None)
         issues.append(PlanIssue(str(loaded.path), line, column, format_path(loc), message))
     return issues
+
+
+def partition_refusals(
+    conn: psycopg.Connection[Any], loaded: LoadedPlan, pending: Iterable[str] | None
+) -> list[PlanIssue]:
+    """`refusals` of the plan against the database as it is now (`zdm validate --dsn`)."""
+    ctx = Context.of(loaded, server_version(conn), "zdm")
+    return refusals(loaded, with_partitions(ctx, conn, loaded.plan), pending)

@@ -17,7 +17,12 @@ import structlog
 from zdm.ddl import BackfillJob, Check, Txn
 from zdm.engine.backfill import Backfiller, Control, Interrupted, backfill_followers
 from zdm.engine.executor import Executor, StepFailed
-from zdm.engine.partitions import read_partitions, refusals, step_tables, with_partitions
+from zdm.engine.partitions import (
+    partition_refusals,
+    read_partitions,
+    step_tables,
+    with_partitions,
+)
 from zdm.engine.pooling import keep_client_check, release, require_pinned
 from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.refusals import PlanChanged as PlanChanged  # re-exported
@@ -183,9 +188,7 @@ class Runner:
                 self.control.stop.clear()  # set by the heartbeat that saw the drop
                 self.control.signal_name = None
                 pause = min(RECONNECT_FIRST_S * 2 ** (drops - 1), RECONNECT_MAX_S)
-                self.log.warning(
-                    "connection_lost", error=error, drop=drops, reconnect_in_s=pause
-                )
+                self.log.warning("connection_lost", error=error, drop=drops, reconnect_in_s=pause)
                 time.sleep(pause)
                 began = time.monotonic()
 
@@ -296,16 +299,16 @@ class Runner:
         # Before anything is created: a wrong name or type in an expression is the plan's fault.
         pending = pending_keys(work, self.store, self.loaded.name)
         issues = expression_issues(work, self.loaded, pending)
-        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         # What PostgreSQL cannot do on a partitioned table (a unique key without the partition
         # key): refused before anything is created, too.
-        issues += refusals(self.loaded, with_partitions(ctx, work, self.plan), pending)
+        issues += partition_refusals(work, self.loaded, pending)
         if issues:
             raise PlanError(issues)
         run_or_outcome = self._start_or_resume(work, steps, force)
         if isinstance(run_or_outcome, Outcome):
             return run_or_outcome
         run = self.store.transition(work, run_or_outcome, "running")
+        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         self.started = True
         self.log.info(
             "run_start",
