@@ -379,16 +379,17 @@ def test_foreign_keys_from_and_to_partitioned_tables(
         assert "takes no NOT VALID foreign key on partitioned table public.users" in done.stderr
 
 
-def _wait_building(conn: psycopg.Connection[Any], timeout: float = 60) -> str:
-    """The partition whose index a run is building (waiting for the test's open snapshot)."""
+def _wait_building(conn: psycopg.Connection[Any], relation: str, timeout: float = 60) -> None:
+    """Waits until a run builds the index of partition `relation` (held up by the test)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = conn.execute(
-            "SELECT relid::regclass::text FROM pg_stat_progress_create_index"
-            " WHERE command = 'CREATE INDEX CONCURRENTLY'"
+            "SELECT 1 FROM pg_stat_progress_create_index"
+            " WHERE command = 'CREATE INDEX CONCURRENTLY' AND relid = %s::regclass",
+            [relation],
         ).fetchone()
         if row is not None:
-            return str(row[0])
+            return
         time.sleep(0.1)
     activity = conn.execute(
         "SELECT application_name, state, wait_event, left(query, 80) FROM pg_stat_activity"
@@ -406,21 +407,26 @@ def test_partition_created_mid_run_and_kill_mid_build(
     plan = write_plan(tmp_path / "add_phone.yaml", spec)
     ok("run", plan, "--dsn", dsn, "--until", "dual_read")
 
-    # A snapshot held open keeps the first partition's concurrent build waiting: kill the run.
+    # A writer's open transaction on the second partition keeps its concurrent build waiting,
+    # the first partition's index built: kill the run there.
     with psycopg.connect(dsn) as holder:
-        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT 1").fetchone()
+        holder.execute("UPDATE users_2022 SET name = name WHERE false")
         run = start_zdm("run", plan, "--dsn", dsn)
-        assert _wait_building(conn) == "users_2021"
+        _wait_building(conn, "users_2022")
         run.kill()
+        assert scalar(
+            conn,
+            "SELECT indisvalid FROM pg_index WHERE indrelid = 'users_2021'::regclass"
+            " AND indexrelid::regclass::text = 'idx_users_phone_users_2021'",
+        )
         holder.rollback()
 
-    # Resumed, and blocked again; meanwhile the application creates a partition.
+    # Resumed, and blocked again at the last partition (not the default one, which a new
+    # partition must lock); meanwhile the application creates a partition.
     with psycopg.connect(dsn) as holder:
-        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT 1").fetchone()
+        holder.execute("UPDATE users_2020_h1 SET name = name WHERE false")
         run = start_zdm("--log-format", "json", "run", plan, "--dsn", dsn)
-        _wait_building(conn)
+        _wait_building(conn, "users_2020_h1")
         conn.execute(
             "CREATE TABLE users_2030 PARTITION OF users"
             " FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')"
