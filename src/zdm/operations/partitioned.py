@@ -114,14 +114,15 @@ def _on_only(build: Txn, index: Table, table: Table) -> Statement:
     """The ordinary planner's `CREATE [UNIQUE] INDEX CONCURRENTLY` made `… ON ONLY` a
     partitioned table: the same definition, catalog only, INVALID until its partitions attach."""
     text = build.statements[0].text()
+    on = f" ON {table.ident().as_string(None)}"
     for unique in ("UNIQUE ", ""):
         head = f"CREATE {unique}INDEX CONCURRENTLY {sql.Identifier(index.name).as_string(None)}"
-        if text.startswith(head):
+        if text.startswith(head + on):
             break
     else:
         raise ValueError(f"unexpected index statement {text!r}")
     # SQL zdm's own planner composed from the plan a line above: trusted as the plan is.
-    body = text[len(head) :].removeprefix(f" ON {table.ident().as_string(None)}")
+    body = text[len(head + on) :]
     return Statement(
         sql.SQL("CREATE {}INDEX {} ON ONLY {}{}").format(
             sql.SQL(unique), sql.Identifier(index.name), table.ident(), sql.SQL(body)
