@@ -546,3 +546,18 @@ def test_dual_write_into_the_partition_key_is_refused_up_front(
     assert "maps partition key column(s) created_at" in done.stderr
     assert "Traceback" not in done.stderr
     assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'zdm%%'") == 0
+
+
+def test_an_index_that_was_there_is_adopted_and_left_by_rollback(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    make_users(conn, "range2")
+    conn.execute("CREATE INDEX users_name ON users (name)")
+    step = {"create_index": {"table": "users", "name": "users_name", "columns": ["name"]}}
+    plan = write_plan(
+        tmp_path / "ix.yaml", {"version": 1, "name": "ix", "phases": {"cleanup": [step]}}
+    )
+    ok("run", plan, "--dsn", dsn)
+    assert scalar(conn, "SELECT adopted FROM zdm.steps") is True
+    ok("rollback", plan, "--dsn", dsn)
+    assert scalar(conn, "SELECT to_regclass('users_name') IS NOT NULL") is True

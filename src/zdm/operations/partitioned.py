@@ -28,9 +28,10 @@ from typing import Any, TypeVar
 
 from psycopg import sql
 
-from zdm.ddl import Action, BackfillJob, Check, LockMode, Statement, Table, Txn
+from zdm.ddl import Action, BackfillJob, LockMode, Statement, Table, Txn
 from zdm.ddl import catalog as cat
 from zdm.ddl.partitions import Partition, Partitioning, derived_name
+from zdm.ddl.quote import dollar_quoted
 from zdm.operations import columns, constraints, data, indexes, keys
 from zdm.operations.base import Context
 from zdm.plan import (
@@ -110,6 +111,20 @@ def attached_on(parent_index: Table, table: Table) -> sql.Composed:
     ).format(cat.regclass(parent_index), cat.regclass(table))
 
 
+def covered(root_index: Table, table: Table, *, valid: bool) -> sql.Composed:
+    """True when `table` has an index (valid, when `valid`) that is part of the root's index,
+    whatever its name: attached to it at some level (PostgreSQL names the indexes it makes for
+    partitions created or attached later, and those of an index made before the plan ran)."""
+    return sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = {}{} AND {} IN"
+        " (SELECT a.relid FROM pg_partition_ancestors(i.indexrelid) a))"
+    ).format(
+        cat.regclass(table),
+        sql.SQL(" AND i.indisvalid" if valid else ""),
+        cat.regclass(root_index),
+    )
+
+
 def _on_only(build: Txn, index: Table, table: Table) -> Statement:
     """The ordinary planner's `CREATE [UNIQUE] INDEX CONCURRENTLY` made `… ON ONLY` a
     partitioned table: the same definition, catalog only, INVALID until its partitions attach."""
@@ -148,11 +163,11 @@ def _attach(tree: Partitioning, index: str, member: Partition) -> Txn:
         member.table,
         note="catalog only: the partition's index is built",
     )
-    return Txn(
-        (stmt,),
-        f"attach index {child.name} to {parent.name}",
-        skip_if=attached_on(parent, member.table),
+    done = sql.SQL("SELECT ({}) OR ({})").format(
+        attached_on(parent, member.table),
+        covered(tree.root.sibling(index), member.table, valid=member.leaf),
     )
+    return Txn((stmt,), f"attach index {child.name} to {parent.name}", skip_if=done)
 
 
 @_register(FORWARD, CreateIndex)
@@ -167,27 +182,33 @@ def create_index(step: CreateIndex, ctx: Context, tree: Partitioning) -> list[Ac
             Txn(
                 (_on_only(head, index, table),),
                 f"create index {index.name} on only {table.name}",
-                skip_if=cat.index_exists(index),
+                skip_if=sql.SQL("SELECT ({}) OR ({})").format(
+                    cat.index_exists(index), covered(root.sibling(step.name), table, valid=False)
+                ),
             )
         )
     for leaf in tree.leaves:
-        parent = _index_of(tree, step.name, leaf.parent)
         name = _index_of(tree, step.name, leaf.table)
         done = sql.SQL("SELECT ({}) OR ({})").format(
-            attached_on(parent, leaf.table), cat.index_valid(name)
+            covered(root.sibling(step.name), leaf.table, valid=True), cat.index_valid(name)
         )
         recover, build = _build_on(step, ctx, leaf.table, name.name)
         assert isinstance(build, Txn)
         actions += [recover, replace(build, skip_if=done)]
     actions += [_attach(tree, step.name, m) for m in tree.bottom_up()]
-    actions.append(
-        Check(
-            cat.index_valid(root.sibling(step.name)),
-            True,
-            f"index {step.name} is valid: every partition's index is attached",
-        )
-    )
+    actions.append(_valid_at_the_end(root.sibling(step.name)))
     return actions
+
+
+def _valid_at_the_end(index: Table) -> Txn:
+    """Fails the step unless the parent's index is valid (every partition's attached); skipped,
+    and so no work of the step's, when it is: an index that was there before is adopted."""
+    message = f"index {index} is not valid: a partition's index is missing or not attached"
+    body = f"BEGIN RAISE EXCEPTION {sql.Literal(message).as_string(None)}; END"
+    stmt = Statement(
+        sql.SQL("DO {}").format(dollar_quoted(body)), LockMode.NONE, None, note="locks nothing"
+    )
+    return Txn((stmt,), f"check index {index.name} is valid", skip_if=cat.index_valid(index))
 
 
 def _drop_leaf_indexes(tree: Partitioning, index: str) -> list[Action]:
