@@ -4,9 +4,13 @@ Every scenario gets its own copy of one seeded database on one embedded server, 
 application traffic (`zdm.demo.traffic`): a baseline (traffic, no migration); the naive statements
 (ADD COLUMN, one big UPDATE, CREATE INDEX, a validated CHECK, SET NOT NULL with its scan); zdm
 running the plan; and both again with a transaction holding ACCESS SHARE on users for
-`--blocker` seconds as the migration starts (the lock-queue hazard).
+`--blocker` seconds as the migration starts (the lock-queue hazard). `zdm-hash8` and
+`zdm-range12` run the plan on users partitioned by hash of id (8 partitions) and by range of
+created_at (4 quarters of 12 months, two levels, and a default partition), and check every
+partition afterwards.
 
     python bench/zero_downtime.py --rows 1000000 [--html page.html]
+    python bench/zero_downtime.py --rows 1000000 --scenarios zdm-hash8,zdm-range12
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ SCENARIOS = (
     "baseline-hot",
     "zdm-hot",
     "zdm-drops",
+    "zdm-hash8",
+    "zdm-range12",
 )
+PARTITIONED = {"zdm-hash8": "hash", "zdm-range12": "range"}
 # Traffic of the -hot scenarios: transactions that update 2 or 3 rows in random order, a third
 # among 200 hot rows, with the application's own work between the updates.
 HOT_MIX = Mix(select=0.5, update=0.0, insert=0.1, txn=0.4)
@@ -85,6 +92,99 @@ def clone(admin_dsn: str, template: str, name: str) -> str:
             )
         )
     return make_conninfo(admin_dsn, dbname=name)
+
+
+def partition_users(dsn: str, kind: str) -> int:
+    """Makes the seeded users table partitioned, the same rows in it: `hash` (8 partitions of
+    id) or `range` (created_at spread over 2025: 4 quarters of 3 months, and a default partition
+    for the application's new rows). Its number of leaf partitions."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE users RENAME TO users_flat")
+        conn.execute("ALTER TABLE users_flat RENAME CONSTRAINT users_pkey TO users_flat_pkey")
+        key = "id" if kind == "hash" else "id, created_at"
+        how = "HASH (id)" if kind == "hash" else "RANGE (created_at)"
+        conn.execute(
+            "CREATE TABLE users (LIKE users_flat INCLUDING DEFAULTS INCLUDING IDENTITY"
+            f" INCLUDING CONSTRAINTS, PRIMARY KEY ({key})) PARTITION BY {how}"
+        )
+        leaves = 0
+        if kind == "hash":
+            for i in range(8):
+                conn.execute(
+                    f"CREATE TABLE users_p{i} PARTITION OF users"
+                    f" FOR VALUES WITH (MODULUS 8, REMAINDER {i})"
+                )
+                leaves += 1
+        else:
+            for q in range(4):
+                start, end = (
+                    f"2025-{3 * q + 1:02d}-01",
+                    (f"2025-{3 * q + 4:02d}-01" if q < 3 else "2026-01-01"),
+                )
+                conn.execute(
+                    f"CREATE TABLE users_2025q{q + 1} PARTITION OF users FOR VALUES FROM"
+                    f" ('{start}') TO ('{end}') PARTITION BY RANGE (created_at)"
+                )
+                for m in range(3 * q + 1, 3 * q + 4):
+                    upto = f"2025-{m + 1:02d}-01" if m < 12 else "2026-01-01"
+                    conn.execute(
+                        f"CREATE TABLE users_2025m{m:02d} PARTITION OF users_2025q{q + 1}"
+                        f" FOR VALUES FROM ('2025-{m:02d}-01') TO ('{upto}')"
+                    )
+                    leaves += 1
+            conn.execute("CREATE TABLE users_default PARTITION OF users DEFAULT")
+            leaves += 1
+        created = (
+            "created_at"
+            if kind == "hash"
+            else "timestamptz '2025-01-01 00:00:00+00'"
+            " + make_interval(secs => mod(id * 7919, 31536000)::float8)"
+        )
+        conn.execute(
+            "INSERT INTO users (id, email, name, password_hash, email_verified, contact,"
+            " created_at, updated_at, deleted_at) SELECT id, email, name, password_hash,"
+            f" email_verified, contact, {created}, updated_at, deleted_at FROM users_flat"
+        )
+        conn.execute(
+            "SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))"
+        )
+        conn.execute("DROP TABLE users_flat")
+        conn.execute("VACUUM (ANALYZE) users")
+    return leaves
+
+
+def partition_problems(dsn: str) -> list[str]:
+    """After the plan: each leaf's phone index valid and attached, its constraints validated,
+    phone NOT NULL, every row's phone right; what is wrong (empty when all is)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            """
+            SELECT c.relname,
+                   (SELECT count(*) FROM pg_index i JOIN pg_inherits h ON h.inhrelid = i.indexrelid
+                    WHERE i.indrelid = c.oid AND i.indisvalid AND 'idx_users_phone'::regclass
+                    IN (SELECT a.relid FROM pg_partition_ancestors(i.indexrelid) a)),
+                   (SELECT bool_and(convalidated) FROM pg_constraint WHERE conrelid = c.oid),
+                   (SELECT attnotnull FROM pg_attribute WHERE attrelid = c.oid AND attname = 'phone')
+            FROM pg_partition_tree('users') t JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf
+            """
+        ).fetchall()
+        problems = [
+            f"{name}: index {n}, validated {v}, not null {nn}"
+            for name, n, v, nn in rows
+            if (n, v, nn) != (1, True, True)
+        ]
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_users_phone'::regclass"
+        ).fetchone()
+        if not (valid and valid[0]):
+            problems.append("idx_users_phone is not valid")
+        wrong = conn.execute(
+            "SELECT count(*) FROM users"
+            " WHERE phone IS DISTINCT FROM regexp_replace(contact->>'phone', '[^0-9+]', '', 'g')"
+        ).fetchone()
+        if wrong and wrong[0]:
+            problems.append(f"{wrong[0]} rows with a wrong phone")
+        return problems
 
 
 WAITING = sql.SQL(
@@ -186,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows_out.append(_row(name, report, None, "-", waits))
                 detail[name] = {"app": report.as_dict(), "lock_waits": _waits(waits)}
                 continue
+            if name in PARTITIONED:
+                t = time.monotonic()
+                leaves = partition_users(dsn, PARTITIONED[name])
+                print(f"  {leaves} partitions in {time.monotonic() - t:.0f} s", file=sys.stderr)
             if name.startswith("zdm"):
                 if name.startswith("zdm-default"):
                     # Nothing tuned; its blocker is a report that runs 4.5 s as the run starts.
@@ -206,6 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             waits = watcher.stop()
             drawn.append(result)
             assert result.during is not None
+            if name in PARTITIONED:
+                problems = partition_problems(dsn)
+                result.ok = result.ok and not problems
+                result.message += "; partitions: " + ("; ".join(problems) or "all right")
+                detail[f"{name} partitions"] = problems
             rows_out.append(_row(name, result.during, result, f"{result.duration_s:.1f} s", waits))
             detail[name] = {**_detail(result), "app_lock_waits": _waits(waits)}
             _print_stalls(result, waits)

@@ -130,6 +130,7 @@ def validate(
     loaded = _load(path, dsn) if dsn is not None else load_any(path, offline_facts)
     problems: list[str] = []
     if dsn is not None:
+        from zdm.engine.partitions import partition_refusals
         from zdm.engine.preflight import live_schema_problems
         from zdm.engine.probe import expression_issues, pending_keys
         from zdm.engine.session import connect
@@ -142,6 +143,7 @@ def validate(
             ]
             pending = pending_keys(conn, Store(state_schema), loaded.name)
             problems += [str(issue) for issue in expression_issues(conn, loaded, pending)]
+            problems += [str(issue) for issue in partition_refusals(conn, loaded, pending)]
     return loaded, problems
 
 

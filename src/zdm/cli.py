@@ -25,7 +25,12 @@ from zdm.lazy import lazy_module
 # psycopg, the engine or the lint rules (see tests/test_cli_startup.py).
 if TYPE_CHECKING:
     from zdm import api
-    from zdm.state.overview import BackfillProgress, RunState, WorkerProgress
+    from zdm.state.overview import (
+        BackfillProgress,
+        PartitionProgress,
+        RunState,
+        WorkerProgress,
+    )
 else:
     api = lazy_module("zdm.api")
 
@@ -288,10 +293,13 @@ def _print_run(r: RunState) -> None:
     for b in r.backfill_steps:
         workers = f", {b.workers} workers" if b.workers > 1 else ""
         out.print(f"  backfill {b.step}{workers}: {_backfill_line(b)}")
+        for p in b.partitions:
+            out.print(f"    partition {_escape(p.part)}: {_backfill_line(p)}")
         if b.workers > 1:
             for w in r.backfills:
                 if w.ordinal == b.ordinal:
-                    out.print(f"    worker {w.worker}: {_backfill_line(w)}")
+                    part = f" of {_escape(w.part)}" if w.part else ""
+                    out.print(f"    worker {w.worker}{part}: {_backfill_line(w)}")
     header, *rows = columns(
         ("step", "kind", "status", "attempts", "error"),
         [(s.key, s.kind, s.status, str(s.attempts), _one_line(s.last_error)) for s in r.steps],
@@ -305,7 +313,7 @@ def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def _backfill_line(b: BackfillProgress | WorkerProgress) -> str:
+def _backfill_line(b: BackfillProgress | PartitionProgress | WorkerProgress) -> str:
     """rows done / estimated, rows/s, ETA, batch size, and what the walk waits for."""
     est = b.rows_estimated or 0
     pct = f" ({min(100 * b.rows_done / est, 100):.0f}%)" if est else ""

@@ -143,6 +143,7 @@ def collect(
         "backfills": [
             {
                 "step": key_of.get(b.ordinal),
+                "partition": b.part or None,
                 "worker": b.worker,
                 "rows_done": b.rows_done,
                 "rows_updated": b.rows_updated,
@@ -157,9 +158,13 @@ def collect(
         ],
         "integrity": {
             "verify": verifies,
-            "backfills_proven_complete": [
-                key_of.get(b.ordinal) for b in backfills if b.done or _step_done(steps, b.ordinal)
-            ],
+            "backfills_proven_complete": list(
+                dict.fromkeys(
+                    key_of.get(b.ordinal)
+                    for b in backfills
+                    if b.done or _step_done(steps, b.ordinal)
+                )
+            ),
             "constraints_validated": _validated_constraints(conn, units),
             "indexes_built": _indexes(conn, units),
         },
@@ -418,7 +423,7 @@ def markdown(r: dict[str, Any]) -> str:
             ],
             [
                 [
-                    b["step"],
+                    f"{b['step']} {b['partition']}" if b.get("partition") else b["step"],
                     f"{b['rows_done']:,}",
                     f"{b['rows_updated']:,}",
                     f"{b['rows_estimated']:,}" if b["rows_estimated"] is not None else "-",

@@ -145,6 +145,8 @@ class BackfillJob:
     label: str = "backfill"
     skip_triggers: tuple[str, ...] = ()
     """Mappings of dual-write triggers its batches need not fire (`zdm.skip_triggers`)."""
+    part: str | None = None
+    """The partition of a partitioned table this walk is of: its checkpoints are its own."""
 
 
 Action = Txn | Check | BackfillJob

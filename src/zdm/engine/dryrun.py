@@ -15,6 +15,7 @@ from zdm.ddl import BackfillJob, Check, Table, Txn, catalog
 from zdm.engine.actions import Followers, OnCommit, followers_of, perform
 from zdm.engine.backfill import walk_lines
 from zdm.engine.executor import render
+from zdm.engine.partitions import refusals, with_partitions
 from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.retry import lock_timeout_ms
 from zdm.engine.session import connect, redact, server_version
@@ -71,6 +72,11 @@ class DryRun:
         # drop_dual_write finds missing today is created by dual_write first).
         pending = next((step.key for step in steps if step.key not in done), None)
         ctx = Context.of(self.loaded, version, self.store.schema)
+        if conn is not None:
+            # Partitioned tables get their per-partition statements, as the catalog is now.
+            ctx = with_partitions(ctx, conn, self.plan)
+            for issue in refusals(self.loaded, ctx, None):
+                yield f"-- REFUSED: {issue}"
         phase = None
         # Backfills of one table in a row walk it once, as the runner groups them.
         statuses = [

@@ -15,6 +15,7 @@ import psycopg
 from zdm.engine.actions import LiveSink, perform
 from zdm.engine.dryrun import PrintSink
 from zdm.engine.executor import StepFailed
+from zdm.engine.partitions import with_partitions
 from zdm.engine.runner import Outcome, Runner, RunRefused
 from zdm.engine.session import connect, scrub, server_version
 from zdm.operations import Context, Irreversible, plan_inverse
@@ -67,6 +68,7 @@ class Rollback(Runner):
             raise RunRefused(f"plan {self.loaded.name} has no run to roll back")
         self.store.ensure(work)  # a state schema of an older zdm gains the newest columns
         ctx = Context.of(self.loaded, server_version(work), self.store.schema)
+        ctx = with_partitions(ctx, work, self.loaded.plan)
         todo = self._undo_list(self.store.steps(work, run.id), ctx)
         run = self.store.transition(work, run, RunStatus.RUNNING, direction=Direction.ROLLBACK)
         self.log.info("rollback_start", plan=self.loaded.name, run=run.id, steps=len(todo))
@@ -115,6 +117,7 @@ class Rollback(Runner):
             if run is None:
                 raise RunRefused(f"plan {self.loaded.name} has no run to roll back")
             ctx = Context.of(self.loaded, server_version(conn), self.store.schema)
+            ctx = with_partitions(ctx, conn, self.loaded.plan)
             yield f"-- zdm rollback dry-run of plan {self.loaded.name}, run {run.id} ({run.status})"
             for row, step, actions in self._undo_list(self.store.steps(conn, run.id), ctx):
                 yield ""

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -18,6 +18,12 @@ from zdm.ddl import BackfillJob
 from zdm.engine.actions import Followers, LiveSink, followers_of, perform
 from zdm.engine.backfill import Backfiller, Control, Interrupted
 from zdm.engine.executor import Executor, StepFailed
+from zdm.engine.partitions import (
+    partition_refusals,
+    read_partitions,
+    step_tables,
+    with_partitions,
+)
 from zdm.engine.pooling import keep_client_check, release, require_pinned
 from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.refusals import PlanChanged as PlanChanged  # re-exported
@@ -186,9 +192,7 @@ class Runner:
                 self.control.stop.clear()  # set by the heartbeat that saw the drop
                 self.control.signal_name = None
                 pause = min(RECONNECT_FIRST_S * 2 ** (drops - 1), RECONNECT_MAX_S)
-                self.log.warning(
-                    "connection_lost", error=error, drop=drops, reconnect_in_s=pause
-                )
+                self.log.warning("connection_lost", error=error, drop=drops, reconnect_in_s=pause)
                 time.sleep(pause)
                 began = time.monotonic()
 
@@ -297,15 +301,18 @@ class Runner:
             self.dropped = None
         steps = self.plan.steps()
         # Before anything is created: a wrong name or type in an expression is the plan's fault.
-        issues = expression_issues(
-            work, self.loaded, pending_keys(work, self.store, self.loaded.name)
-        )
+        pending = pending_keys(work, self.store, self.loaded.name)
+        issues = expression_issues(work, self.loaded, pending)
+        # What PostgreSQL cannot do on a partitioned table (a unique key without the partition
+        # key): refused before anything is created, too.
+        issues += partition_refusals(work, self.loaded, pending)
         if issues:
             raise PlanError(issues)
         run_or_outcome = self._start_or_resume(work, steps, force)
         if isinstance(run_or_outcome, Outcome):
             return run_or_outcome
         run = self.store.transition(work, run_or_outcome, RunStatus.RUNNING)
+        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         self.started = True
         self.log.info(
             "run_start",
@@ -314,7 +321,6 @@ class Runner:
             steps=len(steps),
             server=work.info.server_version,
         )
-        ctx = Context.of(self.loaded, server_version(work), self.store.schema)
         executor, set_current = self.executor(work, monitor, run)
         lease = self.lease
         assert lease is not None
@@ -367,6 +373,7 @@ class Runner:
                         self.log.info("gate_passed", phase=phase)
                     self.store.set_phase(work, run, phase)
                     self.log.info("phase_start", phase=phase)
+                ctx = with_partitions(ctx, work, self.plan)
                 followers = followers_of(steps, [r.status for r in rows], ordinal, ctx)
                 absorbed.update(o for o, _ in followers)
                 self._step(work, executor, ctx, run, ordinal, step, followers)
@@ -479,6 +486,8 @@ class Runner:
     ) -> None:
         actions = plan_step(step.spec, ctx)
         attempt = self.store.step_started(work, run.id, ordinal, remember=plan_memo(step.spec, ctx))
+        tables = step_tables(step.spec, ctx.schema)
+        trees = {t: ctx.partitions[t] for t in tables if t in ctx.partitions}
         self.log.info("step_start", step=step.key, kind=step.kind, attempt=attempt)
 
         def walk(job: BackfillJob, followers: Followers) -> None:
@@ -486,7 +495,7 @@ class Runner:
                 self.store.step_started(work, run.id, o)
             Backfiller(
                 executor,
-                self.store,
+                self.store.for_part(job.part) if job.part else self.store,
                 run.id,
                 ordinal,
                 job,
@@ -497,18 +506,34 @@ class Runner:
             for o, _ in followers:
                 self.store.step_finished(work, run.id, o)
 
-        done = perform(
-            actions,
-            LiveSink(executor, walk),
-            mark_done=lambda conn: self.store.step_finished(conn, run.id, ordinal),
-            followers=followers,
-        )
-        if not done.ran and actions and attempt == 1:
+        ran = marked = False
+        while True:
+            done = perform(
+                actions,
+                LiveSink(executor, walk),
+                # A partitioned table's step is marked done after the re-check below.
+                mark_done=None if trees else lambda c: self.store.step_finished(c, run.id, ordinal),
+                followers=followers,
+            )
+            ran, marked = ran or done.ran, done.marked
+            if not trees:
+                break
+            # A partition attached or created meanwhile (pg_partman, the application) gets what
+            # the others got before the step counts as done: planned again, units already done
+            # skipped by their catalog probes.
+            fresh = read_partitions(work, trees)
+            if fresh == trees:
+                break
+            self.log.info("partitions_changed", step=step.key, tables=[str(t) for t in fresh])
+            trees = fresh
+            ctx = replace(ctx, partitions={**ctx.partitions, **fresh})
+            actions = plan_step(step.spec, ctx)
+        if not ran and actions and attempt == 1:
             # Every unit found its effect already there on the step's first attempt: the object
             # existed before this run, so the run adopts it and rollback must leave it alone.
             self.log.warning("step_adopted_existing", step=step.key, kind=step.kind)
             self.store.step_finished(work, run.id, ordinal, StepStatus.DONE, adopted=True)
-        elif not done.marked:
+        elif not marked:
             self.store.step_finished(work, run.id, ordinal)
         self.log.info("step_done", step=step.key, kind=step.kind)
 

@@ -70,6 +70,8 @@ class TableModel:
     checks: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
     """Constraint name -> (column it proves NOT NULL, validated)."""
     not_null_proven: set[str] = field(default_factory=set)
+    partitioned: bool = False
+    """Made with PARTITION BY (or, with --dsn, partitioned in the live catalog)."""
 
 
 @dataclass
@@ -242,7 +244,7 @@ class FileState:
         key = table_key(node.relation)
         if not node.if_not_exists:
             self.new_tables.add(key)
-        model = TableModel()
+        model = TableModel(partitioned=node.partspec is not None)
         self.schema.tables[key] = model
         for item in node.tableElts or ():
             if isinstance(item, ast.ColumnDef) and item.colname and item.typeName is not None:

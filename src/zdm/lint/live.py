@@ -70,6 +70,7 @@ def seed(schema: Schema, live: LiveSchema) -> Live:
     for table in live.tables:
         key = _key(table.schema, table.name)
         model = schema.table(key)
+        model.partitioned = model.partitioned or table.partitioned
         for column, type_text in table.columns.items():
             model.columns.setdefault(column, _parse_type(type_text))
         small[key] = table.rows < SMALL_ROWS and table.bytes < SMALL_BYTES

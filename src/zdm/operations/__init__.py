@@ -14,6 +14,7 @@ from zdm.operations import (
     dual_write,
     indexes,
     keys,
+    partitioned,
     tables,
     types,
     views,
@@ -25,8 +26,18 @@ _MODULES = (columns, comments, constraints, data, dual_write, indexes, keys, tab
 
 
 def plan_step(step: StepSpec, ctx: Context) -> list[Action]:
-    """The actions that carry out `step`, in order."""
+    """The actions that carry out `step`, in order: partition by partition on a partitioned
+    table (`zdm.operations.partitioned`)."""
+    tree = partitioned.tree_of(step, ctx)
+    planner = partitioned.FORWARD.get(type(step))
+    if tree is not None and planner is not None:
+        return planner(step, ctx, tree)
     return FORWARD[type(step)](step, ctx)
+
+
+def plan_refusal(step: StepSpec, ctx: Context) -> str | None:
+    """Why the step cannot run on its (partitioned) table as the database is: said up front."""
+    return partitioned.refusal(step, ctx)
 
 
 def plan_memo(step: StepSpec, ctx: Context) -> Query | None:
@@ -41,7 +52,19 @@ def plan_inverse(
 ) -> list[Action]:
     """The actions that undo `step`, given what it remembered; raises Irreversible for a drop of
     data, or when the inverse needs a record that is missing."""
-    return INVERSE[type(step)](step, replace(ctx, remembered=remembered))
+    ctx = replace(ctx, remembered=remembered)
+    tree = partitioned.tree_of(step, ctx)
+    undo = partitioned.INVERSE.get(type(step))
+    if tree is not None and undo is not None:
+        return undo(step, ctx, tree)
+    return INVERSE[type(step)](step, ctx)
 
 
-__all__ = ["Context", "Irreversible", "plan_inverse", "plan_memo", "plan_step"]
+__all__ = [
+    "Context",
+    "Irreversible",
+    "plan_inverse",
+    "plan_memo",
+    "plan_refusal",
+    "plan_step",
+]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from zdm.ddl import Action, Query, Table
+from zdm.ddl.partitions import Partitioning
 from zdm.plan import DualWrite, LoadedPlan, Plan, StepSpec
 
 LATEST_SERVER_VERSION = 180000
@@ -33,6 +34,9 @@ class Context:
     """zdm's state schema, where a dual-write trigger records the rows its mapping fails on."""
     plan_name: str = ""
     """The plan's name as its runs know it (the file's name when the plan gives none)."""
+    partitions: dict[Table, Partitioning] = field(default_factory=dict)
+    """The partitioned tables among the plan's, as the engine read them right before the step
+    (empty without a database): planners choose their per-partition recipes from it."""
 
     @classmethod
     def of(cls, loaded: LoadedPlan, server_version: int, state_schema: str) -> Context:
@@ -48,6 +52,10 @@ class Context:
 
     def table(self, name: str) -> Table:
         return Table.parse(name, self.schema)
+
+    def partitioning(self, table: Table) -> Partitioning | None:
+        """The table's partitions when it is partitioned (as far as the engine knows)."""
+        return self.partitions.get(table)
 
     def dual_writes(self, table: Table) -> list[DualWrite]:
         """The plan's dual_write steps on `table` (their triggers may read its columns)."""

@@ -21,10 +21,33 @@ class WorkerProgress(BackfillRow):
     eta_s: int | None = None
 
 
-@dataclass(frozen=True)
-class BackfillProgress:
-    """A backfill step's progress over all its workers: they walk in parallel."""
+def _totals(workers: list[WorkerProgress]) -> dict[str, Any]:
+    """The progress of walks in parallel: a step's workers, or one partition's."""
+    rates = [w.rows_per_s for w in workers if w.rows_per_s]
+    etas = [w.eta_s for w in workers if w.eta_s is not None and not w.done]
+    sizes = [w.batch_size for w in workers if w.batch_size and not w.done]
+    return {
+        "ordinal": workers[0].ordinal,
+        "step": workers[0].step,
+        "workers": len(workers),
+        "workers_done": sum(1 for w in workers if w.done),
+        "rows_done": sum(w.rows_done for w in workers),
+        "rows_updated": sum(w.rows_updated for w in workers),
+        "rows_estimated": sum(w.rows_estimated or 0 for w in workers),
+        "rows_per_s": round(sum(rates), 1) if rates else None,
+        "eta_s": max(etas) if etas else None,
+        "batch_size": round(sum(sizes) / len(sizes)) if sizes else None,
+        "batches": sum(w.batches for w in workers),
+        "throttle": next((w.throttle for w in workers if w.throttle), None),
+        "done": all(w.done for w in workers),
+    }
 
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    """One partition's walk of a backfill of a partitioned table (each walks on its own)."""
+
+    part: str
     ordinal: int
     step: str | None
     workers: int
@@ -39,25 +62,40 @@ class BackfillProgress:
     throttle: str | None
     done: bool
 
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """A backfill step's progress over all its workers (they walk in parallel) and, for a
+    partitioned table, over each partition's walk."""
+
+    ordinal: int
+    step: str | None
+    workers: int
+    workers_done: int
+    rows_done: int
+    rows_updated: int
+    rows_estimated: int
+    rows_per_s: float | None
+    eta_s: int | None
+    batch_size: int | None
+    batches: int
+    throttle: str | None
+    done: bool
+    partitions: list[PartitionProgress] = field(default_factory=list)
+
     @classmethod
     def of(cls, workers: list[WorkerProgress]) -> BackfillProgress:
-        rates = [w.rows_per_s for w in workers if w.rows_per_s]
-        etas = [w.eta_s for w in workers if w.eta_s is not None and not w.done]
-        sizes = [w.batch_size for w in workers if w.batch_size and not w.done]
+        parts: dict[str, list[WorkerProgress]] = {}
+        for w in workers:
+            parts.setdefault(w.part, []).append(w)
+        partitions = (
+            []
+            if "" in parts
+            else [PartitionProgress(part=part, **_totals(ws)) for part, ws in parts.items()]
+        )
         return cls(
-            ordinal=workers[0].ordinal,
-            step=workers[0].step,
-            workers=len(workers),
-            workers_done=sum(1 for w in workers if w.done),
-            rows_done=sum(w.rows_done for w in workers),
-            rows_updated=sum(w.rows_updated for w in workers),
-            rows_estimated=sum(w.rows_estimated or 0 for w in workers),
-            rows_per_s=round(sum(rates), 1) if rates else None,
-            eta_s=max(etas) if etas else None,
-            batch_size=round(sum(sizes) / len(sizes)) if sizes else None,
-            batches=sum(w.batches for w in workers),
-            throttle=next((w.throttle for w in workers if w.throttle), None),
-            done=all(w.done for w in workers),
+            **{**_totals(workers), "workers": max(len(ws) for ws in parts.values())},
+            partitions=partitions,
         )
 
 

@@ -84,8 +84,10 @@ CREATE TABLE IF NOT EXISTS {s}.backfills (
     done boolean NOT NULL DEFAULT false,
     started_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run_id, ordinal, worker)
+    part text NOT NULL DEFAULT '',     -- the partition a walk of a partitioned table is of
+    PRIMARY KEY (run_id, ordinal, part, worker)
 );
+ALTER TABLE {s}.backfills ADD COLUMN IF NOT EXISTS part text NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS {s}.events (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id bigint NOT NULL REFERENCES {s}.runs ON DELETE CASCADE,

@@ -118,6 +118,8 @@ class BackfillRow:
     done: bool
     started_at: datetime
     updated_at: datetime
+    part: str = ""
+    """The partition this walk is of (a backfill of a partitioned table walks each on its own)."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,19 @@ class NewStep:
 class Store:
     """The state tables of one schema (`zdm` unless --state-schema says otherwise)."""
 
-    def __init__(self, schema: str = "zdm") -> None:
+    def __init__(self, schema: str = "zdm", part: str | None = None) -> None:
         self.schema = schema
+        self.part = part
+        """The partition whose backfill checkpoints this store reads and writes; None: every
+        checkpoint row is read, and those written are of no partition."""
+
+    def for_part(self, part: str) -> Store:
+        """The same state, its backfill checkpoints those of one partition's walk."""
+        return Store(self.schema, part)
+
+    @property
+    def _part(self) -> str:
+        return self.part or ""
 
     def t(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)
@@ -149,6 +162,19 @@ class Store:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK_KEY])
             conn.execute(schema_ddl(self.schema))
+            # A state schema of an older zdm: one checkpoint row per partition's walk too.
+            key = conn.execute(
+                "SELECT array_length(conkey, 1) FROM pg_constraint WHERE contype = 'p'"
+                " AND conrelid = %s::regclass",
+                [self.t("backfills").as_string(conn)],
+            ).fetchone()
+            if key is not None and key[0] == 3:
+                conn.execute(
+                    sql.SQL(
+                        "ALTER TABLE {} DROP CONSTRAINT backfills_pkey,"
+                        " ADD PRIMARY KEY (run_id, ordinal, part, worker)"
+                    ).format(self.t("backfills"))
+                )
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -443,11 +469,12 @@ class Store:
             cur.execute(
                 sql.SQL(
                     "SELECT ordinal, worker, last_key, end_key, rows_done, rows_updated, rows_estimated,"
-                    " batch_size, batches, rate, throttle, done, started_at, updated_at FROM {}"
+                    " batch_size, batches, rate, throttle, done, started_at, updated_at, part FROM {}"
                     " WHERE run_id = %s AND (%s::int IS NULL OR ordinal = %s)"
-                    " AND (%s::int IS NULL OR worker = %s) ORDER BY ordinal, worker"
+                    " AND (%s::int IS NULL OR worker = %s) AND (%s::text IS NULL OR part = %s)"
+                    " ORDER BY ordinal, part, worker"
                 ).format(self.t("backfills")),
-                [run_id, ordinal, ordinal, worker, worker],
+                [run_id, ordinal, ordinal, worker, worker, self.part, self.part],
             )
             return [BackfillRow(**r) for r in cur.fetchall()]
 
@@ -465,11 +492,12 @@ class Store:
         with conn.cursor() as cur:
             cur.executemany(
                 sql.SQL(
-                    "INSERT INTO {} (run_id, ordinal, worker, last_key, end_key, rows_estimated)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, ordinal, worker) DO NOTHING"
+                    "INSERT INTO {} (run_id, ordinal, worker, last_key, end_key, rows_estimated, part)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (run_id, ordinal, part, worker) DO NOTHING"
                 ).format(self.t("backfills")),
                 [
-                    (run_id, ordinal, worker, _json(last), _json(end), estimated)
+                    (run_id, ordinal, worker, _json(last), _json(end), estimated, self._part)
                     for ordinal in ordinals
                     for worker, (last, end, estimated) in enumerate(ranges)
                 ],
@@ -494,9 +522,19 @@ class Store:
                 "UPDATE {} SET last_key = %s, rows_done = rows_done + %s,"
                 " rows_updated = rows_updated + %s, batch_size = %s, batches = batches + 1,"
                 " rate = %s, updated_at = clock_timestamp()"
-                " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s"
+                " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s AND part = %s"
             ).format(self.t("backfills")),
-            [_json(last_key), walked, updated, batch_size, rate, run_id, list(ordinals), worker],
+            [
+                _json(last_key),
+                walked,
+                updated,
+                batch_size,
+                rate,
+                run_id,
+                list(ordinals),
+                worker,
+                self._part,
+            ],
         )
 
     def backfill_finished(
@@ -507,9 +545,9 @@ class Store:
             sql.SQL(
                 "UPDATE {} SET done = true, rate = NULL, throttle = NULL,"
                 " updated_at = clock_timestamp()"
-                " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s"
+                " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s AND part = %s"
             ).format(self.t("backfills")),
-            [run_id, list(ordinals), worker],
+            [run_id, list(ordinals), worker, self._part],
         )
 
     def backfill_throttle(
@@ -523,9 +561,9 @@ class Store:
         conn.execute(
             sql.SQL(
                 "UPDATE {} SET throttle = %s, updated_at = clock_timestamp()"
-                " WHERE run_id = %s AND ordinal = ANY(%s) AND NOT done"
+                " WHERE run_id = %s AND ordinal = ANY(%s) AND part = %s AND NOT done"
             ).format(self.t("backfills")),
-            [throttle, run_id, list(ordinals)],
+            [throttle, run_id, list(ordinals), self._part],
         )
 
     def backfill_restart(
@@ -544,20 +582,29 @@ class Store:
             conn.execute(
                 sql.SQL(
                     "UPDATE {t} b SET last_key = (SELECT p.end_key FROM {t} p"
-                    " WHERE p.run_id = b.run_id AND p.ordinal = b.ordinal AND p.worker = b.worker - 1),"
+                    " WHERE p.run_id = b.run_id AND p.ordinal = b.ordinal AND p.part = b.part"
+                    " AND p.worker = b.worker - 1),"
                     " done = false, rate = NULL, updated_at = clock_timestamp()"
-                    " WHERE b.run_id = %s AND b.ordinal = ANY(%s)"
+                    " WHERE b.run_id = %s AND b.ordinal = ANY(%s) AND b.part = %s"
                 ).format(t=self.t("backfills")),
-                [run_id, list(ordinals)],
+                [run_id, list(ordinals), self._part],
             )
             if last_end is not None:
                 conn.execute(
                     sql.SQL(
                         "UPDATE {t} SET end_key = %s WHERE run_id = %s AND ordinal = ANY(%s)"
-                        " AND worker = (SELECT max(worker) FROM {t} WHERE run_id = %s"
-                        " AND ordinal = ANY(%s))"
+                        " AND part = %s AND worker = (SELECT max(worker) FROM {t} WHERE run_id = %s"
+                        " AND ordinal = ANY(%s) AND part = %s)"
                     ).format(t=self.t("backfills")),
-                    [_json(last_end), run_id, list(ordinals), run_id, list(ordinals)],
+                    [
+                        _json(last_end),
+                        run_id,
+                        list(ordinals),
+                        self._part,
+                        run_id,
+                        list(ordinals),
+                        self._part,
+                    ],
                 )
 
     # -- events ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from zdm.lint.rules import (
     cluster,
     column_type_rewrite,
     concurrently_in_transaction,
+    concurrently_on_partitioned,
     drop_column,
     drop_table,
     exclusion_constraint,
@@ -40,6 +41,7 @@ RULES: tuple[Rule, ...] = tuple(
     for module in (
         index_not_concurrent,
         concurrently_in_transaction,
+        concurrently_on_partitioned,
         check_not_valid,
         foreign_key_not_valid,
         unique_without_index,
