@@ -6,14 +6,13 @@ from psycopg import sql
 
 from zdm.ddl import BackfillJob, BackfillSource, Table
 from zdm.engine.backfill import BatchSizer, percentile, throttle_lines
-from zdm.engine.backfill_sql import (
-    CTID,
-    Key,
+from zdm.engine.backfill.catalog import ctid_unsupported
+from zdm.engine.backfill.key import CTID, Key
+from zdm.engine.backfill.mapping import remaining_sql
+from zdm.engine.backfill.merging import merge_conflict
+from zdm.engine.backfill.statements import (
     batch_sql,
     ctid_batch_sql,
-    ctid_unsupported,
-    merge_conflict,
-    remaining_sql,
     split_sql,
     timeouts_sql,
     upper_bound_sql,

@@ -182,9 +182,7 @@ class Runner:
                 self.control.stop.clear()  # set by the heartbeat that saw the drop
                 self.control.signal_name = None
                 pause = min(RECONNECT_FIRST_S * 2 ** (drops - 1), RECONNECT_MAX_S)
-                self.log.warning(
-                    "connection_lost", error=error, drop=drops, reconnect_in_s=pause
-                )
+                self.log.warning("connection_lost", error=error, drop=drops, reconnect_in_s=pause)
                 time.sleep(pause)
                 began = time.monotonic()
 
