@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from zdm.ddl import BackfillJob
 from zdm.engine.backfill.catalog import (
@@ -18,11 +19,14 @@ from zdm.engine.backfill.key import Key
 from zdm.engine.backfill.mapping import remaining_sql, skipped_triggers
 from zdm.engine.backfill.sizing import BatchSizer, batch_lock_timeout_ms
 from zdm.engine.backfill.statements import (
-    batch_sql,
+    BEGIN,
+    COMMIT,
+    as_lines,
+    batch_transaction,
+    checkpoint_sql,
     ctid_batch_sql,
+    opening_sets,
     skip_locked_sql,
-    timeouts_sql,
-    upper_bound_sql,
 )
 from zdm.engine.session import server_version
 from zdm.plan import Settings
@@ -77,26 +81,22 @@ def walk_lines(
             " passes the batches over (zdm.skip_triggers); every other write fires it"
         )
     lines.append("-- ROW EXCLUSIVE and row locks only (blocks no reads or writes); each batch:")
-    lines.append("BEGIN;")
-    lines.append(
-        timeouts_sql(
-            batch_lock_timeout_ms(settings, 1), sizer.statement_timeout_ms, jobs
-        ).as_string(conn)
-        + ";"
-    )
+    lock_ms, statement_ms = batch_lock_timeout_ms(settings, 1), sizer.statement_timeout_ms
+    backfills = sql.Identifier(state_schema, "backfills")
     if shown.ctid:
-        lines.append(ctid_batch_sql(jobs).as_string(conn) + ";")
+        batch = [
+            BEGIN,
+            *opening_sets(lock_ms, statement_ms, jobs),
+            ctid_batch_sql(jobs),
+            checkpoint_sql(backfills),
+            COMMIT,
+        ]
     else:
-        lines.append(
-            upper_bound_sql(job.table, shown, lower=True, upper=opts.workers > 1).as_string(conn)
-            + ";"
+        lines.append("-- its range, its UPDATE and its checkpoint in one statement, sent at once:")
+        batch = batch_transaction(
+            jobs, shown, backfills, lock_ms, statement_ms, lower=True, upper=opts.workers > 1
         )
-        lines.append(batch_sql(jobs, shown, lower=True).as_string(conn) + ";")
-    lines.append(
-        f"-- checkpoint: UPDATE {state_schema}.backfills SET last_key = <upper>,"
-        " rows_done = rows_done + <rows>, … WHERE <this step and worker>;"
-    )
-    lines.append("COMMIT;")
+    lines += as_lines(batch, conn)
     lines.append(
         f"-- a batch that meets a lock (held over {batch_lock_timeout_ms(settings, 1)}ms) is"
         " retried taking only the rows no one holds, and the walk comes back to the others:"

@@ -10,7 +10,9 @@ walked by `ctid` page ranges, a TID range scan on PostgreSQL 14 and later.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from zdm.ddl import BackfillJob, Table
@@ -51,39 +53,161 @@ def opening_sets(
     return sets
 
 
+BEGIN = sql.SQL("BEGIN")
+COMMIT = sql.SQL("COMMIT")
+
+
+def batch_transaction(
+    jobs: Sequence[BackfillJob],
+    key: Key,
+    backfills: sql.Identifier,
+    lock_timeout_ms: int,
+    statement_timeout_ms: int,
+    *,
+    lower: bool,
+    upper: bool,
+) -> list[sql.Composable]:
+    """A key walk's batch as its worker sends it, all at once: BEGIN, the opening SETs, the
+    batch with its checkpoint (`batch_step_sql`), COMMIT."""
+    return [
+        BEGIN,
+        *opening_sets(lock_timeout_ms, statement_timeout_ms, jobs),
+        batch_step_sql(jobs, key, backfills, lower=lower, upper=upper),
+        COMMIT,
+    ]
+
+
+def reread_transaction(
+    table: Table, key: Key, lock_timeout_ms: int, statement_timeout_ms: int, *, lower: bool
+) -> list[sql.Composable]:
+    """The read a batch later (`reread_sql`) as a worker sends it, all at once."""
+    return [
+        BEGIN,
+        *opening_sets(lock_timeout_ms, statement_timeout_ms),
+        reread_sql(table, key, lower=lower),
+        COMMIT,
+    ]
+
+
+def as_lines(
+    statements: Sequence[sql.Composable], conn: psycopg.Connection[Any] | None
+) -> list[str]:
+    """A transaction's statements as the dry-run prints them and the workers log them: one a
+    line, the SETs that open it together on one."""
+    lines: list[str] = []
+    for query in statements:
+        text = query.as_string(conn) + ";"
+        if lines and text.startswith("SET ") and lines[-1].startswith("SET "):
+            lines[-1] += " " + text
+        else:
+            lines.append(text)
+    return lines
+
+
 def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.Composed:
     """The last key of the next batch and the batch's row count: an index-only scan.
 
     Parameters: the last key (when `lower`), the worker's end key (when `upper`), the batch size.
     """
+    return _next_keys(table, key, lower=lower, upper=upper, typed=False)
+
+
+def _next_keys(table: Table, key: Key, *, lower: bool, upper: bool, typed: bool) -> sql.Composed:
+    """`upper_bound_sql`; `typed`: the key columns under their own names and their type, and
+    the row count as `zdm_rows` (the range of `batch_step_sql`)."""
     conds = []
     if lower:
         conds.append(sql.SQL("{} > {}").format(key.row(), key.params()))
     if upper:
         conds.append(sql.SQL("{} <= {}").format(key.row(), key.params()))
     where = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conds)) if conds else sql.SQL("")
+    rows = sql.SQL(" AS zdm_rows" if typed else "")
     if key.max_aggregate:
         (col,) = key.columns
         return sql.SQL(
-            "SELECT max({c})::text, count(*) FROM (SELECT {c} FROM {t}{where} ORDER BY {c}"
+            "SELECT max({c}){out}, count(*){rows} FROM (SELECT {c} FROM {t}{where} ORDER BY {c}"
             " LIMIT %s) s HAVING count(*) > 0"
-        ).format(c=sql.Identifier(col), t=table.ident(), where=where)
+        ).format(
+            c=sql.Identifier(col),
+            out=sql.SQL(" AS {}").format(sql.Identifier(col)) if typed else sql.SQL("::text"),
+            rows=rows,
+            t=table.ident(),
+            where=where,
+        )
     # Qualified: a bare name in ORDER BY would mean the ::text output column and sort as text.
     desc = sql.SQL(", ").join(
         sql.SQL("{} DESC").format(sql.Identifier("s", c)) for c in key.columns
     )
     cols = sql.SQL(", ").join(key.refs())
     return sql.SQL(
-        "SELECT {texts}, count(*) OVER () FROM (SELECT {cols} FROM {t}{where} ORDER BY {cols}"
+        "SELECT {outs}, count(*) OVER (){rows} FROM (SELECT {cols} FROM {t}{where} ORDER BY {cols}"
         " LIMIT %s) s ORDER BY {desc} LIMIT 1"
     ).format(
-        texts=sql.SQL(", ").join(
-            sql.SQL("{}::text").format(sql.Identifier("s", c)) for c in key.columns
+        outs=sql.SQL(", ").join(
+            sql.SQL("{}{}").format(sql.Identifier("s", c), sql.SQL("" if typed else "::text"))
+            for c in key.columns
         ),
+        rows=rows,
         cols=cols,
         t=table.ident(),
         where=where,
         desc=desc,
+    )
+
+
+def checkpoint_sql(backfills: sql.Identifier) -> sql.Composed:
+    """A batch's checkpoint, in the batch's own transaction (a ctid batch's, a retried one's).
+
+    Parameters: the last key (JSON), rows walked, rows updated, the batch size, the rate, the
+    run id, the step ordinals, the worker.
+    """
+    return sql.SQL(
+        "UPDATE {} SET last_key = %s, rows_done = rows_done + %s,"
+        " rows_updated = rows_updated + %s, batch_size = %s, batches = batches + 1,"
+        " rate = %s, updated_at = clock_timestamp()"
+        " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s"
+    ).format(backfills)
+
+
+def batch_step_sql(
+    jobs: Sequence[BackfillJob], key: Key, backfills: sql.Identifier, *, lower: bool, upper: bool
+) -> sql.Composed:
+    """A batch in one statement: the range of the next keys (`upper_bound_sql`), the UPDATE of
+    its rows (`batch_sql`, bounded by that range) and the worker's checkpoint (`checkpoint_sql`).
+
+    Returns the batch's upper key (as text), the rows in its range, the rows updated and the
+    transaction id; no row when the worker's range is walked. Parameters: the last key (when
+    `lower`), the worker's end key (when `upper`), the batch size, the last key again (when
+    `lower`); then the batch size, the rate, the run id, the step ordinals, the worker.
+    """
+    texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in key.columns)
+    upper_key = sql.SQL("({})").format(
+        sql.SQL(", ").join(
+            sql.SQL("(SELECT {} FROM zdm_range)").format(sql.Identifier(c)) for c in key.columns
+        )
+    )
+
+    def rows(qualify: Table | None) -> sql.Composed:
+        bounds = sql.SQL("{} <= {}").format(key.row(qualify), upper_key)
+        if lower:
+            bounds = sql.SQL("{} > {} AND {}").format(key.row(qualify), key.params(), bounds)
+        return bounds
+
+    return sql.SQL(
+        "WITH zdm_range AS ({range}), zdm_batch AS ({update} RETURNING 1),"
+        " zdm_checkpoint AS (UPDATE {b} SET last_key = (SELECT to_jsonb(ARRAY[{texts}])"
+        " FROM zdm_range), rows_done = rows_done + (SELECT zdm_rows FROM zdm_range),"
+        " rows_updated = rows_updated + (SELECT count(*) FROM zdm_batch), batch_size = %s,"
+        " batches = batches + 1, rate = %s, updated_at = clock_timestamp()"
+        " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s"
+        " AND EXISTS (SELECT FROM zdm_range))"
+        " SELECT {texts}, zdm_rows, (SELECT count(*) FROM zdm_batch),"
+        " mod(txid_current(), 4294967296) FROM zdm_range"
+    ).format(
+        range=_next_keys(jobs[0].table, key, lower=lower, upper=upper, typed=True),
+        update=_update(jobs, rows),
+        b=backfills,
+        texts=texts,
     )
 
 

@@ -21,6 +21,7 @@ import structlog
 from psycopg.conninfo import make_conninfo
 
 from zdm.ddl import BackfillJob
+from zdm.engine.backfill.bad_rows import retry_bad_rows
 from zdm.engine.backfill.catalog import (
     construction_doubt,
     ctid_unsupported,
@@ -35,15 +36,13 @@ from zdm.engine.backfill.key import Key
 from zdm.engine.backfill.mapping import predicate, remaining_sql
 from zdm.engine.backfill.ranges import Range
 from zdm.engine.backfill.signals import Control, Interrupted
-from zdm.engine.backfill.statements import row_sql, timeouts_sql
-from zdm.engine.backfill.worker import DATA_ERRORS, Worker
+from zdm.engine.backfill.worker import Worker
 from zdm.engine.executor import Executor
-from zdm.engine.policy import StepFailed, lock_timeout_ms, pg_error
+from zdm.engine.policy import StepFailed, pg_error
 from zdm.engine.progress import RateWindow, Snapshot, View, make_view
 from zdm.engine.session import server_version
 from zdm.engine.throttle import Throttles
 from zdm.state import Store
-from zdm.state.mapping_errors import BAD_ROWS_SHOWN
 
 PAUSED = "paused by `zdm pause`"
 
@@ -82,6 +81,8 @@ class Backfiller:
         """Moves the run's status while `zdm pause` holds the walk (True) and after (False)."""
         self.log = log or structlog.get_logger("zdm.backfill")
         self.throttles = Throttles.of(job.table, job.options)
+        self.backfills = store.t("backfills")
+        """The state table of the workers' checkpoints."""
         self.rows_per_page = 1.0
         self.batch_ms: list[float] = []
         self.rows_walked = 0
@@ -134,7 +135,7 @@ class Backfiller:
         )
         started = time.monotonic()
         self._walk(key, ranges)
-        self._bad_rows(key)
+        retry_bad_rows(self, key)
         left = self._left()
         if left:
             # Rows changed behind the walk without the trigger (or before it existed): one more pass.
@@ -174,39 +175,6 @@ class Backfiller:
         if self._table_name is None:
             self._table_name = quoted_name(self.conn, self.table)
         return self._table_name
-
-    def _bad_rows(self, key: Key) -> None:
-        """Tries again each row a batch passed over because its mapping raised (this run's or
-        an earlier one's, maybe fixed since); stops the step, resumable, naming those that
-        still fail."""
-        table = self.table_name
-        for rec in self.store.mapping_errors(self.conn, self.plan, table=table, source="backfill"):
-            if key.ctid or set(rec["row_key"]) != set(key.columns):
-                continue
-            with self.conn.transaction():
-                self.conn.execute(timeouts_sql(lock_timeout_ms(self.ex.settings, 1), 0, self.jobs))
-                self.store.forget_mapping_error(self.conn, rec["id"])
-                try:
-                    with self.conn.transaction():
-                        self.conn.execute(
-                            row_sql(self.jobs, key), [rec["row_key"][c] for c in key.columns]
-                        )
-                except DATA_ERRORS as e:
-                    self.store.record_mapping_error(
-                        self.conn, self.plan, table, rec["row_key"], e, "backfill"
-                    )
-        left = self.store.mapping_errors(self.conn, self.plan, table=table, source="backfill")
-        if left:
-            first = left[0]
-            keys = ", ".join(
-                _show_key(r["row_key"], key.columns) for r in left[:BAD_ROWS_SHOWN]
-            ) + (", …" if len(left) > BAD_ROWS_SHOWN else "")
-            raise StepFailed(
-                f"{self.label}: {len(left)} row(s) of {table} cannot be mapped and were passed"
-                f" over: {keys}; first error: {first['message']} (SQLSTATE {first['sqlstate']})."
-                " Fix those rows (or the expression, then `zdm run --force`) and run `zdm run`"
-                f" again; `zdm status` lists them ({self.store.schema}.mapping_errors)"
-            )
 
     def _left(self) -> int:
         """Rows that still match the predicate, counted over the whole table; the row versions
@@ -394,10 +362,3 @@ def conninfo_of(conn: psycopg.Connection[Any]) -> str:
         if o.val is not None and o.val != b""
     }
     return make_conninfo(**params)
-
-
-def _show_key(row_key: dict[str, Any], columns: Sequence[str]) -> str:
-    """`id=17`, `(a=1, b=x)`: a recorded row's key as messages show it, in the key's order."""
-    order = [c for c in columns if c in row_key] + [c for c in row_key if c not in columns]
-    parts = [f"{c}={row_key[c]}" for c in order]
-    return parts[0] if len(parts) == 1 else f"({', '.join(parts)})"

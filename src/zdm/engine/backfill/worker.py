@@ -4,22 +4,28 @@ fails on some rows' data passes those rows over and records them."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import tenacity
-from psycopg import errors
+from psycopg import errors, sql
 
+from zdm.engine.backfill.bad_rows import DATA_ERRORS, isolate
 from zdm.engine.backfill.gate import Gate
 from zdm.engine.backfill.key import Key, tid
 from zdm.engine.backfill.ranges import Batch, Range
 from zdm.engine.backfill.sizing import BatchSizer, batch_lock_timeout_ms
 from zdm.engine.backfill.statements import (
+    as_lines,
     batch_sql,
+    batch_transaction,
+    checkpoint_sql,
     ctid_batch_sql,
-    reread_sql,
+    reread_transaction,
     skip_locked_sql,
     timeouts_sql,
     upper_bound_sql,
@@ -33,7 +39,7 @@ from zdm.engine.policy import (
     retrying,
 )
 from zdm.engine.progress import RateWindow
-from zdm.engine.session import ConnectionFailed, ConnectionLost, connect
+from zdm.engine.session import ConnectionFailed, ConnectionLost, connect, one_round_trip
 from zdm.plan import Settings
 
 if TYPE_CHECKING:
@@ -44,11 +50,6 @@ if TYPE_CHECKING:
 # 50 ms, 100 ms, … between rounds, before the last round waits for their locks.
 COME_BACK_TRIES = 5
 COME_BACK_PAUSE_S = 0.05
-
-
-# A batch failing on these is failing on some of its rows' data (class 22: a bad cast, a value
-# too long, an invalid regular expression; class 23: a constraint): they are looked for.
-DATA_ERRORS = (errors.DataError, errors.IntegrityError)
 
 
 class Worker(threading.Thread):
@@ -70,6 +71,7 @@ class Worker(threading.Thread):
         self.window.add(0)
         self.started = 0.0
         self._previous: Batch | None = None
+        self._statements: dict[tuple[str, bool], tuple[list[bytes], list[str]]] = {}
         self.skipped: list[Batch] = []
         """Ranges whose batch passed over rows locked by others: walked again at the end."""
 
@@ -135,7 +137,7 @@ class Worker(threading.Thread):
             except DATA_ERRORS:
                 if self.key.ctid:
                     raise
-                return self._isolate(conn, size)
+                return isolate(self, conn, size)
             except errors.QueryCanceled:
                 if not self.sizer.halve():
                     raise StepFailed(
@@ -150,96 +152,95 @@ class Worker(threading.Thread):
                 )
 
     def _attempts(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
-        for attempt in retrying(self.settings, self._before_retry):
+        for attempt in retrying(self.settings, self.before_retry):
             with attempt:
                 n = attempt.retry_state.attempt_number
                 t0 = time.monotonic()
-                with conn.transaction():
-                    self._open(conn, batch_lock_timeout_ms(self.settings, n))
-                    # A retry follows a lock timeout or a deadlock, most often on an
-                    # application's row lock: it locks only the rows no one else holds.
-                    batch = (
-                        self._ctid_batch(conn, size, skip_locked=n > 1)
-                        if self.key.ctid
-                        else self._key_batch(conn, size, skip_locked=n > 1)
-                    )
-                    if batch is not None:
-                        self._checkpoint(conn, batch, size)
-                    xid = self._xid(conn) if batch is not None and batch.updated else None
+                if n == 1 and not self.key.ctid:
+                    batch, xid = self._at_once(conn, size)
+                else:
+                    batch, xid = self._in_steps(conn, size, n)
                 if batch is not None:
                     batch.ms = (time.monotonic() - t0) * 1000
-                if xid is not None:
+                if xid is not None and self.bf.doubt is None:
                     self.bf.written.append(xid)
                 return batch
         raise AssertionError("unreachable")
 
-    def _isolate(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
-        """The batch once more, after it failed on some rows' data: its key range is halved
-        until the failing rows are alone (a savepoint each), they are recorded in
-        `mapping_errors` and passed over, the others committed with the checkpoint as usual.
-        Only a failing batch pays for this."""
-        for attempt in retrying(self.settings, self._before_retry):
-            with attempt:
-                n = attempt.retry_state.attempt_number
-                bad: list[tuple[list[str], psycopg.Error]] = []
-                with conn.transaction():
-                    self._open(conn, lock_timeout_ms(self.settings, n))
-                    batch = self._next_range(conn, size)
-                    if batch is None:
-                        return None
-                    batch.updated = self._bisect(conn, batch.lower, batch.upper, batch.walked, bad)
-                    if len(bad) == batch.walked > 1:
-                        # Every row fails: the expression is wrong, not the data.
-                        raise StepFailed(f"{self.bf.label}: {pg_error(bad[0][1])}")
-                    for key, error in bad:
-                        self.bf.store.record_mapping_error(
-                            conn,
-                            self.bf.plan,
-                            self.bf.table_name,
-                            dict(zip(self.key.columns, key, strict=True)),
-                            error,
-                            "backfill",
-                        )
-                    self.bf.log.warning(
-                        "backfill_bad_rows",
-                        worker=self.range.worker,
-                        keys=[k for k, _ in bad],
-                        error=pg_error(bad[0][1]) if bad else None,
-                    )
-                    self._checkpoint(conn, batch, size)
-                return batch
-        raise AssertionError("unreachable")
+    def _at_once(self, conn: psycopg.Connection[Any], size: int) -> tuple[Batch | None, int | None]:
+        """A key walk's batch in one statement (`batch_step_sql`: its range, its UPDATE, its
+        checkpoint), sent with its transaction's BEGIN, SETs and COMMIT: one round trip."""
+        last, end = self.range.last, self.range.end
+        self.window.add(self.walked)
+        statements = self._cached(
+            conn,
+            ("batch", last is not None),
+            lambda: batch_transaction(
+                self.bf.jobs,
+                self.key,
+                self.bf.backfills,
+                batch_lock_timeout_ms(self.settings, 1),
+                self.sizer.statement_timeout_ms,
+                lower=last is not None,
+                upper=end is not None,
+            ),
+        )
+        row = one_round_trip(
+            conn,
+            statements,
+            [
+                *(last or []),
+                *(end or []),
+                size,
+                *(last or []),
+                size,
+                round(self.window.rate(), 1),
+                self.bf.run_id,
+                self.bf.ordinals,
+                self.range.worker,
+            ],
+        )
+        if row is None:
+            return None, None
+        *upper, walked, updated, xid = row
+        batch = Batch(last, [str(v) for v in upper], int(walked), int(updated))
+        return batch, int(xid) if batch.updated else None
 
-    def _bisect(
+    def _in_steps(
+        self, conn: psycopg.Connection[Any], size: int, attempt: int
+    ) -> tuple[Batch | None, int | None]:
+        """A ctid walk's batch, or a retry that locks only the rows no one else holds (it
+        follows a lock timeout or a deadlock, most often on an application's row lock):
+        statement by statement in one transaction."""
+        with conn.transaction():
+            self.open_batch(conn, batch_lock_timeout_ms(self.settings, attempt))
+            batch = (
+                self._ctid_batch(conn, size, skip_locked=attempt > 1)
+                if self.key.ctid
+                else self._key_batch(conn, size, skip_locked=attempt > 1)
+            )
+            if batch is not None:
+                self.checkpoint(conn, batch, size)
+            xid = self._xid(conn) if batch is not None and batch.updated else None
+        return batch, xid
+
+    def _cached(
         self,
         conn: psycopg.Connection[Any],
-        lower: list[str] | None,
-        upper: list[str],
-        rows: int,
-        bad: list[tuple[list[str], psycopg.Error]],
-    ) -> int:
-        """Rows updated in `(lower, upper]` (`rows` rows), each half in a savepoint; a single
-        row that fails is added to `bad`."""
-        try:
-            with conn.transaction():
-                cur = conn.execute(
-                    batch_sql(self.bf.jobs, self.key, lower=lower is not None),
-                    [*(lower or []), *upper],
-                )
-            return cur.rowcount
-        except DATA_ERRORS as e:
-            if rows <= 1:
-                bad.append((upper, e))
-                return 0
-        row = conn.execute(
-            upper_bound_sql(self.bf.table, self.key, lower=lower is not None, upper=True),
-            [*(lower or []), *upper, rows // 2],
-        ).fetchone()
-        assert row is not None
-        middle, first = [str(v) for v in row[:-1]], int(row[-1])
-        return self._bisect(conn, lower, middle, first, bad) + self._bisect(
-            conn, middle, upper, rows - first, bad
-        )
+        shape: tuple[str, bool],
+        build: Callable[[], list[sql.Composable]],
+    ) -> list[bytes]:
+        """The statements of a transaction of this shape, composed once per walk; each batch's
+        are logged at debug level (`batch_sql`), as the dry-run prints them."""
+        found = self._statements.get(shape)
+        if found is None:
+            built = build()
+            found = self._statements[shape] = (
+                [q.as_bytes(conn) for q in built],
+                as_lines(built, conn),
+            )
+        self.bf.log.debug("batch_sql", kind=shape[0], worker=self.range.worker, sql=found[1])
+        return found[0]
 
     def _reread(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
         """Reads the range of the batch before this one (see `reread_sql`): its commit, which
@@ -249,15 +250,20 @@ class Worker(threading.Thread):
         previous, self._previous = self._previous, batch
         if previous is None or not previous.updated:
             return
+        lower = bool(previous.lower)
+        statements = self._cached(
+            conn,
+            ("reread", lower),
+            lambda: reread_transaction(
+                self.bf.table,
+                self.key,
+                lock_timeout_ms(self.settings, 1),
+                self.sizer.statement_timeout_ms,
+                lower=lower,
+            ),
+        )
         try:
-            with conn.transaction():
-                conn.execute(
-                    timeouts_sql(lock_timeout_ms(self.settings, 1), self.sizer.statement_timeout_ms)
-                )
-                conn.execute(
-                    reread_sql(self.bf.table, self.key, lower=bool(previous.lower)),
-                    self._bounds(previous),
-                )
+            one_round_trip(conn, statements, self._bounds(previous))
         except psycopg.Error as e:
             self.bf.log.info("backfill_reread_skipped", worker=self.range.worker, error=pg_error(e))
 
@@ -269,26 +275,28 @@ class Worker(threading.Thread):
         row = conn.execute("SELECT txid_current_if_assigned() % 4294967296").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
-    def _open(self, conn: psycopg.Connection[Any], lock_timeout: int) -> None:
+    def open_batch(self, conn: psycopg.Connection[Any], lock_timeout: int) -> None:
         """The opening SETs of a batch's transaction (`timeouts_sql`)."""
         conn.execute(timeouts_sql(lock_timeout, self.sizer.statement_timeout_ms, self.bf.jobs))
 
-    def _checkpoint(self, conn: psycopg.Connection[Any], batch: Batch, size: int) -> None:
-        """The batch's checkpoint, in its own transaction."""
+    def checkpoint(self, conn: psycopg.Connection[Any], batch: Batch, size: int) -> None:
+        """The batch's checkpoint, in the batch's own transaction (`checkpoint_sql`)."""
         self.window.add(self.walked + batch.walked)
-        self.bf.store.checkpoint(
-            conn,
-            self.bf.run_id,
-            self.bf.ordinals,
-            self.range.worker,
-            last_key=batch.upper,
-            walked=batch.walked,
-            updated=batch.updated,
-            batch_size=size,
-            rate=round(self.window.rate(), 1),
+        conn.execute(
+            checkpoint_sql(self.bf.backfills),
+            [
+                json.dumps(batch.upper),
+                batch.walked,
+                batch.updated,
+                size,
+                round(self.window.rate(), 1),
+                self.bf.run_id,
+                self.bf.ordinals,
+                self.range.worker,
+            ],
         )
 
-    def _next_range(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+    def next_range(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
         """The key range of the next batch of `size` rows (an index-only scan), nothing yet
         updated; None when the worker's range is walked."""
         last, end = self.range.last, self.range.end
@@ -303,7 +311,7 @@ class Worker(threading.Thread):
     def _key_batch(
         self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
     ) -> Batch | None:
-        batch = self._next_range(conn, size)
+        batch = self.next_range(conn, size)
         if batch is None:
             return None
         if skip_locked:
@@ -374,11 +382,11 @@ class Worker(threading.Thread):
 
     def _again(self, conn: psycopg.Connection[Any], batch: Batch, *, wait: bool) -> None:
         """One range once more, in a transaction of its own (no checkpoint: the walk is past it)."""
-        for attempt in retrying(self.settings, self._before_retry):
+        for attempt in retrying(self.settings, self.before_retry):
             with attempt:
                 n = attempt.retry_state.attempt_number
                 with conn.transaction():
-                    self._open(conn, lock_timeout_ms(self.settings, n))
+                    self.open_batch(conn, lock_timeout_ms(self.settings, n))
                     if wait:
                         query = (
                             ctid_batch_sql(self.bf.jobs)
@@ -394,5 +402,5 @@ class Worker(threading.Thread):
                     self.bf.written.append(xid)
                 return
 
-    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+    def before_retry(self, state: tenacity.RetryCallState) -> None:
         log_retry(self.bf.log, "batch_retry", state, self.settings, worker=self.range.worker)
