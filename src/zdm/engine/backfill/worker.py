@@ -30,15 +30,9 @@ from zdm.engine.backfill.statements import (
     timeouts_sql,
     upper_bound_sql,
 )
-from zdm.engine.policy import (
-    StepFailed,
-    failure,
-    lock_timeout_ms,
-    log_retry,
-    pg_error,
-    retrying,
-)
+from zdm.engine.policy import StepFailed, failure, log_retry, pg_error
 from zdm.engine.progress import RateWindow
+from zdm.engine.retry import lock_timeout_ms, retrying
 from zdm.engine.session import ConnectionFailed, ConnectionLost, connect, one_round_trip
 from zdm.plan import Settings
 
