@@ -68,11 +68,11 @@ def batch_transaction(
     upper: bool,
 ) -> list[sql.Composable]:
     """A key walk's batch as its worker sends it, all at once: BEGIN, the opening SETs, the
-    batch with its checkpoint (`batch_step_sql`), COMMIT."""
+    batch with its checkpoint (`batch_and_checkpoint_sql`), COMMIT."""
     return [
         BEGIN,
         *opening_sets(lock_timeout_ms, statement_timeout_ms, jobs),
-        batch_step_sql(jobs, key, backfills, lower=lower, upper=upper),
+        batch_and_checkpoint_sql(jobs, key, backfills, lower=lower, upper=upper),
         COMMIT,
     ]
 
@@ -114,7 +114,7 @@ def upper_bound_sql(table: Table, key: Key, *, lower: bool, upper: bool) -> sql.
 
 def _next_keys(table: Table, key: Key, *, lower: bool, upper: bool, typed: bool) -> sql.Composed:
     """`upper_bound_sql`; `typed`: the key columns under their own names and their type, and
-    the row count as `zdm_rows` (the range of `batch_step_sql`)."""
+    the row count as `zdm_rows` (the range of `batch_and_checkpoint_sql`)."""
     conds = []
     if lower:
         conds.append(sql.SQL("{} > {}").format(key.row(), key.params()))
@@ -169,7 +169,7 @@ def checkpoint_sql(backfills: sql.Identifier) -> sql.Composed:
     ).format(backfills)
 
 
-def batch_step_sql(
+def batch_and_checkpoint_sql(
     jobs: Sequence[BackfillJob], key: Key, backfills: sql.Identifier, *, lower: bool, upper: bool
 ) -> sql.Composed:
     """A batch in one statement: the range of the next keys (`upper_bound_sql`), the UPDATE of

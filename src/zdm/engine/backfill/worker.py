@@ -162,7 +162,7 @@ class Worker(threading.Thread):
         raise AssertionError("unreachable")
 
     def _at_once(self, conn: psycopg.Connection[Any], size: int) -> tuple[Batch | None, int | None]:
-        """A key walk's batch in one statement (`batch_step_sql`: its range, its UPDATE, its
+        """A key walk's batch in one statement (`batch_and_checkpoint_sql`: its range, its UPDATE, its
         checkpoint), sent with its transaction's BEGIN, SETs and COMMIT: one round trip."""
         last, end = self.range.last, self.range.end
         self.window.add(self.walked)
@@ -203,15 +203,15 @@ class Worker(threading.Thread):
     def _in_steps(
         self, conn: psycopg.Connection[Any], size: int, attempt: int
     ) -> tuple[Batch | None, int | None]:
-        """A ctid walk's batch, or a retry that locks only the rows no one else holds (it
-        follows a lock timeout or a deadlock, most often on an application's row lock):
-        statement by statement in one transaction."""
+        """A ctid walk's batch, or a key walk's retry, which locks only the rows no one else
+        holds (it follows a lock timeout or a deadlock, most often on an application's row
+        lock): statement by statement in one transaction."""
         with conn.transaction():
             self.open_batch(conn, batch_lock_timeout_ms(self.settings, attempt))
             batch = (
                 self._ctid_batch(conn, size, skip_locked=attempt > 1)
                 if self.key.ctid
-                else self._key_batch(conn, size, skip_locked=attempt > 1)
+                else self._key_batch_skip_locked(conn, size)
             )
             if batch is not None:
                 self.checkpoint(conn, batch, size)
@@ -302,19 +302,10 @@ class Worker(threading.Thread):
             return None
         return Batch(last, [str(v) for v in row[:-1]], int(row[-1]), 0)
 
-    def _key_batch(
-        self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
-    ) -> Batch | None:
+    def _key_batch_skip_locked(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
+        """A key walk's retried batch: the next range, and only its rows no one else holds."""
         batch = self.next_range(conn, size)
-        if batch is None:
-            return None
-        if skip_locked:
-            return self._skip_locked(conn, batch)
-        cur = conn.execute(
-            batch_sql(self.bf.jobs, self.key, lower=batch.lower is not None), self._bounds(batch)
-        )
-        batch.updated = cur.rowcount
-        return batch
+        return None if batch is None else self._skip_locked(conn, batch)
 
     def _ctid_batch(
         self, conn: psycopg.Connection[Any], size: int, *, skip_locked: bool = False
