@@ -13,10 +13,11 @@ its own file copy of that database on the same server:
   names the trigger's mapping, so its WHEN clause passes every row over, as it does zdm's
   batches: the same work a row as zdm's batches, in one statement (`--methods
   update-no-trigger`; not among the defaults);
-- zdm: `zdm run` of a plan with the dual_write step (which adopts the trigger already there)
+- zdm: `zdm run` of a plan with the dual_write step (which adopts the trigger already there),
   the backfill (`batch_size: auto`, the product's default `batch_time` unless `--batch-time`,
-  the mapping taken from the dual_write) and a `set_not_null` step, with 1 worker, then with N workers (`zdm-workers-every-row`: N workers, the
-  proof evaluating the predicate on every row, as before 2026-12-02). Its time is the whole
+  the mapping taken from the dual_write) and a `set_not_null` step, with 1 worker, then with
+  N workers (`zdm-workers-every-row`: N workers, the proof evaluating the predicate on every
+  row, as before 2026-12-02). Its time is the whole
   run: the key split, every batch with its checkpoint, the final proof that no row is left (a
   parallel count over the whole table that evaluates the predicate on the rows its batches did
   not write, shown apart as "proof s"; "walk vs UPDATE" leaves it out).
