@@ -4,18 +4,20 @@ For each size, one `users` table is seeded (`zdm.demo.seed`), given a `phone` co
 dual-write trigger of plans/add_phone.yaml, vacuumed and checkpointed; every method then gets
 its own file copy of that database on the same server:
 
-- UPDATE: `UPDATE users SET phone = <expression>` (one statement, one transaction): the
-  baseline every ratio is against;
+- UPDATE: `UPDATE users SET phone = <expression>` (one statement, one transaction), then
+  `ALTER TABLE users ALTER COLUMN phone SET NOT NULL` (pgroll's benchmark workload: fill a NULL
+  column and make it NOT NULL): the baseline every ratio is against;
 - UPDATE WHERE: the same with the exact predicate, `WHERE phone IS DISTINCT FROM <expression>`
   (which evaluates the expression twice a row);
 - UPDATE, trigger passed over: the plain UPDATE in a transaction whose `zdm.skip_triggers`
   names the trigger's mapping, so its WHEN clause passes every row over, as it does zdm's
   batches: the same work a row as zdm's batches, in one statement (`--methods
   update-no-trigger`; not among the defaults);
-- zdm: `zdm run` of a plan with the dual_write step (which adopts the trigger already there)
-  and the backfill (`batch_size: auto`, `batch_time` 200ms, the mapping taken from the
-  dual_write), with 1 worker, then with N workers (`zdm-workers-every-row`: N workers, the
-  proof evaluating the predicate on every row, as before 2026-12-02). Its time is the whole
+- zdm: `zdm run` of a plan with the dual_write step (which adopts the trigger already there),
+  the backfill (`batch_size: auto`, the product's default `batch_time` unless `--batch-time`,
+  the mapping taken from the dual_write) and a `set_not_null` step, with 1 worker, then with
+  N workers (`zdm-workers-every-row`: N workers, the proof evaluating the predicate on every
+  row, as before 2026-12-02). Its time is the whole
   run: the key split, every batch with its checkpoint, the final proof that no row is left (a
   parallel count over the whole table that evaluates the predicate on the rows its batches did
   not write, shown apart as "proof s"; "walk vs UPDATE" leaves it out).
@@ -52,7 +54,7 @@ from zdm import api
 from zdm.ddl import Txn
 from zdm.demo.seed import create_schema, phone_expression, seed_users
 from zdm.demo.testing import EmbeddedServer
-from zdm.engine import backfill
+from zdm.engine.backfill import walk
 from zdm.operations import Context, plan_step
 from zdm.operations.dual_write import mapping_token, skip_setting
 from zdm.plan import DualWrite
@@ -130,7 +132,7 @@ def copy_of(admin: str, source: str, name: str) -> Iterator[str]:
 
 
 def plain_update(
-    dsn: str, rows: int, *, where: bool = False, trigger: bool = True
+    dsn: str, rows: int, *, where: bool = False, trigger: bool = True, not_null: bool = True
 ) -> tuple[float, float]:
     """Seconds of the UPDATE, and of the first full read after it, which is not counted: that
     reader sets the hint bits of a million new row versions and prunes the old ones (zdm's
@@ -146,6 +148,8 @@ def plain_update(
             if not trigger:
                 conn.execute(skip_setting([mapping_token(DUAL_WRITE.set, DUAL_WRITE.reverse)]))
             updated = conn.execute(query).rowcount
+        if not_null:
+            conn.execute("ALTER TABLE users ALTER COLUMN phone SET NOT NULL")
         seconds = time.monotonic() - started
         started = time.monotonic()
         conn.execute("SELECT count(*) FROM users").fetchone()
@@ -154,8 +158,14 @@ def plain_update(
     return seconds, next_read
 
 
-def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path) -> dict[str, Any]:
+def zdm_backfill(
+    dsn: str, rows: int, workers: int, batch_time: str | None, work: Path, *, not_null: bool = True
+) -> dict[str, Any]:
     plan = work / f"bench_backfill_{workers}.yaml"
+    options: dict[str, Any] = {"table": "users", "batch_size": "auto", "workers": workers}
+    if batch_time is not None:
+        options["batch_time"] = batch_time
+    cleanup = [{"set_not_null": {"table": "users", "column": "phone"}}] if not_null else []
     plan.write_text(
         yaml.safe_dump(
             {
@@ -165,16 +175,8 @@ def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path)
                     # Already there (the template made it): the step adopts it, and the backfill
                     # takes its mapping, as in plans/add_phone.yaml.
                     "dual_write": [{"dual_write": DUAL_WRITE.model_dump(exclude_none=True)}],
-                    "backfill": [
-                        {
-                            "backfill": {
-                                "table": "users",
-                                "batch_size": "auto",
-                                "batch_time": batch_time,
-                                "workers": workers,
-                            }
-                        }
-                    ],
+                    "backfill": [{"backfill": options}],
+                    **({"cleanup": cleanup} if cleanup else {}),
                 },
             }
         )
@@ -210,13 +212,13 @@ def zdm_backfill(dsn: str, rows: int, workers: int, batch_time: str, work: Path)
 def every_row_proof(on: bool) -> Iterator[None]:
     """The proof as it was before it took the rows its batches wrote as done: the predicate on
     every row (what a walk with a `where`, a trigger or a STABLE expression still gets)."""
-    saved = backfill.construction_doubt
+    saved = walk.construction_doubt
     if on:
-        backfill.construction_doubt = lambda *_a, **_k: "the benchmark asks for every row"
+        walk.construction_doubt = lambda *_a, **_k: "the benchmark asks for every row"
     try:
         yield
     finally:
-        backfill.construction_doubt = saved
+        walk.construction_doubt = saved
 
 
 def fmt_rows(n: int) -> str:
@@ -282,7 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100k,1M,5M", help="comma-separated row counts")
     parser.add_argument("--workers", type=int, default=2, help="workers of the parallel run")
-    parser.add_argument("--batch-time", default="200ms", help="batch_time of the plan")
+    parser.add_argument(
+        "--batch-time", help="batch_time of the plan (default: the product's default, 50ms)"
+    )
+    parser.add_argument(
+        "--no-not-null",
+        action="store_true",
+        help="leave out the SET NOT NULL after the UPDATE and the set_not_null step after zdm's",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each method (median)")
     parser.add_argument(
         "--methods",
@@ -333,7 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     with copy_of(admin, "bench_backfill_tpl", "bench_backfill_run") as dsn:
                         if m.startswith("UPDATE"):
                             seconds, next_read = plain_update(
-                                dsn, rows, where=m == "UPDATE WHERE", trigger="trigger" not in m
+                                dsn,
+                                rows,
+                                where=m == "UPDATE WHERE",
+                                trigger="trigger" not in m,
+                                not_null=not args.no_not_null,
                             )
                             found[m].seconds.append(seconds)
                             found[m].next_read.append(next_read)
@@ -341,7 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         else:
                             n = 1 if m.endswith("1 worker") else args.workers
                             with every_row_proof(m.endswith("every row")):
-                                got = zdm_backfill(dsn, rows, n, args.batch_time, Path(tmp))
+                                got = zdm_backfill(
+                                    dsn,
+                                    rows,
+                                    n,
+                                    args.batch_time,
+                                    Path(tmp),
+                                    not_null=not args.no_not_null,
+                                )
                             found[m].seconds.append(got["seconds"])
                             found[m].p50.append(got["p50"])
                             found[m].p99.append(got["p99"])

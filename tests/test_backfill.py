@@ -23,12 +23,12 @@ from zdm_helpers import PHONE_EXPR, mismatched_phones, scalar, seed
 from zdm import api
 from zdm.ddl import BackfillJob, Table
 from zdm.engine.backfill import PAUSED
-from zdm.engine.backfill_sql import (
+from zdm.engine.backfill.catalog import find_key
+from zdm.engine.backfill.key import tid
+from zdm.engine.backfill.statements import (
     batch_sql,
     ctid_batch_sql,
-    find_key,
     reread_sql,
-    tid,
     upper_bound_sql,
 )
 from zdm.engine.runner import Outcome

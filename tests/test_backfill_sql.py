@@ -5,21 +5,22 @@ from __future__ import annotations
 from psycopg import sql
 
 from zdm.ddl import BackfillJob, BackfillSource, Table
-from zdm.engine.backfill import BatchSizer, percentile, throttle_lines
-from zdm.engine.backfill_sql import (
-    CTID,
-    Key,
+from zdm.engine.backfill import BatchSizer, throttle_lines
+from zdm.engine.backfill.catalog import ctid_unsupported
+from zdm.engine.backfill.key import CTID, Key
+from zdm.engine.backfill.mapping import remaining_sql
+from zdm.engine.backfill.merging import merge_conflict
+from zdm.engine.backfill.statements import (
+    batch_and_checkpoint_sql,
     batch_sql,
     ctid_batch_sql,
-    ctid_unsupported,
-    merge_conflict,
-    remaining_sql,
     split_sql,
     timeouts_sql,
     upper_bound_sql,
 )
 from zdm.engine.progress import RateWindow, Snapshot
 from zdm.plan import Backfill
+from zdm.stats import percentile
 
 USERS = Table("public", "users")
 PHONE = "regexp_replace(contact->>'phone', '[^0-9+]', '', 'g')"
@@ -139,6 +140,39 @@ def test_split_samples_keys_and_keeps_the_last_of_each_slice() -> None:
         " WHERE s.zdm_slice < 3 ORDER BY s.zdm_slice"
     )
     assert "TABLESAMPLE" not in text(split_sql(USERS, AB, 3, 100))
+
+
+def test_a_batch_is_one_statement_its_range_its_update_and_its_checkpoint() -> None:
+    key = Key(("id",), max_aggregate=True)
+    query = batch_and_checkpoint_sql(
+        [job({"phone": "lower(x)"})],
+        key,
+        sql.Identifier("zdm", "backfills"),
+        lower=True,
+        upper=False,
+    )
+    assert text(query) == (
+        'WITH zdm_range AS (SELECT max("id") AS "id", count(*) AS zdm_rows FROM (SELECT "id"'
+        ' FROM "public"."users" WHERE ("id") > (%s) ORDER BY "id" LIMIT %s) s'
+        " HAVING count(*) > 0),"
+        ' zdm_batch AS (UPDATE "public"."users" SET "phone" = (lower(x))'
+        ' WHERE ("id") > (%s) AND ("id") <= ((SELECT "id" FROM zdm_range))'
+        ' AND ("phone" IS NULL OR "phone" IS DISTINCT FROM (lower(x))) RETURNING 1),'
+        ' zdm_checkpoint AS (UPDATE "zdm"."backfills"'
+        ' SET last_key = (SELECT to_jsonb(ARRAY["id"::text]) FROM zdm_range),'
+        " rows_done = rows_done + (SELECT zdm_rows FROM zdm_range),"
+        " rows_updated = rows_updated + (SELECT count(*) FROM zdm_batch), batch_size = %s,"
+        " batches = batches + 1, rate = %s, updated_at = clock_timestamp()"
+        " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s AND part = %s"
+        " AND EXISTS (SELECT FROM zdm_range))"
+        ' SELECT "id"::text, zdm_rows, (SELECT count(*) FROM zdm_batch),'
+        " mod(txid_current(), 4294967296) FROM zdm_range"
+    )
+    # The batch's range is the upper bound's: the same conditions, the key under its own type.
+    bound = text(upper_bound_sql(USERS, key, lower=True, upper=False))
+    assert bound.replace(
+        'max("id")::text, count(*)', 'max("id") AS "id", count(*) AS zdm_rows'
+    ) in (text(query))
 
 
 def test_batch_transaction_sets_its_timeouts_and_does_not_wait_for_the_flush() -> None:

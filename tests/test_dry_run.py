@@ -9,9 +9,10 @@ What users rely on: "can I see what it will do before it does it".
   level (`{"event": "sql"}`), transaction boundaries and `SET LOCAL` timeouts included. A unit
   the dry-run prints but the run skips must be one the dry-run marked as conditional ("skipped
   if the catalog shows it done") and one the run logged as `already_done`.
-- The backfill is a template in the dry-run (one batch, `%s` for the keys): its batch UPDATE is
-  compared with the statements the running backfill is seen executing in pg_stat_activity
-  (`$n` parameters read as `%s`); the batch loop itself is not logged statement by statement.
+- The backfill is a template in the dry-run (one batch, `%s` for the keys): its batch statement
+  (range, UPDATE and checkpoint in one) is compared with the statements the running backfill is
+  seen executing in pg_stat_activity (`$n` parameters read as `%s`), and a batch's whole
+  transaction with what the workers log at debug level (`batch_sql`).
 - The `verify` query is the one the run logs.
 - Without any database (no --dsn, no ZDM_DSN/DATABASE_URL/PG* variables) it still prints the
   plan, and says that nothing was checked.
@@ -255,14 +256,39 @@ def test_dry_run_changes_nothing_and_prints_what_the_run_executes(
     assert list(printed) == list(executed)
     assert_same_statements(printed, executed)
 
-    # The backfill: the batch UPDATE the dry-run shows is the one the run executes.
-    backfill = [line for line in printed["backfill[0]"].lines if line.startswith("UPDATE ")]
+    # The backfill: the batch statement (range, UPDATE, checkpoint) the dry-run shows is the
+    # one the run executes.
+    backfill = [line for line in printed["backfill[0]"].lines if line.startswith("WITH zdm_range")]
     assert len(backfill) == 1
     template = backfill[0].rstrip(";")
-    first_batch = template.replace('("id") > (%s) AND ', "")
-    updates = {q for q in sampler.seen if q.startswith('UPDATE "public"."users"')}
+    first_batch = template.replace('("id") > (%s) AND ', "").replace(' WHERE ("id") > (%s)', "")
+    updates = {q for q in sampler.seen if q.startswith("WITH zdm_range")}
     assert template in updates, sorted(sampler.seen)
     assert updates <= {template, first_batch}, sorted(updates)
+
+
+def test_a_backfill_batch_sends_the_statements_the_dry_run_prints(seeded: str, plan: Path) -> None:
+    """A batch's whole transaction, as the workers log what they send (`batch_sql`, debug),
+    is the one the dry-run prints: BEGIN, the lock policy's SETs, the batch statement with its
+    checkpoint, COMMIT; the first batch only lacks the lower bound (there is no last key yet)."""
+    dry = zdm("run", plan, "--dry-run", "--dsn", seeded)
+    assert dry.returncode == 0, output_of(dry)
+    lines = dry_steps(dry.stdout)["backfill[0]"].lines
+    begin = lines.index("BEGIN;")
+    printed = lines[begin : lines.index("COMMIT;", begin) + 1]
+    assert [line.split(" ")[0] for line in printed] == ["BEGIN;", "SET", "WITH", "COMMIT;"]
+
+    ran = zdm("--log-level", "debug", "--log-format", "json", "run", plan, "--dsn", seeded)
+    assert ran.returncode == 0, output_of(ran)
+    sent = [
+        e["sql"] for e in events(ran.stderr) if e["event"] == "batch_sql" and e["kind"] == "batch"
+    ]
+    assert len(sent) == -(-ROWS // 200) + 1  # 200 rows a batch, and the one that finds none
+    first = [
+        q.replace('("id") > (%s) AND ', "").replace(' WHERE ("id") > (%s)', "") for q in printed
+    ]
+    assert sent[0] == first
+    assert all(batch == printed for batch in sent[1:]), sent[1]
 
 
 def test_dry_run_without_a_database(plan: Path) -> None:

@@ -22,8 +22,16 @@ import tenacity
 from psycopg import errors, sql
 
 from zdm.ddl import Check, Query, Txn, Wait
-from zdm.engine.retry import CONTENTION, lock_timeout_ms, retrying
-from zdm.engine.session import ConnectionLost, connection_lost, scrub
+from zdm.engine.policy import (
+    StepFailed,
+    failure,
+    lock_timeout_ms,
+    log_retry,
+    pg_error,
+    retrying,
+    timeout_sets,
+)
+from zdm.engine.session import ConnectionLost, connection_lost
 from zdm.plan import Settings
 
 # A transaction holding a lock the migration needs for longer than this is not the application's
@@ -39,10 +47,6 @@ Holder = tuple[int, datetime]
 OnEvent = Callable[..., None]
 
 
-class StepFailed(Exception):
-    """A step could not finish; the run is left failed and resumable."""
-
-
 BEGIN = sql.SQL("BEGIN")
 COMMIT = sql.SQL("COMMIT")
 
@@ -53,11 +57,7 @@ def timeouts(txn: Txn, settings: Settings, attempt: int = 1) -> list[sql.Compose
         lock, stmt = f"{lock_timeout_ms(settings, attempt)}ms", f"{settings.statement_timeout}ms"
     else:
         lock, stmt = "0", "0"
-    scope = sql.SQL("SET LOCAL" if txn.transactional else "SET")
-    return [
-        sql.SQL("{} lock_timeout = {}").format(scope, sql.Literal(lock)),
-        sql.SQL("{} statement_timeout = {}").format(scope, sql.Literal(stmt)),
-    ]
+    return timeout_sets(lock, stmt, local=txn.transactional)
 
 
 # A unit outside a transaction sets its timeouts on the session, and takes them back after it:
@@ -101,8 +101,8 @@ class Executor:
                 row = self.conn.execute(check.query).fetchone()
         except psycopg.Error as e:
             if connection_lost(e):
-                raise ConnectionLost(f"{check.label}: {_pg_error(e)}") from e
-            raise StepFailed(f"{check.label}: the query failed: {_pg_error(e)}") from None
+                raise ConnectionLost(f"{check.label}: {pg_error(e)}") from e
+            raise StepFailed(f"{check.label}: the query failed: {pg_error(e)}") from None
         value = row[0] if row else None
         ok = matches(value, check.expect)
         self._event(
@@ -147,14 +147,9 @@ class Executor:
                             self._execute(stmt)
                 if on_commit is not None:
                     on_commit(self.conn)
-        except CONTENTION as e:
-            raise StepFailed(
-                f"{txn.label}: gave up after {self.settings.lock_retries} attempts: {_pg_error(e)}"
-            ) from None
         except psycopg.Error as e:
-            if connection_lost(e):
-                raise ConnectionLost(f"{txn.label}: {_pg_error(e)}") from e
-            raise StepFailed(f"{txn.label}: {_pg_error(e)}") from None
+            failed = failure(txn.label, e, self.settings)
+            raise failed from (e if isinstance(failed, ConnectionLost) else None)
         ms = round((time.monotonic() - started) * 1000)
         if not txn.transactional:
             held_ms = ms
@@ -213,14 +208,8 @@ class Executor:
             culprits[:] = [
                 (h["pid"], h["xact_start"]) for h in blockers if h["xact_ms"] >= waited_ms
             ]
-            self.log.warning(
-                "lock_retry",
-                unit=txn.label,
-                attempt=state.attempt_number,
-                of=self.settings.lock_retries,
-                lock_timeout_ms=lock_timeout_ms(self.settings, state.attempt_number),
-                error=type(exc).__name__ if exc else None,
-                blockers=blockers,
+            log_retry(
+                self.log, "lock_retry", state, self.settings, unit=txn.label, blockers=blockers
             )
             self._event(
                 "lock_retry",
@@ -346,7 +335,7 @@ class Executor:
             row = self.monitor.execute("SELECT pg_cancel_backend(%s)", [holder["pid"]]).fetchone()
             ok, error = bool(row and row[0]), None
         except psycopg.Error as e:
-            ok, error = False, _pg_error(e)
+            ok, error = False, pg_error(e)
         self.log.warning(
             "autovacuum_cancelled" if ok else "autovacuum_not_cancelled",
             unit=txn.label,
@@ -398,11 +387,6 @@ def made(txn: Txn) -> dict[str, Any]:
 
 def _text(stmt: Query, conn: psycopg.Connection[Any] | None = None) -> str:
     return str(stmt.as_string(conn))
-
-
-def _pg_error(e: psycopg.Error) -> str:
-    state = f"[{e.sqlstate}] " if e.sqlstate else ""
-    return scrub(state + str(e).strip().replace("\n", " "))
 
 
 __all__ = ["Executor", "StepFailed", "errors", "render", "timeouts"]

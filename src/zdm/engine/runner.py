@@ -500,6 +500,7 @@ class Runner:
                 ordinal,
                 job,
                 self.control,
+                on_pause=self.run_paused(work, run.id),
                 dsn=self.dsn,
                 also=followers,
             ).run()

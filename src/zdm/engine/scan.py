@@ -18,7 +18,7 @@ import psycopg
 from psycopg import errors, sql
 
 from zdm.ddl import Table, user_sql
-from zdm.engine.backfill_sql import Key, find_key, upper_bound_sql
+from zdm.engine.backfill import Key, find_key, upper_bound_sql
 from zdm.plan import AddColumn, Backfill, CreateTable, DualWrite, LoadedPlan
 from zdm.plan.messages import format_path
 from zdm.plan.model import PlanStep

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
@@ -111,3 +114,23 @@ def _refused_option(message: str) -> bool:
 
 def server_version(conn: psycopg.Connection[Any]) -> int:
     return int(conn.info.server_version)
+
+
+def one_round_trip(
+    conn: psycopg.Connection[Any], statements: Sequence[bytes], params: Sequence[Any]
+) -> tuple[Any, ...] | None:
+    """Sends a whole transaction at once, in pipeline mode: one round trip. The next-to-last
+    statement takes `params` and its first row comes back; on an error the transaction is
+    rolled back and the error raised."""
+    try:
+        with conn.pipeline():
+            for query in statements[:-2]:
+                conn.execute(query)
+            cur = conn.execute(statements[-2], params)
+            conn.execute(statements[-1])
+    except BaseException:
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(b"ROLLBACK")
+        raise
+    return cur.fetchone()

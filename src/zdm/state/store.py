@@ -307,15 +307,13 @@ class Store:
         self,
         conn: psycopg.Connection[Any],
         run: Run,
-        status: RunStatus | str,
+        status: RunStatus,
         *,
         phase: str | None = None,
         waiting_for: str | None = None,
         error: str | None = None,
         direction: Direction | None = None,
     ) -> Run:
-        # `str` only for engine/backfill.py's own pause, until it calls the runner's instead.
-        status = RunStatus(status)
         current = self.get_run(conn, run.id)
         if (current.status, status) not in RUN_TRANSITIONS:
             raise IllegalTransition(f"run {run.id}: {current.status} -> {status} is not allowed")
@@ -502,40 +500,6 @@ class Store:
                     for worker, (last, end, estimated) in enumerate(ranges)
                 ],
             )
-
-    def checkpoint(
-        self,
-        conn: psycopg.Connection[Any],
-        run_id: int,
-        ordinals: Sequence[int],
-        worker: int,
-        *,
-        last_key: list[str] | None,
-        walked: int,
-        updated: int,
-        batch_size: int,
-        rate: float | None,
-    ) -> None:
-        """A batch's checkpoint: call it in the batch's own transaction."""
-        conn.execute(
-            sql.SQL(
-                "UPDATE {} SET last_key = %s, rows_done = rows_done + %s,"
-                " rows_updated = rows_updated + %s, batch_size = %s, batches = batches + 1,"
-                " rate = %s, updated_at = clock_timestamp()"
-                " WHERE run_id = %s AND ordinal = ANY(%s) AND worker = %s AND part = %s"
-            ).format(self.t("backfills")),
-            [
-                _json(last_key),
-                walked,
-                updated,
-                batch_size,
-                rate,
-                run_id,
-                list(ordinals),
-                worker,
-                self._part,
-            ],
-        )
 
     def backfill_finished(
         self, conn: psycopg.Connection[Any], run_id: int, ordinals: Sequence[int], worker: int
