@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-# How long a lease lasts without renewal; the heartbeat renews it every HEARTBEAT_S (runner).
+# How long a lease lasts without renewal; the heartbeat renews it every HEARTBEAT_S (engine/ownership.py).
 LEASE_S = 30.0
 
 
