@@ -44,10 +44,9 @@ def _totals(workers: list[WorkerProgress]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class PartitionProgress:
-    """One partition's walk of a backfill of a partitioned table (each walks on its own)."""
+class Progress:
+    """Walks in parallel, summed: a step's workers, or one partition's."""
 
-    part: str
     ordinal: int
     step: str | None
     workers: int
@@ -64,23 +63,17 @@ class PartitionProgress:
 
 
 @dataclass(frozen=True)
-class BackfillProgress:
+class PartitionProgress(Progress):
+    """One partition's walk of a backfill of a partitioned table (each walks on its own)."""
+
+    part: str = ""
+
+
+@dataclass(frozen=True)
+class BackfillProgress(Progress):
     """A backfill step's progress over all its workers (they walk in parallel) and, for a
     partitioned table, over each partition's walk."""
 
-    ordinal: int
-    step: str | None
-    workers: int
-    workers_done: int
-    rows_done: int
-    rows_updated: int
-    rows_estimated: int
-    rows_per_s: float | None
-    eta_s: int | None
-    batch_size: int | None
-    batches: int
-    throttle: str | None
-    done: bool
     partitions: list[PartitionProgress] = field(default_factory=list)
 
     @classmethod

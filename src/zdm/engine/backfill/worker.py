@@ -187,12 +187,7 @@ class Worker(threading.Thread):
                 *(end or []),
                 size,
                 *(last or []),
-                size,
-                round(self.window.rate(), 1),
-                self.bf.run_id,
-                self.bf.ordinals,
-                self.range.worker,
-                self.bf.store.part or "",
+                *self._checkpoint_params(size),
             ],
         )
         if row is None:
@@ -283,14 +278,20 @@ class Worker(threading.Thread):
                 json.dumps(batch.upper),
                 batch.walked,
                 batch.updated,
-                size,
-                round(self.window.rate(), 1),
-                self.bf.run_id,
-                self.bf.ordinals,
-                self.range.worker,
-                self.bf.store.part or "",
+                *self._checkpoint_params(size),
             ],
         )
+
+    def _checkpoint_params(self, size: int) -> list[Any]:
+        """A checkpoint's last parameters: the batch size, the rate, and whose row it is."""
+        return [
+            size,
+            round(self.window.rate(), 1),
+            self.bf.run_id,
+            self.bf.ordinals,
+            self.range.worker,
+            self.bf.store.part or "",
+        ]
 
     def next_range(self, conn: psycopg.Connection[Any], size: int) -> Batch | None:
         """The key range of the next batch of `size` rows (an index-only scan), nothing yet
