@@ -24,6 +24,7 @@ from zdm.engine.partitions import (
     step_tables,
     with_partitions,
 )
+from zdm.engine.policy import under_deadlock_timeout
 from zdm.engine.pooling import keep_client_check, release, require_pinned
 from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.refusals import PlanChanged as PlanChanged  # re-exported
@@ -256,7 +257,11 @@ class Runner:
             self.fence(lease, monitor)
 
         executor = Executor(
-            work, self.plan.settings, monitor=monitor, on_event=on_event, fence=fence
+            work,
+            under_deadlock_timeout(self.plan.settings, work),
+            monitor=monitor,
+            on_event=on_event,
+            fence=fence,
         )
         return executor, set_current
 
