@@ -40,6 +40,8 @@ from zdm_helpers import (
 from zdm import api
 from zdm.demo.testing import TEST_DSN_ENV, EmbeddedServer, create_database
 from zdm.demo.traffic import Traffic
+from zdm.engine.policy import lock_timeout_ms, under_deadlock_timeout
+from zdm.plan import Settings
 
 GATE = 7007
 ROWS = 2_000
@@ -413,3 +415,13 @@ def test_a_lock_cycle_with_the_application_ends_on_zdms_side(dsn: str, tmp_path:
     assert outcome.status == "completed", outcome
     retries = [e for e in logs if e["event"] == "lock_retry"]
     assert retries and retries[0]["lock_timeout_ms"] == deadlock_ms // 2
+
+
+def test_zdms_lock_waits_are_capped_below_the_servers_deadlock_timeout(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET deadlock_timeout = '300ms'")
+        capped = under_deadlock_timeout(Settings(lock_timeout=200, lock_timeout_max=2000), conn)
+        assert (capped.lock_timeout, capped.lock_timeout_max) == (150, 150)
+        assert [lock_timeout_ms(capped, n) for n in (1, 5)] == [150, 150]
+        within = Settings(lock_timeout=20, lock_timeout_max=100)
+        assert under_deadlock_timeout(within, conn) == within
