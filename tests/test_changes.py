@@ -1234,7 +1234,11 @@ class Traffic:
             "INSERT INTO accounts (name) VALUES ('new') RETURNING id",
             "UPDATE accounts SET name = 'upd' WHERE id = %(k)s",
             "INSERT INTO orders (account_id, n) VALUES (%(k)s, 1)",
-            "UPDATE orders SET n = n + 1 WHERE account_id = %(k)s",
+            # Rows locked in one order (the key's): two sessions updating one account's orders
+            # by a scan each could lock them in different orders and deadlock each other
+            # (seen on PG 15), zdm or not.
+            "UPDATE orders SET n = n + 1 WHERE id IN"
+            " (SELECT id FROM orders WHERE account_id = %(k)s ORDER BY id FOR UPDATE)",
             "INSERT INTO notes (account_id, body) VALUES (%(k)s, 'x')",
             "SELECT count(*) FROM notes n JOIN accounts a ON a.id = n.account_id WHERE a.id = %(k)s",
         ]

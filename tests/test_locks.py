@@ -40,6 +40,8 @@ from zdm_helpers import (
 from zdm import api
 from zdm.demo.testing import TEST_DSN_ENV, EmbeddedServer, create_database
 from zdm.demo.traffic import Traffic
+from zdm.engine.policy import lock_timeout_ms, under_deadlock_timeout
+from zdm.plan import Settings
 
 GATE = 7007
 ROWS = 2_000
@@ -361,3 +363,65 @@ def test_an_autovacuum_in_the_way_is_cancelled_not_waited_for(tmp_path: Path) ->
         shown = zdm("report", "av", "--dsn", dsn)
         assert shown.returncode == 0, output_of(shown)
         assert "cancelled an autovacuum in the way" in shown.stdout
+
+
+def test_a_lock_cycle_with_the_application_ends_on_zdms_side(dsn: str, tmp_path: Path) -> None:
+    """zdm's unit holds `a` and then needs `b`; the application holds `b` and, having started
+    waiting for `a` first, would run the server's deadlock check first and be its victim. Even
+    with the plan's lock_timeout above `deadlock_timeout`, zdm's wait is capped below it: zdm
+    times out, retries, and the application's transaction commits without an error."""
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        setup.execute("CREATE TABLE a (id int); CREATE TABLE b (id int)")
+        deadlock_ms = int(
+            scalar(setup, "SELECT setting FROM pg_settings WHERE name = 'deadlock_timeout'")
+        )
+    # The pause between the two ALTERs lets the application queue for `a` before zdm asks for b.
+    up = "ALTER TABLE a ADD COLUMN x int; SELECT pg_sleep(0.2); ALTER TABLE b ADD COLUMN y int"
+    plan = write_plan(
+        tmp_path / "cycle.yaml",
+        {
+            "version": 1,
+            "name": "cycle",
+            "settings": {"lock_timeout": f"{deadlock_ms * 3 // 2}ms", "lock_timeout_max": "5s"},
+            "phases": {"additive": [{"sql": {"up": up, "tables": ["a", "b"]}}]},
+        },
+    )
+    errors: list[str] = []
+
+    def application() -> None:
+        with psycopg.connect(dsn, autocommit=True) as watch, psycopg.connect(dsn) as app:
+            wait_for(
+                lambda: scalar(
+                    watch,
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'a'::regclass"
+                    " AND mode = 'AccessExclusiveLock' AND granted)",
+                ),
+                60,
+                "zdm to lock a",
+            )
+            try:
+                app.execute("INSERT INTO b VALUES (1)")
+                app.execute("SELECT count(*) FROM a")
+                app.commit()
+            except psycopg.Error as e:
+                errors.append(f"{type(e).__name__}: {e}")
+
+    with capture_logs() as logs:
+        app_thread = threading.Thread(target=application, daemon=True)
+        app_thread.start()
+        outcome = api.run_plan(plan, dsn)
+        app_thread.join(60)
+    assert errors == []
+    assert outcome.status == "completed", outcome
+    retries = [e for e in logs if e["event"] == "lock_retry"]
+    assert retries and retries[0]["lock_timeout_ms"] == deadlock_ms // 2
+
+
+def test_zdms_lock_waits_are_capped_below_the_servers_deadlock_timeout(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET deadlock_timeout = '300ms'")
+        capped = under_deadlock_timeout(Settings(lock_timeout=200, lock_timeout_max=2000), conn)
+        assert (capped.lock_timeout, capped.lock_timeout_max) == (150, 150)
+        assert [lock_timeout_ms(capped, n) for n in (1, 5)] == [150, 150]
+        within = Settings(lock_timeout=20, lock_timeout_max=100)
+        assert under_deadlock_timeout(within, conn) == within

@@ -16,6 +16,7 @@ from zdm.engine.actions import Followers, OnCommit, followers_of, perform
 from zdm.engine.backfill import walk_lines
 from zdm.engine.executor import render
 from zdm.engine.partitions import refusals, with_partitions
+from zdm.engine.policy import under_deadlock_timeout
 from zdm.engine.probe import expression_issues, pending_keys
 from zdm.engine.retry import lock_timeout_ms
 from zdm.engine.session import connect, redact, server_version
@@ -51,7 +52,8 @@ class DryRun:
             conn.close()
 
     def _lines(self, conn: psycopg.Connection[Any] | None) -> Iterator[str]:
-        s = self.plan.settings
+        # With a database, the waits its executor would use (capped below its deadlock_timeout).
+        s = self.plan.settings if conn is None else under_deadlock_timeout(self.plan.settings, conn)
         version = server_version(conn) if conn is not None else LATEST_SERVER_VERSION
         yield f"-- zdm dry-run of plan {self.loaded.name} ({self.loaded.path}, sha256 {self.loaded.sha256[:12]})"
         if conn is not None:

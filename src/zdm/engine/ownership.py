@@ -14,6 +14,7 @@ import psycopg
 
 from zdm.engine.backfill import Control
 from zdm.engine.executor import Executor
+from zdm.engine.policy import under_deadlock_timeout
 from zdm.engine.pooling import keep_client_check, release, require_pinned
 from zdm.engine.session import ConnectionLost, connect, connection_lost, scrub
 from zdm.plan import LoadedPlan, Plan
@@ -185,7 +186,11 @@ class Owned:
             self.fence(lease, monitor)
 
         executor = Executor(
-            work, self.plan.settings, monitor=monitor, on_event=on_event, fence=fence
+            work,
+            under_deadlock_timeout(self.plan.settings, work),
+            monitor=monitor,
+            on_event=on_event,
+            fence=fence,
         )
         return executor, set_current
 

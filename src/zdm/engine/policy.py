@@ -30,6 +30,26 @@ def timeout_sets(lock_timeout: str, statement_timeout: str, *, local: bool) -> l
     ]
 
 
+def under_deadlock_timeout(settings: Settings, conn: psycopg.Connection[Any]) -> Settings:
+    """The plan's settings with every lock wait of zdm's capped at half the server's
+    `deadlock_timeout` (read once, on the connection the executor is made for).
+
+    In a lock cycle the server ends the session whose wait passes `deadlock_timeout` first: most
+    often the application, which started waiting before zdm's statement closed the cycle (a
+    multi-row UPDATE holding a row a backfill round needs, an INSERT holding the referencing
+    table that a contract unit must lock next). A zdm wait shorter than that ends on zdm's
+    side, as a lock timeout it retries, before the application's deadlock check runs."""
+    row = conn.execute(
+        "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"
+    ).fetchone()
+    cap = max(1, row[0] // 2) if row is not None else settings.lock_timeout_max
+    if settings.lock_timeout_max <= cap:
+        return settings
+    return settings.model_copy(
+        update={"lock_timeout": min(settings.lock_timeout, cap), "lock_timeout_max": cap}
+    )
+
+
 def failure(label: str, e: psycopg.Error, settings: Settings) -> StepFailed | ConnectionLost:
     """What a unit or a batch that failed on `e` reports: contention that outlasted every retry,
     a lost connection (the run reconnects), or any other error of the server."""
@@ -73,4 +93,5 @@ __all__ = [
     "pg_error",
     "retrying",
     "timeout_sets",
+    "under_deadlock_timeout",
 ]
