@@ -36,7 +36,9 @@ from zdm.demo.testing import TEST_DSN_ENV, EmbeddedServer, create_database
 
 pytestmark = pytest.mark.slow
 
-ROWS = 20_000
+# Enough rows that the walk is far from done when the standby falls 1 s behind: a batch is one
+# round trip now, and 20,000 rows could be walked before the lag throttle saw the lag.
+ROWS = 60_000
 BATCH = 200
 WORKERS = 2
 
@@ -155,7 +157,7 @@ def test_backfill_holds_while_a_standby_does_not_replay(tmp_path: Path) -> None:
                                 "backfill": {
                                     "table": "users",
                                     "batch_size": BATCH,
-                                    "pause": "20ms",
+                                    "pause": "50ms",
                                     "workers": WORKERS,
                                     "max_replica_lag": "1s",
                                 }
