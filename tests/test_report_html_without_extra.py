@@ -12,29 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from zdm_helpers import ADD_PHONE, clean_env, output_of, seed, zdm
+from zdm_helpers import ADD_PHONE, clean_env, module_hider, output_of, seed, zdm
 
 HINT = "pip install 'zdm[report]'"
 
-BLOCKER = """\
-import sys
-
-
-class _NoMatplotlib:
-    def find_spec(self, name, path=None, target=None):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-
-sys.meta_path.insert(0, _NoMatplotlib())
-"""
-
-
 def without_matplotlib(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    shim = tmp_path / "shim"
-    shim.mkdir(exist_ok=True)
-    (shim / "sitecustomize.py").write_text(BLOCKER)
+    shim = module_hider(tmp_path, "matplotlib")
     path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, "-m", "zdm", *map(str, args)],

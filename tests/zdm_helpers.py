@@ -256,3 +256,27 @@ def run_row(conn: psycopg.Connection[Any], plan: str = "add_phone") -> dict[str,
 def output_of(proc: subprocess.CompletedProcess[str]) -> str:
     """Everything a process printed, for assertion messages."""
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+_HIDE = """\
+import sys
+
+
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r} or name.startswith({module!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Hide())
+"""
+
+
+def module_hider(tmp_path: Path, module: str) -> Path:
+    """A directory whose sitecustomize makes `import module` fail, as in an install without
+    the extra that brings it: put it first on PYTHONPATH."""
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(_HIDE.format(module=module))
+    return shim

@@ -13,22 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from zdm_helpers import module_hider
 
 HINT = "pip install 'zdm[lint]'"
-
-BLOCKER = """\
-import sys
-
-
-class _NoPglast:
-    def find_spec(self, name, path=None, target=None):
-        if name == "pglast" or name.startswith("pglast."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-
-sys.meta_path.insert(0, _NoPglast())
-"""
 
 PLAN = """\
 version: 1
@@ -65,9 +52,7 @@ SQL = "SET lock_timeout = '2s';\nCREATE INDEX users_email_idx ON users (email);\
 
 @pytest.fixture
 def zdm(tmp_path: Path) -> Zdm:
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(BLOCKER)
+    shim = module_hider(tmp_path, "pglast")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), *sys.path])}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
