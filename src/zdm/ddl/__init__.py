@@ -11,6 +11,7 @@ from zdm.ddl.statement import (
     Table,
     Txn,
     Wait,
+    drop_if_exists,
     user_sql,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "Table",
     "Txn",
     "Wait",
+    "drop_if_exists",
     "user_sql",
 ]

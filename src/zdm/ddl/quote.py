@@ -15,3 +15,11 @@ def dollar_quoted(body: str) -> sql.SQL:
         n += 1
         tag = f"$zdm{n}$"
     return user_sql(f"{tag}{body}{tag}")
+
+
+def do_block(body: str | sql.Composable) -> sql.Composed:
+    """`DO $zdm$<body>$zdm$`: an anonymous PL/pgSQL block; a composed `body` has its names and
+    values quoted already."""
+    return sql.SQL("DO {}").format(
+        dollar_quoted(body if isinstance(body, str) else body.as_string(None))
+    )

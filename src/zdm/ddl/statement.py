@@ -71,6 +71,20 @@ class Statement:
         return self.sql.as_string(None)
 
 
+def drop_if_exists(
+    kind: str, target: Table, lock: LockMode, on: Table | None, note: str
+) -> Statement:
+    """`DROP <kind> IF EXISTS <target>`: a view, a function (of no arguments), a trigger…; `on`
+    is the table whose lock it takes in `lock` mode, if any."""
+    arguments = "()" if kind == "FUNCTION" else ""
+    return Statement(
+        sql.SQL("DROP {} IF EXISTS {}{}").format(sql.SQL(kind), target.ident(), sql.SQL(arguments)),
+        lock,
+        on,
+        note=note,
+    )
+
+
 @dataclass(frozen=True)
 class Wait:
     """A probe the executor polls, taking no lock, until it returns false: what must end before a

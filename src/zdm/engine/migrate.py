@@ -236,7 +236,10 @@ class Migrator:
                 log = self.log.bind(migration=m.file)
                 unfinished = self.store.unfinished_run(conn, loaded.name)
                 resume_gate = (
-                    cont and i == 0 and unfinished is not None and unfinished.status == RunStatus.WAITING
+                    cont
+                    and i == 0
+                    and unfinished is not None
+                    and unfinished.status == RunStatus.WAITING
                 )
                 log.info("migration_start", version=m.version, plan=loaded.name)
                 outcome = Runner(loaded, self.dsn, state_schema=self.state_schema, log=log).run(
@@ -254,16 +257,7 @@ class Migrator:
                         outcome.exit_code,
                         tuple(done),
                     )
-                record_applied(
-                    conn,
-                    self.store,
-                    version=m.version,
-                    name=m.name,
-                    plan=loaded.name,
-                    file=m.file,
-                    sha256=m.sha256,
-                    run_id=outcome.run_id,
-                )
+                record_applied(conn, self.store, m, plan=loaded.name, run_id=outcome.run_id)
                 log.info("migration_applied", version=m.version, run=outcome.run_id)
                 done.append(m.file)
         finally:
@@ -341,5 +335,7 @@ def history(
                 run = store.unfinished_run(conn, name) if state else None
                 status = run.status if run is not None else StepStatus.PENDING
             run_id = run.id if run is not None else None
-            entries[key] = MigrationEntry.unapplied(m.version, m.name, m.file, name, status, run_id, m.sha256)
+            entries[key] = MigrationEntry.unapplied(
+                m.version, m.name, m.file, name, status, run_id, m.sha256
+            )
     return [entries[key] for key in sorted(entries)]

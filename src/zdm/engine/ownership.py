@@ -36,7 +36,9 @@ class Outcome:
     status: str
     """The run's status when the command ended (a RunStatus), or `lost` (another owns it)."""
     message: str
+    """One line for the user: what happened, and what to do next."""
     exit_code: int
+    """The command's exit code: 0 done or at a gate, 1 failed (resumable), 2 refused, 3 lost."""
     run_id: int | None = None
 
 

@@ -103,6 +103,16 @@ def inverse(kind: type[_S]) -> Callable[[Callable[[_S, Context], list[Action]]],
     return register
 
 
+def irreversible(kind: type[_S], why: Callable[[_S], str]) -> None:
+    """Registers the inverse of a step kind that destroys what undoing it would need (its data):
+    rollback refuses it, saying `why`."""
+
+    def refuse(step: _S, ctx: Context) -> list[Action]:
+        raise Irreversible(why(step))
+
+    INVERSE[kind] = refuse
+
+
 def remembers(
     kind: type[_S],
 ) -> Callable[[Callable[[_S, Context], Query | None]], MemoPlanner]:

@@ -9,9 +9,9 @@ from psycopg import sql
 
 from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
-from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.quote import do_block
 from zdm.ddl.sqltext import names_column
-from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
+from zdm.operations.base import Context, forward, inverse, irreversible, recorded, remembers
 from zdm.operations.constraints import readd, validate_statement
 from zdm.operations.dual_write import drop_trigger_statements
 from zdm.plan import (
@@ -30,6 +30,14 @@ SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
 
 def _alter(table: Table, action: sql.Composable) -> sql.Composed:
     return sql.SQL("ALTER TABLE {} {}").format(table.ident(), action)
+
+
+def _catalog_alter(
+    table: Table, action: sql.Composable, label: str, skip_if: Query | None = None
+) -> list[Action]:
+    """One `ALTER TABLE … <action>` that changes the catalog only, a transaction of its own."""
+    stmt = Statement(_alter(table, action), AE, table, note="catalog only")
+    return [Txn((stmt,), label, skip_if=skip_if)]
 
 
 @forward(AddColumn)
@@ -92,7 +100,7 @@ def default_rewrite_check(
             ),
             LockMode.NONE,
         ),
-        Statement(sql.SQL("DO {}").format(dollar_quoted(body)), LockMode.NONE),
+        Statement(do_block(body), LockMode.NONE),
     )
     return Txn(
         statements, f"check the default of {column} does not rewrite the table", skip_if=skip_if
@@ -135,27 +143,20 @@ def drop_column(step: DropColumn, ctx: Context) -> list[Action]:
     ]
 
 
-@inverse(DropColumn)
-def undo_drop_column(step: DropColumn, ctx: Context) -> list[Action]:
-    raise Irreversible(f"drop_column {step.table}.{step.column} destroyed its data")
+irreversible(DropColumn, lambda step: f"drop_column {step.table}.{step.column} destroyed its data")
 
 
 @forward(RenameColumn)
 def rename_column(step: RenameColumn, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
-    stmt = Statement(
-        _alter(
-            table,
-            sql.SQL("RENAME COLUMN {} TO {}").format(
-                sql.Identifier(step.column), sql.Identifier(step.to)
-            ),
-        ),
-        AE,
+    return _catalog_alter(
         table,
-        note="catalog only",
+        sql.SQL("RENAME COLUMN {} TO {}").format(
+            sql.Identifier(step.column), sql.Identifier(step.to)
+        ),
+        f"rename column {step.column} to {step.to}",
+        cat.column_renamed(table, step.column, step.to),
     )
-    done = cat.column_renamed(table, step.column, step.to)
-    return [Txn((stmt,), f"rename column {step.column} to {step.to}", skip_if=done)]
 
 
 @inverse(RenameColumn)
@@ -165,19 +166,13 @@ def undo_rename_column(step: RenameColumn, ctx: Context) -> list[Action]:
 
 @forward(SetDefault)
 def set_default(step: SetDefault, ctx: Context) -> list[Action]:
-    table = ctx.table(step.table)
-    stmt = Statement(
-        _alter(
-            table,
-            sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(
-                sql.Identifier(step.column), user_sql(step.default)
-            ),
+    return _catalog_alter(
+        ctx.table(step.table),
+        sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(
+            sql.Identifier(step.column), user_sql(step.default)
         ),
-        AE,
-        table,
-        note="catalog only",
+        f"set default of {step.column}",
     )
-    return [Txn((stmt,), f"set default of {step.column}")]
 
 
 @remembers(SetDefault)
@@ -201,14 +196,11 @@ def restore_default(step: SetDefault | DropDefault, ctx: Context) -> list[Action
 
 @forward(DropDefault)
 def drop_default(step: DropDefault, ctx: Context) -> list[Action]:
-    table = ctx.table(step.table)
-    stmt = Statement(
-        _alter(table, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(step.column))),
-        AE,
-        table,
-        note="catalog only",
+    return _catalog_alter(
+        ctx.table(step.table),
+        sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(step.column)),
+        f"drop default of {step.column}",
     )
-    return [Txn((stmt,), f"drop default of {step.column}")]
 
 
 def not_null_check_name(table: Table, column: str) -> str:
@@ -339,7 +331,7 @@ def _validate_not_null_of_another_name(table: Table, column: str, default: str) 
         "  END IF;\nEND\n"
     ).format(target=sql.Literal(table.ident().as_string(None)), column=sql.Literal(column))
     stmt = Statement(
-        sql.SQL("DO {}").format(dollar_quoted(body.as_string(None))),
+        do_block(body),
         SUE,
         table,
         scans=True,
@@ -397,19 +389,12 @@ def undo_set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
     actions = drop_not_null(DropNotNull(table=step.table, column=step.column), ctx)
     if ctx.server_version < 180000:
         # A half-finished forward run may have left its helper check behind.
-        name = sql.Identifier(not_null_check_name(table, step.column))
-        drop_check = Statement(
-            _alter(table, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(name)),
-            AE,
+        name = not_null_check_name(table, step.column)
+        actions += _catalog_alter(
             table,
-            note="catalog only",
-        )
-        actions.append(
-            Txn(
-                (drop_check,),
-                f"drop check {step.column} IS NOT NULL",
-                skip_if=cat.constraint_missing(table, not_null_check_name(table, step.column)),
-            )
+            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(name)),
+            f"drop check {step.column} IS NOT NULL",
+            cat.constraint_missing(table, name),
         )
     return actions
 
@@ -417,19 +402,12 @@ def undo_set_not_null(step: SetNotNull, ctx: Context) -> list[Action]:
 @forward(DropNotNull)
 def drop_not_null(step: DropNotNull, ctx: Context) -> list[Action]:
     table = ctx.table(step.table)
-    stmt = Statement(
-        _alter(table, sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(step.column))),
-        AE,
+    return _catalog_alter(
         table,
-        note="catalog only",
+        sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(step.column)),
+        f"drop NOT NULL of {step.column}",
+        cat.column_nullable(table, step.column),
     )
-    return [
-        Txn(
-            (stmt,),
-            f"drop NOT NULL of {step.column}",
-            skip_if=cat.column_nullable(table, step.column),
-        )
-    ]
 
 
 @inverse(DropNotNull)

@@ -14,9 +14,9 @@ from psycopg import sql
 
 from zdm.ddl import Action, Check, LockMode, Query, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
-from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.quote import do_block
 from zdm.operations.base import Context, Irreversible, forward, inverse, recorded, remembers
-from zdm.operations.indexes import build_index, rebuild_index
+from zdm.operations.indexes import build_index, drop_index_concurrently, rebuild_index
 from zdm.plan import (
     AddCheck,
     AddForeignKey,
@@ -195,21 +195,9 @@ def index_backed(
 def drop_index_backed(table: Table, name: str) -> list[Action]:
     """The inverse of `index_backed`: the constraint, then its index, which stands alone
     before the constraint is attached."""
-    index = table.sibling(name)
-    stmt = Statement(
-        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index.ident()),
-        SUE,
-        table,
-        note="reads and writes continue",
-    )
     return [
         drop(table, name),
-        Txn(
-            (stmt,),
-            f"drop index {name}",
-            transactional=False,
-            skip_if=cat.index_missing(index),
-        ),
+        drop_index_concurrently(table.sibling(name), table, "reads and writes continue"),
     ]
 
 
@@ -259,7 +247,7 @@ def undo_validate_constraint(step: ValidateConstraint, ctx: Context) -> list[Act
         "  END IF;\nEND\n"
     ).format(target=target, name=name)
     stmt = Statement(
-        sql.SQL("DO {}").format(dollar_quoted(body.as_string(None))),
+        do_block(body),
         AE,
         table,
         note="catalog only: re-added NOT VALID from its own definition",

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Mapping
 
 from psycopg import sql
 
-from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
+from zdm.ddl import Action, LockMode, Statement, Table, Txn, drop_if_exists, user_sql
 from zdm.ddl import catalog as cat
-from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.quote import do_block
 from zdm.ddl.sqltext import folded_names, identifiers
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import DropDualWrite, DualWrite, RenameColumn, RenameTable
@@ -206,7 +206,7 @@ def create_function_sql(function: Table, table: Table, body: str, names: list[st
         declare_mark=sql.Literal(DECLARE_MARK),
         load_mark=sql.Literal(LOAD_MARK),
     )
-    return sql.SQL("DO {}").format(dollar_quoted("\n" + block.as_string(None) + "\n"))
+    return do_block("\n" + block.as_string(None) + "\n")
 
 
 SKIP_SETTING = "zdm.skip_triggers"
@@ -264,12 +264,7 @@ def drop_trigger_statements(table: Table, name: str) -> list[Statement]:
             table,
             note="catalog only",
         ),
-        Statement(
-            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function.ident()),
-            LockMode.NONE,
-            None,
-            note="catalog only",
-        ),
+        drop_if_exists("FUNCTION", function, LockMode.NONE, None, "catalog only"),
     ]
 
 
@@ -308,7 +303,7 @@ def exercise(table: Table, column: str) -> Statement:
         done=sql.Literal(PROBE_DONE),
     )
     return Statement(
-        sql.SQL("DO {}").format(dollar_quoted("\n" + body.as_string(None) + "\n")),
+        do_block("\n" + body.as_string(None) + "\n"),
         LockMode.ROW_EXCLUSIVE,
         table,
         note="exercises the trigger on one row as each writer, then rolls that back",
@@ -357,7 +352,11 @@ def dual_write(step: DualWrite, ctx: Context) -> list[Action]:
     )
     return [
         Txn(
-            (create_function, create_trigger, exercise(table, next(iter(step.set or step.reverse)))),
+            (
+                create_function,
+                create_trigger,
+                exercise(table, next(iter(step.set or step.reverse))),
+            ),
             f"create dual-write trigger {name}",
             skip_if=cat.trigger_exists(table, name),
         )

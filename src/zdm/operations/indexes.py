@@ -149,20 +149,21 @@ def undo_create_index(step: CreateIndex, ctx: Context) -> list[Action]:
 @forward(DropIndex)
 def drop_index(step: DropIndex, ctx: Context) -> list[Action]:
     index = ctx.table(step.name)
-    stmt = Statement(
-        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index.ident()),
-        SUE,
-        None,
-        note="waits for running transactions; reads and writes continue",
-    )
     return [
-        Txn(
-            (stmt,),
-            f"drop index {index.name}",
-            transactional=False,
-            skip_if=cat.index_missing(index),
+        drop_index_concurrently(
+            index, None, "waits for running transactions; reads and writes continue"
         )
     ]
+
+
+def drop_index_concurrently(index: Table, table: Table | None, note: str) -> Txn:
+    """`DROP INDEX CONCURRENTLY` of an index (of `table`, when known), skipped once it is gone."""
+    stmt = Statement(
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index.ident()), SUE, table, note=note
+    )
+    return Txn(
+        (stmt,), f"drop index {index.name}", transactional=False, skip_if=cat.index_missing(index)
+    )
 
 
 @remembers(DropIndex)

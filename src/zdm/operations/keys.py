@@ -13,7 +13,7 @@ from psycopg import sql
 
 from zdm.ddl import Action, LockMode, Query, Statement, Table, Txn
 from zdm.ddl import catalog as cat
-from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.quote import do_block
 from zdm.operations.base import Context, forward, inverse, recorded, remembers
 from zdm.operations.constraints import drop_index_backed, index_backed
 from zdm.plan import AddPrimaryKey, RenameConstraint, SetReplicaIdentity
@@ -37,10 +37,7 @@ def _not_null_guard(table: Table, step: AddPrimaryKey) -> Statement:
         " nullable; END IF; END"
     )
     return Statement(
-        sql.SQL("DO {}").format(dollar_quoted(body)),
-        LockMode.NONE,
-        None,
-        note="refuses nullable key columns; locks nothing",
+        do_block(body), LockMode.NONE, note="refuses nullable key columns; locks nothing"
     )
 
 

@@ -31,7 +31,7 @@ from psycopg import sql
 from zdm.ddl import Action, BackfillJob, LockMode, Statement, Table, Txn
 from zdm.ddl import catalog as cat
 from zdm.ddl.partitions import Partition, Partitioning, derived_name
-from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.quote import do_block
 from zdm.operations import columns, constraints, data, indexes, keys
 from zdm.operations.base import Context
 from zdm.plan import (
@@ -205,9 +205,7 @@ def _valid_at_the_end(index: Table) -> Txn:
     and so no work of the step's, when it is: an index that was there before is adopted."""
     message = f"index {index} is not valid: a partition's index is missing or not attached"
     body = f"BEGIN RAISE EXCEPTION {sql.Literal(message).as_string(None)}; END"
-    stmt = Statement(
-        sql.SQL("DO {}").format(dollar_quoted(body)), LockMode.NONE, None, note="locks nothing"
-    )
+    stmt = Statement(do_block(body), LockMode.NONE, None, note="locks nothing")
     return Txn((stmt,), f"check index {index.name} is valid", skip_if=cat.index_valid(index))
 
 
@@ -374,13 +372,13 @@ def set_not_null(step: SetNotNull, ctx: Context, tree: Partitioning) -> list[Act
 
 @_register(REFUSALS, AddForeignKey)
 def _foreign_key_refusal(step: AddForeignKey, ctx: Context, tree: Partitioning) -> str | None:
-    if ctx.server_version < 180000 and not step.validate:
-        return (
-            f"add_foreign_key {step.name}: PostgreSQL {ctx.server_version // 10000} takes no"
-            f" NOT VALID foreign key on partitioned table {tree.root} (18 does); validate it"
-            " (validate: true), which zdm does partition by partition"
-        )
-    return None
+    if ctx.server_version >= 180000 or step.validate:
+        return None
+    return (
+        f"add_foreign_key {step.name}: PostgreSQL {ctx.server_version // 10000} takes no"
+        f" NOT VALID foreign key on partitioned table {tree.root} (18 does); validate it"
+        " (validate: true), which zdm does partition by partition"
+    )
 
 
 @_register(FORWARD, AddForeignKey)

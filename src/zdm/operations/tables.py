@@ -6,7 +6,7 @@ from psycopg import sql
 
 from zdm.ddl import Action, LockMode, Statement, Table, Txn, user_sql
 from zdm.ddl import catalog as cat
-from zdm.operations.base import Context, Irreversible, forward, inverse
+from zdm.operations.base import Context, forward, inverse, irreversible
 from zdm.operations.constraints import deferral, reference_options
 from zdm.plan import ColumnDef, CreateTable, DropTable, RenameTable
 from zdm.plan.definitions import Generated, IndexParameters, TableConstraint
@@ -178,9 +178,7 @@ def drop_table(step: DropTable, ctx: Context) -> list[Action]:
     return [Txn((stmt,), f"drop table {table}", skip_if=cat.table_missing(table))]
 
 
-@inverse(DropTable)
-def undo_drop_table(step: DropTable, ctx: Context) -> list[Action]:
-    raise Irreversible(f"drop_table {step.table} destroyed its data")
+irreversible(DropTable, lambda step: f"drop_table {step.table} destroyed its data")
 
 
 @forward(RenameTable)

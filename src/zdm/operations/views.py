@@ -25,11 +25,13 @@ import json
 
 from psycopg import sql
 
-from zdm.ddl import Action, LockMode, Statement, Table, Txn
+from zdm.ddl import Action, LockMode, Statement, Table, Txn, drop_if_exists
 from zdm.ddl import catalog as cat
-from zdm.ddl.quote import dollar_quoted
+from zdm.ddl.quote import do_block, dollar_quoted
 from zdm.operations.base import Context, Irreversible, forward, inverse
 from zdm.plan import Expose, ExposeTable, RenameColumn, RenameTable, StepSpec, Unexpose
+
+AE = LockMode.ACCESS_EXCLUSIVE
 
 #: The comment that marks a schema as a zdm version schema, which zdm may drop.
 VERSION_SCHEMA_MARK = "zdm version schema: views made by an expose step"
@@ -37,7 +39,7 @@ VERSION_SCHEMA_MARK = "zdm version schema: views made by an expose step"
 
 def _do(body: sql.Composable) -> sql.Composed:
     """An anonymous PL/pgSQL block; `body` is composed SQL (names and values quoted)."""
-    return sql.SQL("DO {}").format(dollar_quoted("\n" + body.as_string(None) + "\n"))
+    return do_block("\n" + body.as_string(None) + "\n")
 
 
 def _namespace(schema: str) -> sql.Composed:
@@ -58,6 +60,12 @@ def schema_missing(schema: str) -> sql.Composed:
     return sql.SQL("SELECT {} IS NULL").format(_namespace(schema))
 
 
+def _names_of(schema: str) -> dict[str, sql.Composable]:
+    """The version schema as the DO blocks name it: `s` (identifier), `name` (literal), and
+    `marked` (whether expose made it)."""
+    return {"s": sql.Identifier(schema), "name": sql.Literal(schema), "marked": _marked(schema)}
+
+
 def _create_schema(schema: str) -> Statement:
     body = sql.SQL(
         "BEGIN\n"
@@ -69,13 +77,7 @@ def _create_schema(schema: str) -> Statement:
         "give the views a schema of their own', {name};\n"
         "  END IF;\n"
         "END;"
-    ).format(
-        ns=_namespace(schema),
-        s=sql.Identifier(schema),
-        mark=sql.Literal(VERSION_SCHEMA_MARK),
-        marked=_marked(schema),
-        name=sql.Literal(schema),
-    )
+    ).format(ns=_namespace(schema), mark=sql.Literal(VERSION_SCHEMA_MARK), **_names_of(schema))
     return Statement(
         _do(body),
         LockMode.NONE,
@@ -281,24 +283,15 @@ def undo_expose(step: Expose, ctx: Context) -> list[Action]:
     for t in step.tables:
         view, writer = Table(schema, t.view_name), writer_view(schema, t)
         drops += [
-            Statement(
-                sql.SQL("DROP VIEW IF EXISTS {}").format(view.ident()),
-                LockMode.ACCESS_EXCLUSIVE,
-                view,
-                note="catalog only; the table and its data stay",
-            ),
-            Statement(
-                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(_insert_function(schema, t).ident()),
+            drop_if_exists("VIEW", view, AE, view, "catalog only; the table and its data stay"),
+            drop_if_exists(
+                "FUNCTION",
+                _insert_function(schema, t),
                 LockMode.NONE,
                 None,
-                note="its INSERT trigger's function",
+                "its INSERT trigger's function",
             ),
-            Statement(
-                sql.SQL("DROP VIEW IF EXISTS {}").format(writer.ident()),
-                LockMode.ACCESS_EXCLUSIVE,
-                writer,
-                note="catalog only",
-            ),
+            drop_if_exists("VIEW", writer, AE, writer, "catalog only"),
         ]
     # Another expose step may share the schema: it is dropped only once it is empty.
     body = sql.SQL(
@@ -312,12 +305,7 @@ def undo_expose(step: Expose, ctx: Context) -> list[Action]:
         "    END;\n"
         "  END IF;\n"
         "END;"
-    ).format(
-        marked=_marked(schema),
-        s=sql.Identifier(schema),
-        name=sql.Literal(schema),
-        marker=_marker(schema).ident(),
-    )
+    ).format(marker=_marker(schema).ident(), **_names_of(schema))
     drop_schema = Statement(
         _do(body), LockMode.NONE, None, note=f"drops version schema {schema} once it is empty"
     )
@@ -350,7 +338,7 @@ def unexpose(step: Unexpose, ctx: Context) -> list[Action]:
         "  END IF;\n"
         "  DROP SCHEMA {s} CASCADE;\n"
         "END;"
-    ).format(ns=ns, marked=_marked(schema), name=sql.Literal(schema), s=sql.Identifier(schema))
+    ).format(ns=ns, **_names_of(schema))
     stmt = Statement(
         _do(body),
         LockMode.ACCESS_EXCLUSIVE,

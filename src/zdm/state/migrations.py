@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -61,18 +61,29 @@ def read_history(conn: psycopg.Connection[Any], store: Store) -> list[MigrationR
         return [MigrationRow(**row) for row in cur.fetchall()]
 
 
+class MigrationFile(Protocol):
+    """What the record of an applied migration takes from its file."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def file(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+
+
 def record_applied(
     conn: psycopg.Connection[Any],
     store: Store,
+    migration: MigrationFile,
     *,
-    version: str,
-    name: str,
     plan: str,
-    file: str,
-    sha256: str,
     run_id: int | None,
 ) -> None:
     """Records (or re-records, after a rollback and a new run) an applied migration."""
+    m = migration
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (version, name, plan, file, sha256, run_id) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -80,7 +91,7 @@ def record_applied(
             " file = excluded.file, sha256 = excluded.sha256, run_id = excluded.run_id,"
             " applied_at = now()"
         ).format(store.t("migrations")),
-        [version, name, plan, file, sha256, run_id],
+        [m.version, m.name, plan, m.file, m.sha256, run_id],
     )
 
 
