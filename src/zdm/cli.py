@@ -595,7 +595,7 @@ def lint(
 ) -> None:
     """Static safety checks of plans and .sql migrations (exit 1 on findings).
 
-    Settings may also come from [tool.zdm.lint] in pyproject.toml or [lint] in .zdm.toml.
+    Settings may also come from \\[tool.zdm.lint] in pyproject.toml or \\[lint] in .zdm.toml.
     """
     from zdm.lint import LintOptions, run_lint
     from zdm.lint.config import ConfigError, load_config
@@ -654,7 +654,7 @@ def demo(
     html: Annotated[
         Path | None,
         typer.Option(
-            "--html", help="Also write the report as a page with the latency chart (zdm[report])."
+            "--html", help="Also write the report as a page with the latency chart (zdm\\[report])."
         ),
     ] = None,
 ) -> None:
@@ -683,7 +683,7 @@ def report(
         typer.Option(
             "--html",
             help="Also write a self-contained page: the application's latency over time, the"
-            " phases and the units that held blocking locks, beside the report (zdm[report]).",
+            " phases and the units that held blocking locks, beside the report (zdm\\[report]).",
         ),
     ] = None,
     latency: Annotated[
