@@ -163,6 +163,13 @@ CASES: tuple[Case, ...] = (
         LT + "ALTER TABLE events SET TABLESPACE archive;",
         "set-tablespace",
     ),
+    bad("set-logged", LT + "ALTER TABLE events SET LOGGED;", "table-rewrite"),
+    bad("set-access-method", LT + "ALTER TABLE events SET ACCESS METHOD heap;", "table-rewrite"),
+    bad(
+        "refresh-matview",
+        LT + "REFRESH MATERIALIZED VIEW daily_totals;",
+        "refresh-materialized-view",
+    ),
     bad("json", "CREATE TABLE hooks (id bigint PRIMARY KEY, payload json);", "prefer-jsonb"),
     bad(
         "exclusion",

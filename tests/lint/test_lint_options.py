@@ -171,9 +171,28 @@ def test_dsn_blocking_statement_on_a_small_table_is_a_note(live: None, dsn: str)
     code, out, err = lint("--dsn", dsn, "-", stdin=INDEX)
     assert code == 0 and "note [index-not-concurrent]" in out and "users ~100 rows" in out
     assert "1 note" in err
+    # every rule whose harm is how long a scan holds the lock, the validating CHECK and FK too
+    validating = LT + (
+        "ALTER TABLE users ADD CONSTRAINT n_positive CHECK (n > 0);\n"
+        "ALTER TABLE users ADD CONSTRAINT n_big FOREIGN KEY (n) REFERENCES big (id);\n"
+        "ALTER TABLE users SET UNLOGGED;\n"
+    )
+    code, out, _ = lint("--dsn", dsn, "--format", "json", "-", stdin=validating)
+    found = {(f["rule"], f["severity"]) for f in json.loads(out)}
+    assert ("check-without-not-valid", "note") in found, found
+    assert ("table-rewrite", "note") in found, found
+    # the FK also holds SHARE ROW EXCLUSIVE on big, which is not small: it stays an error
+    assert ("foreign-key-without-not-valid", "error") in found, found
     # lock queueing does not depend on size: a missing lock_timeout keeps its severity
     code, out, _ = lint("--dsn", dsn, "-", stdin="ALTER TABLE users ADD COLUMN x int;\n")
     assert code == 1 and "warning [missing-lock-timeout]" in out
+
+
+def test_the_size_bound_rules_are_rules() -> None:
+    from zdm.lint.live import SIZE_BOUND_RULES
+    from zdm.lint.rules import RULES_BY_ID
+
+    assert SIZE_BOUND_RULES.issubset(RULES_BY_ID)
 
 
 def test_dsn_that_cannot_connect_exits_2() -> None:

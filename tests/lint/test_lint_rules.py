@@ -56,3 +56,11 @@ def test_every_rule_has_examples_and_a_docstring() -> None:
     assert set(RULES_BY_ID) == {rule.id for rule in RULES}
     for plan_rule in PLAN_RULES:
         assert plan_rule.bad and plan_rule.good, plan_rule.id
+
+
+def test_every_rule_is_listed_in_the_docs_with_its_severity() -> None:
+    from zdm.lint.change_rules import CHANGE_RULES
+
+    docs = (Path(__file__).parent.parent.parent / "docs" / "lint.md").read_text()
+    for rule in (*RULES, *PLAN_RULES, *CHANGE_RULES):
+        assert f"| `{rule.id}` | {rule.severity.value} | {rule.summary} |" in docs, rule.id

@@ -29,8 +29,8 @@ SIZE_BOUND_RULES = frozenset(
     {
         "index-not-concurrent",
         "set-not-null-scan",
-        "check-not-valid",
-        "foreign-key-not-valid",
+        "check-without-not-valid",
+        "foreign-key-without-not-valid",
         "unique-without-index",
         "add-column-rewrite",
         "column-type-rewrite",
@@ -40,6 +40,7 @@ SIZE_BOUND_RULES = frozenset(
         "unbatched-dml",
         "exclusion-constraint",
         "set-tablespace",
+        "table-rewrite",
     }
 )
 
