@@ -295,6 +295,41 @@ changes:
     ]
 
 
+def test_an_up_that_computes_new_values_is_never_dropped_by_an_in_place_change() -> None:
+    """A widening is made in place only when `up` leaves every value as it is (the column, or
+    its cast to the new type); otherwise the values change, which only a copy column does."""
+    facts = {("public", "users", "email"): ColumnFacts("character varying(255)", True, None, None)}
+
+    def plan(up: str, more: str = ", type: text") -> str:
+        return (
+            "version: 1\nchanges:\n  - alter_column: {table: users, column: email"
+            f"{more}, up: {up!r}, down: 'email'}}\n"
+        )
+
+    def kinds(text: str) -> list[str]:
+        return [next(iter(s)) for steps in expanded(text, facts).values() for s in steps]
+
+    for same in ("email", '"email"', "CAST(email AS text)", "email::TEXT", "(email)"):
+        text = plan(same).replace(", down: 'email'", "")
+        assert kinds(text) == ["set_type"], same
+    for computes in ("lower(email)", "CAST(trim(email) AS text)", "email || ''"):
+        found = kinds(plan(computes))
+        assert "backfill" in found and "set_type" not in found, (computes, found)
+        (backfill,) = expanded(plan(computes), facts)["backfill"]
+        assert backfill["backfill"]["set"] == {"_zdm_new_email": computes}
+    # No type: a default with an `up` that computes new values goes through the copy too
+    found = kinds(plan("lower(email)", more=", default: \"'x'\"").replace(", down: 'email'", ""))
+    assert "backfill" in found, found
+    # A computing `up` without `down` says which field makes it a copy
+    assert issues(
+        plan("lower(email)").replace(", down: 'email'", ""), lambda s, t, c: facts[(s, t, c)]
+    ) == [
+        "p.yaml:3:65: changes[0].alter_column.up: 'up' computes new values of 'email', so it goes"
+        " through a copy column, which needs 'down': the old column's value (new -> old) for"
+        " rows the new version writes, e.g. the new value cast back to the old type"
+    ]
+
+
 def test_a_copy_without_a_database_is_refused_naming_what_it_cannot_know() -> None:
     assert issues(PRICE_PLAN) == [
         "p.yaml:6:15: changes[0].alter_column.column: changing column 'price' of orders needs "

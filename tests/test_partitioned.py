@@ -561,3 +561,137 @@ def test_an_index_that_was_there_is_adopted_and_left_by_rollback(
     assert scalar(conn, "SELECT adopted FROM zdm.steps") is True
     ok("rollback", plan, "--dsn", dsn)
     assert scalar(conn, "SELECT to_regclass('users_name') IS NOT NULL") is True
+
+
+def _orders(conn: psycopg.Connection[Any]) -> None:
+    """A list-partitioned table with a hash-partitioned level and a default partition; an index,
+    a unique key and a foreign key on the columns the changes retype."""
+    for statement in (
+        "CREATE TABLE teams (id bigint PRIMARY KEY)",
+        "INSERT INTO teams SELECT g FROM generate_series(0, 99) g",
+        "CREATE TABLE orders (id bigint NOT NULL, region int NOT NULL, qty integer NOT NULL,"
+        " team int, PRIMARY KEY (id, region)) PARTITION BY LIST (region)",
+        "CREATE TABLE orders_r1 PARTITION OF orders FOR VALUES IN (1)",
+        "CREATE TABLE orders_r2 PARTITION OF orders FOR VALUES IN (2) PARTITION BY HASH (id)",
+        "CREATE TABLE orders_r2_h0 PARTITION OF orders_r2 FOR VALUES WITH (MODULUS 2, REMAINDER 0)",
+        "CREATE TABLE orders_r2_h1 PARTITION OF orders_r2 FOR VALUES WITH (MODULUS 2, REMAINDER 1)",
+        "CREATE TABLE orders_def PARTITION OF orders DEFAULT",
+        "CREATE INDEX orders_qty_idx ON orders (qty)",
+        "ALTER TABLE orders ADD CONSTRAINT orders_qty_key UNIQUE (qty, region, id)",
+        "ALTER TABLE orders ADD CONSTRAINT orders_team_fk FOREIGN KEY (team) REFERENCES teams",
+        "INSERT INTO orders SELECT g, 1 + g % 3, g, g % 100 FROM generate_series(1, 3000) g",
+    ):
+        conn.execute(statement)
+
+
+def _orders_problems(conn: psycopg.Connection[Any]) -> list[Any]:
+    """Anything the changes left behind or half done: a copy's name, an invalid index, a
+    constraint not validated, a trigger, a copy column."""
+    return conn.execute(
+        "SELECT 'name', relname FROM pg_class WHERE relname LIKE '%%zdm%%'"
+        " UNION ALL SELECT 'invalid', indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid"
+        " UNION ALL SELECT 'constraint', conname FROM pg_constraint"
+        " WHERE connamespace = 'public'::regnamespace AND (NOT convalidated OR conname LIKE '%%zdm%%')"
+        " UNION ALL SELECT 'trigger', tgname FROM pg_trigger WHERE tgname LIKE 'zdm%%'"
+        " UNION ALL SELECT 'column', attname FROM pg_attribute a JOIN pg_class c"
+        " ON c.oid = a.attrelid AND c.relkind IN ('r', 'p')"
+        " WHERE attname LIKE '%%zdm%%' AND NOT attisdropped"
+    ).fetchall()
+
+
+def test_alter_column_through_a_copy_on_a_partitioned_table_twice(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The copy's index, unique key and foreign key are built partition by partition; the swap
+    gives the partitions' copies the old names too, so the same column can be copied again."""
+    _orders(conn)
+
+    def plan(name: str, *changes: dict[str, Any]) -> Path:
+        return write_plan(
+            tmp_path / f"{name}.yaml",
+            {"version": 1, "name": name, "changes": [{"alter_column": c} for c in changes]},
+        )
+
+    first = plan(
+        "to_bigint",
+        {"table": "orders", "column": "qty", "type": "bigint", "down": "CAST(qty AS integer)"},
+        {"table": "orders", "column": "team", "type": "bigint", "down": "CAST(team AS integer)"},
+    )
+    ok("run", first, "--dsn", dsn)
+    second = plan(
+        "to_numeric",
+        {
+            "table": "orders",
+            "column": "qty",
+            "type": "numeric(12,0)",
+            "up": "qty * 10",
+            "down": "CAST(qty / 10 AS bigint)",
+        },
+    )
+    # Rolled back before the swap, then run to the end.
+    ok("run", second, "--dsn", dsn, "--until", "dual_read")
+    undone = ok("rollback", second, "--dsn", dsn)
+    left = _orders_problems(conn)
+    assert left == [], (left, output_of(undone))
+    ok("run", second, "--dsn", dsn)
+
+    types = dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'orders_r2_h1'::regclass AND attname IN ('qty', 'team')"
+        ).fetchall()
+    )
+    assert types == {"qty": "numeric(12,0)", "team": "bigint"}
+    assert _orders_problems(conn) == []
+    assert scalar(conn, "SELECT count(*) FROM orders WHERE qty = id * 10") == 3000
+    assert scalar(
+        conn,
+        "SELECT bool_and(attnotnull) FROM pg_attribute WHERE attname = 'qty'"
+        " AND attrelid IN (SELECT relid FROM pg_partition_tree('orders'))",
+    )
+    # Each leaf has one valid index of each kind, attached up to the root's, under the old names.
+    for root in ("orders_qty_idx", "orders_qty_key"):
+        leaves = conn.execute(
+            "SELECT t.relid::regclass::text FROM pg_partition_tree(%s::regclass) t"
+            " WHERE t.isleaf ORDER BY 1",
+            [root],
+        ).fetchall()
+        assert [name for (name,) in leaves] == sorted(
+            f"{root}_orders_{leaf}" for leaf in ("def", "r1", "r2_h0", "r2_h1")
+        )
+    fks = conn.execute(
+        "SELECT conrelid::regclass::text FROM pg_constraint WHERE conname = 'orders_team_fk'"
+        " AND convalidated ORDER BY 1"
+    ).fetchall()
+    assert len(fks) == 6  # the root, the middle level and the four leaves
+    # The application writes both ways through the new column
+    conn.execute("INSERT INTO orders (id, region, qty, team) VALUES (9001, 2, 5, 7)")
+    assert scalar(conn, "SELECT qty FROM orders WHERE id = 9001") == 5
+
+
+def test_alter_column_in_a_partitioned_primary_key_is_refused_up_front(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    _orders(conn)
+    plan = write_plan(
+        tmp_path / "pk.yaml",
+        {
+            "version": 1,
+            "name": "pk",
+            "changes": [
+                {
+                    "alter_column": {
+                        "table": "orders",
+                        "column": "id",
+                        "type": "numeric(20,0)",
+                        "down": "CAST(id AS bigint)",
+                    }
+                }
+            ],
+        },
+    )
+    done = zdm("run", plan, "--dsn", dsn)
+    assert done.returncode == 2, output_of(done)
+    assert "Traceback" not in done.stderr
+    assert "pk.yaml:" in done.stderr and "primary key" in done.stderr
+    assert _orders_problems(conn) == []

@@ -196,9 +196,11 @@ def read_column_facts(
         else:
             referenced_by.append(ReferenceFact(name, child, tuple(columns), _ON_DELETE[on_delete]))
     refusals += [text for (text,) in conn.execute(_DEPENDENTS, args)]
-    if relkind == "p" and (indexes or uniques or primary_key):
+    if relkind == "p" and primary_key:
         refusals.append(
-            f"{schema}.{table} is partitioned: the copy's indexes cannot be built concurrently"
+            f"{schema}.{table} is partitioned and the column is in its primary key: PostgreSQL"
+            " cannot swap in a primary key built beforehand (ADD PRIMARY KEY USING INDEX) on a"
+            " partitioned table"
         )
     qualified = sql.Identifier(schema, table).as_string(None)
     sequence_row = conn.execute(_SEQUENCE, {"table": qualified, "column": column}).fetchone()
@@ -217,6 +219,7 @@ def read_column_facts(
         foreign_keys=tuple(foreign_keys),
         checks=tuple(checks),
         refusals=tuple(refusals),
+        partitioned=relkind == "p",
     )
 
 

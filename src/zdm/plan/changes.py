@@ -49,9 +49,10 @@ class ReferencesSpec(PlanModel):
 class AlterColumn(ChangeSpec):
     """Change a column's type, nullability, default, constraints, comment or name.
 
-    Done in place where PostgreSQL allows it without a rewrite or a long lock; a type change,
-    or a new constraint with ``up`` to bring old values into line, goes through a copy column
-    kept in step both ways and swapped in at cleanup.
+    Done in place where PostgreSQL allows it without a rewrite or a long lock; a type change
+    that rewrites, an ``up`` that computes new values, or a new constraint with ``up`` to bring
+    old values into line goes through a copy column kept in step both ways and swapped in at
+    cleanup.
     """
 
     kind = "alter_column"
@@ -102,7 +103,15 @@ class AlterColumn(ChangeSpec):
         that PostgreSQL makes without a rewrite, such as varchar widening, is done in place)."""
         constrains = self.unique is not None or self.check is not None
         constrains = constrains or self.references is not None or self.nullable is False
-        return self.type is not None or (self.up is not None and constrains)
+        return self.type is not None or (self.up is not None and constrains) or self.transforms
+
+    @property
+    def transforms(self) -> bool:
+        """`up` computes new values (not just the column, or its cast to the new type): only a
+        copy column applies it, so the change cannot be made in place."""
+        if self.up is None:
+            return False
+        return _bare(self.up) not in _bare_forms(self.column, self.type)
 
     @property
     def sets_default(self) -> bool:
@@ -111,6 +120,24 @@ class AlterColumn(ChangeSpec):
     @property
     def sets_comment(self) -> bool:
         return "comment" in self.model_fields_set
+
+
+def _bare(text: str) -> str:
+    """SQL text without white space, outer parentheses and case (for comparing short forms)."""
+    text = "".join(text.split())
+    while text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]
+    return text.lower()
+
+
+def _bare_forms(column: str, type_: str | None) -> set[str]:
+    """`up` texts that leave every value as it is: the column, or its cast to the new type."""
+    names = {column, '"' + column.replace('"', '""') + '"'}
+    forms = {_bare(n) for n in names}
+    if type_ is not None:
+        forms |= {_bare(f"CAST({n} AS {type_})") for n in names}
+        forms |= {_bare(f"{n}::{type_}") for n in names}
+    return forms
 
 
 class RenameColumnChange(ChangeSpec):

@@ -118,6 +118,9 @@ class ColumnFacts:
     """CHECK constraints that use the column: a copy cannot carry them (their text names the
     column), so only the change's own ``check`` may be among them."""
     refusals: tuple[str, ...] = ()
+    partitioned: bool = False
+    """The table is partitioned: the copy's indexes and constraints have one on each partition
+    too, which the swap renames with them."""
     """What cannot be carried over to a copy, in words (a check, a view, a referencing key)."""
 
 
@@ -278,7 +281,11 @@ def _alter_column(
     change: AlterColumn, index: int, plan: Plan, out: _Out, facts: FactReader | None
 ) -> None:
     constrains = change.unique or change.check or change.references or change.nullable is False
-    if change.type is not None and not (change.up is not None and constrains):
+    if (
+        change.type is not None
+        and not (change.up is not None and constrains)
+        and not change.transforms
+    ):
         known = _read_facts(change.table, change.column, plan, facts, _own(change), keys=True)
         if known.primary_key is not None and not _widens(known.type, change.type):
             _swap_primary_key(change, index, plan, out, known)
@@ -292,12 +299,16 @@ def _alter_column(
     if change.copies:
         offline = facts is offline_facts
         if change.type is not None and change.down is None and not offline:
+            why = (
+                f"'up' computes new values of {change.column!r}"
+                if change.transforms
+                else f"changing the type of {change.column!r} to {change.type} rewrites the table"
+            )
             raise _Refused(
-                f"changing the type of {change.column!r} to {change.type} rewrites the "
-                "table, so it goes through a copy column, which needs 'down': the "
+                f"{why}, so it goes through a copy column, which needs 'down': the "
                 "old column's value (new -> old) for rows the new version writes, e.g. the "
                 "new value cast back to the old type",
-                "type",
+                "up" if change.transforms else "type",
             )
         _alter_through_copy(change, index, plan, out, facts)
     else:
@@ -664,12 +675,16 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
             ),
         )
         renames.append(f"ALTER INDEX {_sibling(plan, table, temp)} RENAME TO {q(idx.name)}")
+        if known.partitioned:
+            renames.append(_rename_partition_copies(_sibling(plan, table, idx.name), "index"))
     for name, cols in known.uniques:
         if name in spec.skip:
             continue
         temp = copy_name(name)
         out.add("dual_read", index, AddUnique(table=table, name=temp, columns=swapped(cols)))
         renames.append(f"ALTER TABLE {_qual(plan, table)} RENAME CONSTRAINT {q(temp)} TO {q(name)}")
+        if known.partitioned:
+            renames.append(_rename_partition_copies(_sibling(plan, table, name), "index"))
     for fk in known.foreign_keys:
         if fk.name in spec.skip:
             continue
@@ -688,6 +703,8 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
         renames.append(
             f"ALTER TABLE {_qual(plan, table)} RENAME CONSTRAINT {q(temp)} TO {q(fk.name)}"
         )
+        if known.partitioned:
+            renames.append(_rename_partition_copies(_qual(plan, table), "foreign key", fk.name))
     view = out.view(index, table)
     view["hide"].append(column)
     view["rename"][copy] = spec.final
@@ -700,7 +717,9 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
     if not_null:
         # The copy's not-null constraint (PostgreSQL 18) takes the old one's name, or the name
         # PostgreSQL gives a new one: a later copy of the column must find its own name free.
-        name = known.not_null_name or truncate_identifier(f"{bare_name(table)}_{spec.final}_not_null")
+        name = known.not_null_name or truncate_identifier(
+            f"{bare_name(table)}_{spec.final}_not_null"
+        )
         renames.append(_rename_not_null(_qual(plan, table), spec.final, name))
     default = spec.default[0] if spec.default is not None else known.default
     t = _qual(plan, table)
@@ -718,6 +737,37 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
         "cleanup",
         index,
         Sql(up=";\n".join(swap) + ";\n", lock="ACCESS EXCLUSIVE", tables=[table]),
+    )
+
+
+def _rename_partition_copies(of: str, kind: str, name: str = "") -> str:
+    """A DO block giving the partitions' own copies of an index (`of`, quoted and qualified, by
+    now under its old name; a unique constraint's index renames the constraint with it) or of a
+    foreign key `name` of table `of` their names without the copy prefix (PostgreSQL's own name
+    for a middle level's index has it inside), where those are free: a later copy of the same
+    column must find its own names free."""
+    prefix = COPY_PREFIX.replace("_", "\\_")
+    rel = "'" + of.replace("'", "''") + "'::regclass"
+    if kind == "index":
+        bare = f"replace(r.relname, '{COPY_PREFIX}', '')"
+        return (
+            "DO $zdm$ DECLARE r record; BEGIN FOR r IN SELECT c.oid::regclass AS it, c.relname,"
+            " c.relnamespace FROM pg_partition_tree(" + rel + ") t JOIN pg_class c"
+            f" ON c.oid = t.relid WHERE t.level > 0 AND c.relname LIKE '%{prefix}%' LOOP"
+            " IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = r.relnamespace AND"
+            f" relname = {bare}) THEN"
+            f" EXECUTE format('ALTER INDEX %s RENAME TO %I', r.it, {bare});"
+            " END IF; END LOOP; END $zdm$"
+        )
+    temp = "'" + copy_name(name).replace("'", "''") + "'"
+    final = "'" + name.replace("'", "''") + "'"
+    return (
+        "DO $zdm$ DECLARE r record; BEGIN FOR r IN SELECT k.conrelid::regclass AS t FROM"
+        " pg_partition_tree(" + rel + ") t JOIN pg_constraint k ON k.conrelid = t.relid"
+        f" WHERE t.level > 0 AND k.contype = 'f' AND k.conname = {temp} AND NOT EXISTS"
+        f" (SELECT 1 FROM pg_constraint o WHERE o.conrelid = t.relid AND o.conname = {final})"
+        f" LOOP EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', r.t, {temp}, {final});"
+        " END LOOP; END $zdm$"
     )
 
 
