@@ -131,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dsn = server.dsn
         started = time.perf_counter()
         seed(dsn, args.rows)
-        print(f"seeded {args.rows:,} accounts, orders, notes in {time.perf_counter() - started:.0f} s")
+        print(
+            f"seeded {args.rows:,} accounts, orders, notes in {time.perf_counter() - started:.0f} s"
+        )
         plan = Path(tmp) / "bigint_accounts.yaml"
         plan.write_text(PLAN)
         with Traffic(dsn, args.rows) as traffic:
@@ -177,5 +179,3 @@ def _pct(values: list[float], p: int) -> float:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

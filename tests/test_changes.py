@@ -168,95 +168,98 @@ def test_alter_column_type_through_a_copy() -> None:
     facts = {("public", "orders", "price"): PRICE_FACTS}
     reverse = '(SELECT (price::text) FROM (SELECT "_zdm_new_price" AS "price") AS zdm_new)'
     up = "nullif(price, '')::numeric(10,2)"
-    assert expanded(PRICE_PLAN, facts) == {
-        "additive": [
-            {
-                "add_column": {
-                    "table": "orders",
-                    "column": {"name": "_zdm_new_price", "type": "numeric(10,2)"},
+    assert (
+        expanded(PRICE_PLAN, facts)
+        == {
+            "additive": [
+                {
+                    "add_column": {
+                        "table": "orders",
+                        "column": {"name": "_zdm_new_price", "type": "numeric(10,2)"},
+                    }
+                },
+                {
+                    "set_comment": {
+                        "table": "orders",
+                        "column": "_zdm_new_price",
+                        "comment": "list price",
+                    }
+                },
+            ],
+            "dual_write": [
+                {
+                    "dual_write": {
+                        "table": "orders",
+                        "set": {"_zdm_new_price": up},
+                        "reverse": {"price": reverse},
+                        "name": "zdm_dw_orders_price",
+                    }
                 }
-            },
-            {
-                "set_comment": {
-                    "table": "orders",
-                    "column": "_zdm_new_price",
-                    "comment": "list price",
-                }
-            },
-        ],
-        "dual_write": [
-            {
-                "dual_write": {
-                    "table": "orders",
-                    "set": {"_zdm_new_price": up},
-                    "reverse": {"price": reverse},
-                    "name": "zdm_dw_orders_price",
-                }
-            }
-        ],
-        "backfill": [{"backfill": {"table": "orders", "set": {"_zdm_new_price": up}}}],
-        "dual_read": [
-            {
-                "create_index": {
-                    "table": "orders",
-                    "name": "_zdm_new_orders_price_idx",
-                    "columns": ["_zdm_new_price"],
-                }
-            },
-            {
-                "add_unique": {
-                    "table": "orders",
-                    "name": "_zdm_new_orders_sku_price_key",
-                    "columns": ["sku", "_zdm_new_price"],
-                }
-            },
-            {
-                "add_foreign_key": {
-                    "table": "orders",
-                    "name": "_zdm_new_orders_price_fk",
-                    "columns": ["_zdm_new_price"],
-                    "references": {"table": "public.prices", "columns": ["label"]},
-                    "on_delete": "cascade",
-                }
-            },
-            {
-                "expose": {
-                    "schema": "zdm_price",
-                    "tables": [
-                        {
-                            "table": "orders",
-                            "hide": ["price"],
-                            "rename": {"_zdm_new_price": "price"},
-                        }
-                    ],
-                }
-            },
-        ],
-        "cleanup": [
-            {"set_not_null": {"table": "orders", "column": "_zdm_new_price"}},
-            {
-                "sql": {
-                    "up": 'DROP TRIGGER "zdm_dw_orders_price" ON "public"."orders";\n'
-                    'DROP FUNCTION "public"."zdm_dw_orders_price"();\n'
-                    'ALTER TABLE "public"."orders" DROP COLUMN "price";\n'
-                    'ALTER TABLE "public"."orders" RENAME COLUMN "_zdm_new_price" TO "price";\n'
-                    'ALTER INDEX "public"."_zdm_new_orders_price_idx" RENAME TO "orders_price_idx";\n'
-                    'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_sku_price_key" '
-                    'TO "orders_sku_price_key";\n'
-                    'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_price_fk" '
-                    'TO "orders_price_fk";\n'
-                    # PostgreSQL 18's not-null constraint of the copy gets the name it would
-                    # have given the column's own, so a later copy finds its name free.
-                    + _rename_not_null('"public"."orders"', "price", "orders_price_not_null")
-                    + ";\n"
-                    'ALTER TABLE "public"."orders" ALTER COLUMN "price" SET DEFAULT 0;\n',
-                    "lock": "ACCESS EXCLUSIVE",
-                    "tables": ["orders"],
-                }
-            },
-            {"unexpose": {"schema": "zdm_price"}},
-        ],
-    }
+            ],
+            "backfill": [{"backfill": {"table": "orders", "set": {"_zdm_new_price": up}}}],
+            "dual_read": [
+                {
+                    "create_index": {
+                        "table": "orders",
+                        "name": "_zdm_new_orders_price_idx",
+                        "columns": ["_zdm_new_price"],
+                    }
+                },
+                {
+                    "add_unique": {
+                        "table": "orders",
+                        "name": "_zdm_new_orders_sku_price_key",
+                        "columns": ["sku", "_zdm_new_price"],
+                    }
+                },
+                {
+                    "add_foreign_key": {
+                        "table": "orders",
+                        "name": "_zdm_new_orders_price_fk",
+                        "columns": ["_zdm_new_price"],
+                        "references": {"table": "public.prices", "columns": ["label"]},
+                        "on_delete": "cascade",
+                    }
+                },
+                {
+                    "expose": {
+                        "schema": "zdm_price",
+                        "tables": [
+                            {
+                                "table": "orders",
+                                "hide": ["price"],
+                                "rename": {"_zdm_new_price": "price"},
+                            }
+                        ],
+                    }
+                },
+            ],
+            "cleanup": [
+                {"set_not_null": {"table": "orders", "column": "_zdm_new_price"}},
+                {
+                    "sql": {
+                        "up": 'DROP TRIGGER "zdm_dw_orders_price" ON "public"."orders";\n'
+                        'DROP FUNCTION "public"."zdm_dw_orders_price"();\n'
+                        'ALTER TABLE "public"."orders" DROP COLUMN "price";\n'
+                        'ALTER TABLE "public"."orders" RENAME COLUMN "_zdm_new_price" TO "price";\n'
+                        'ALTER INDEX "public"."_zdm_new_orders_price_idx" RENAME TO "orders_price_idx";\n'
+                        'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_sku_price_key" '
+                        'TO "orders_sku_price_key";\n'
+                        'ALTER TABLE "public"."orders" RENAME CONSTRAINT "_zdm_new_orders_price_fk" '
+                        'TO "orders_price_fk";\n'
+                        # PostgreSQL 18's not-null constraint of the copy gets the name it would
+                        # have given the column's own, so a later copy finds its name free.
+                        + _rename_not_null('"public"."orders"', "price", "orders_price_not_null")
+                        + ";\n"
+                        'ALTER TABLE "public"."orders" ALTER COLUMN "price" SET DEFAULT 0;\n',
+                        "lock": "ACCESS EXCLUSIVE",
+                        "tables": ["orders"],
+                    }
+                },
+                {"unexpose": {"schema": "zdm_price"}},
+            ],
+        }
+    )
 
 
 def test_a_type_change_without_a_rewrite_is_made_in_place() -> None:
@@ -1103,7 +1106,7 @@ EXAMPLE = ROOT / "examples" / "changes" / "price.yaml"
 def test_the_readme_plan_runs_as_the_readme_says(dsn: str, conn: Conn) -> None:
     readme = (ROOT / "README.md").read_text()
     assert f"```yaml\n{EXAMPLE.read_text()}```" in readme
-    assert "psql \"$ZDM_DSN\" -f examples/changes/orders.sql" in readme
+    assert 'psql "$ZDM_DSN" -f examples/changes/orders.sql' in readme
     conn.execute((EXAMPLE.parent / "orders.sql").read_text())
     result = CliRunner().invoke(app, ["expand", str(EXAMPLE), "--dsn", dsn])
     assert result.exit_code == 0, result.output

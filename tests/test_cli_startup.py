@@ -81,14 +81,17 @@ def test_validate_of_a_bad_plan_still_exits_2_with_the_message(tmp_path: Path) -
     assert not modules & set(ENGINE)
 
 
-def test_status_imports_psycopg_but_not_the_engine_or_plan_models(
-    tmp_path: Path, dsn: str
-) -> None:
+def test_status_imports_psycopg_but_not_the_engine_or_plan_models(tmp_path: Path, dsn: str) -> None:
     code, modules, output = imported("status", "--dsn", dsn, cwd=tmp_path)
     assert code == 0 and "no runs recorded" in output
     assert "psycopg" in modules
     assert not modules & {
-        "zdm.engine.runner", "zdm.operations", "zdm.plan", "structlog", "rich", "matplotlib"
+        "zdm.engine.runner",
+        "zdm.operations",
+        "zdm.plan",
+        "structlog",
+        "rich",
+        "matplotlib",
     }
 
 
@@ -98,7 +101,11 @@ def test_status_of_a_run_prints_its_steps_without_rich(tmp_path: Path, dsn: str)
     (tmp_path / "p.yaml").write_text(PLAN)
     ran = subprocess.run(
         [sys.executable, "-m", "zdm", "run", "p.yaml", "--dsn", dsn],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
     )
     assert ran.returncode == 0, ran.stderr
     code, modules, output = imported("status", "--dsn", dsn, cwd=tmp_path)
@@ -175,5 +182,14 @@ def test_import_of_the_cli_pulls_in_no_heavy_module() -> None:
     probe = "import json, sys, zdm.cli; print(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     modules = set(json.loads(done.stdout))
-    heavy = {"psycopg", "pydantic", "rich", "structlog", "yaml", "zdm.plan", "zdm.api", "matplotlib"}
+    heavy = {
+        "psycopg",
+        "pydantic",
+        "rich",
+        "structlog",
+        "yaml",
+        "zdm.plan",
+        "zdm.api",
+        "matplotlib",
+    }
     assert not modules & heavy, modules & heavy

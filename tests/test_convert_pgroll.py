@@ -60,7 +60,11 @@ def test_one_file_converts_to_stdout_and_json_is_detected_by_content(tmp_path: P
         "primary_key": ["name", "zip"],
     }
     # pgroll columns are NOT NULL unless nullable: true.
-    assert tables[1]["columns"][1] == {"name": "date", "type": "time with time zone", "nullable": False}
+    assert tables[1]["columns"][1] == {
+        "name": "date",
+        "type": "time with time zone",
+        "nullable": False,
+    }
     assert is_pgroll(source.read_text()) and not is_pgroll("CREATE TABLE t (a int);")
 
 
@@ -155,7 +159,7 @@ operations:
         (
             "create_table: {name: t, columns: [{name: a, type: int, references: "
             "{name: f, table: u, column: id, match_type: PARTIAL}}]}",
-            'm.json: operations[1].create_table.columns[0].references.match_type: pgroll option '
+            "m.json: operations[1].create_table.columns[0].references.match_type: pgroll option "
             '("PARTIAL") has no zdm equivalent',
         ),
         ("frobnicate: {}", "m.json: operations[1]: unknown pgroll operation 'frobnicate'"),

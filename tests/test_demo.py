@@ -37,7 +37,14 @@ def test_demo_prints_the_report_with_no_application_errors(tmp_path: Path) -> No
     started = time.monotonic()
     page = tmp_path / "demo.html"
     done = zdm(
-        "demo", "--rows", "20000", "--compare-naive", "--threads", "2", "--html", page,
+        "demo",
+        "--rows",
+        "20000",
+        "--compare-naive",
+        "--threads",
+        "2",
+        "--html",
+        page,
         timeout=300,
     )
     assert done.returncode == 0, output_of(done)

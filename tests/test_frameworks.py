@@ -21,7 +21,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 ZDM = [sys.executable, "-m", "zdm"]
 
 
-def run(argv: list[str], cwd: Path, dsn: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], cwd: Path, dsn: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ZDM_DSN": dsn}
     return subprocess.run(
         argv, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300

@@ -137,9 +137,12 @@ def test_report_names_who_blocked_the_run(seeded: str, tmp_path: Path) -> None:
             conn.execute("LOCK TABLE users IN ACCESS SHARE MODE")
             holding.set()
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not watch.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'zdm run %'"
-            ).fetchone():
+            while (
+                time.monotonic() < deadline
+                and not watch.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'zdm run %'"
+                ).fetchone()
+            ):
                 time.sleep(0.01)
             conn.execute("SELECT pg_sleep(2)")
 

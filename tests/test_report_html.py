@@ -65,15 +65,31 @@ def pages(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
         record = json.loads(zdm("report", "--dsn", zdm_dsn, "--format", "json").stdout)
         full, alone = tmp / "full.html", tmp / "alone.html"
-        drawn = zdm("report", "add_phone", "--dsn", zdm_dsn, "--html", full,
-                    "--latency", latency, "--compare-naive", naive_file)
+        drawn = zdm(
+            "report",
+            "add_phone",
+            "--dsn",
+            zdm_dsn,
+            "--html",
+            full,
+            "--latency",
+            latency,
+            "--compare-naive",
+            naive_file,
+        )
         assert drawn.returncode == 0, output_of(drawn)
         assert drawn.stdout.startswith("# Migration record: plan `add_phone`")
         assert drawn.stderr.strip() == f"wrote {full}"
         state_only = zdm("report", "--dsn", zdm_dsn, "--html", alone)
         assert state_only.returncode == 0, output_of(state_only)
-        yield {"record": record, "full": full, "alone": alone, "tmp": tmp, "dsn": zdm_dsn,
-               "markdown": drawn.stdout}
+        yield {
+            "record": record,
+            "full": full,
+            "alone": alone,
+            "tmp": tmp,
+            "dsn": zdm_dsn,
+            "markdown": drawn.stdout,
+        }
     finally:
         for n in names:
             drop_database(pg_admin_dsn, n)
@@ -97,7 +113,9 @@ def test_the_page_draws_latency_phases_and_every_blocking_unit(pages: dict[str, 
     found = ids(page)
     for run in ("run-0", "run-1"):
         assert {f"{run}-latency-{s}" for s in ("p50", "p99", "max")} <= found, found
-    drawn_phases = {re.sub(r"^run-0-phase-\d+-", "", i) for i in found if i.startswith("run-0-phase-")}
+    drawn_phases = {
+        re.sub(r"^run-0-phase-\d+-", "", i) for i in found if i.startswith("run-0-phase-")
+    }
     assert drawn_phases == {"additive", "dual-write", "backfill", "dual-read", "cleanup"}
     blocking = [s for s in record["statements"] if s["blocks_app"]]
     assert blocking
@@ -129,10 +147,21 @@ def test_the_page_in_a_headless_browser_shows_a_chart(pages: dict[str, Any]) -> 
 
     png = pages["tmp"] / "full.png"
     shot = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--host-resolver-rules=MAP * ~NOTFOUND", f"--screenshot={png}",
-         "--window-size=1600,1200", pages["full"].as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--screenshot={png}",
+            "--window-size=1600,1200",
+            pages["full"].as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert shot.returncode == 0 and png.exists(), shot.stderr
     image = imread(str(png))[:, :, :3]
@@ -146,7 +175,10 @@ def test_the_page_in_a_headless_browser_shows_a_chart(pages: dict[str, Any]) -> 
 
     # The p50 and p99 lines of both runs and the lock markers are on screen.
     assert pixels(P50) > 300 and pixels(P99) > 300 and pixels(LOCK) > 40, (
-        pixels(P50), pixels(P99), pixels(LOCK))
+        pixels(P50),
+        pixels(P99),
+        pixels(LOCK),
+    )
     # The text report is rendered to the right of the chart.
     text_area = image[: int(height * 0.5), int(width * 0.65) :]
     assert (text_area.max(axis=2) < 0.3).sum() > 500
@@ -157,7 +189,9 @@ def test_latency_files_in_csv_and_json(tmp_path: Path) -> None:
     csv.write_text("timestamp,latency_ms\n1700000000.5,1.5\n2023-11-14T22:13:21Z,3\n# note\n\n")
     assert read_latency(csv).samples == [(1700000000.5, 1.5), (1700000001.0, 3.0)]
     pairs = tmp_path / "b.json"
-    pairs.write_text('[[1700000000, 2], {"timestamp": "2023-11-14T22:13:21+00:00", "latency_ms": 4}]')
+    pairs.write_text(
+        '[[1700000000, 2], {"timestamp": "2023-11-14T22:13:21+00:00", "latency_ms": 4}]'
+    )
     assert read_latency(pairs).samples == [(1700000000.0, 2.0), (1700000001.0, 4.0)]
     full = tmp_path / "c.json"
     full.write_text('{"samples": [[1, 2]], "phases": [{"name": "UPDATE", "start": 1, "end": 3}]}')
@@ -194,7 +228,9 @@ def test_bad_input_is_one_line_and_exit_2(pages: dict[str, Any], tmp_path: Path)
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.html").exists()
     elsewhere = tmp_path / "old.csv"
     elsewhere.write_text("2001-01-01T00:00:00,1\n")
-    done = zdm("report", "--dsn", pages["dsn"], "--html", tmp_path / "p.html", "--latency", elsewhere)
+    done = zdm(
+        "report", "--dsn", pages["dsn"], "--html", tmp_path / "p.html", "--latency", elsewhere
+    )
     assert done.returncode == 0 and "warning: no statement of" in done.stderr, output_of(done)
     assert "no latency samples in this run's time" in (tmp_path / "p.html").read_text()
     alone = zdm("report", "--dsn", pages["dsn"], "--latency", bad)
@@ -214,9 +250,25 @@ def test_the_traffic_tool_writes_a_latency_file(dsn: str, tmp_path: Path) -> Non
     out = tmp_path / "app.csv"
     before = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "zdm.demo.traffic", "--dsn", dsn, "--seconds", "1", "--threads", "1",
-         "--pause-ms", "5", "--latency-out", str(out)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "zdm.demo.traffic",
+            "--dsn",
+            dsn,
+            "--seconds",
+            "1",
+            "--threads",
+            "1",
+            "--pause-ms",
+            "5",
+            "--latency-out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     samples = read_latency(out).samples

@@ -16,12 +16,16 @@ from zdm_helpers import ADD_PHONE, clean_env, module_hider, output_of, seed, zdm
 
 HINT = "pip install 'zdm[report]'"
 
+
 def without_matplotlib(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     shim = module_hider(tmp_path, "matplotlib")
     path = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, "-m", "zdm", *map(str, args)],
-        capture_output=True, text=True, env=clean_env({"PYTHONPATH": path}), timeout=120,
+        capture_output=True,
+        text=True,
+        env=clean_env({"PYTHONPATH": path}),
+        timeout=120,
         check=False,
     )
 
@@ -30,16 +34,17 @@ def test_the_shim_really_hides_matplotlib(tmp_path: Path) -> None:
     done = without_matplotlib(tmp_path, "--version")
     assert done.returncode == 0
     probe = subprocess.run(
-        [sys.executable, "-c", "import matplotlib"], capture_output=True, text=True,
-        env=clean_env({"PYTHONPATH": str(tmp_path / "shim")}), check=False,
+        [sys.executable, "-c", "import matplotlib"],
+        capture_output=True,
+        text=True,
+        env=clean_env({"PYTHONPATH": str(tmp_path / "shim")}),
+        check=False,
     )
     assert probe.returncode != 0 and "No module named 'matplotlib'" in probe.stderr
 
 
 @pytest.mark.parametrize("command", ["report", "demo"])
-def test_html_without_the_extra_is_exit_2_naming_it(
-    tmp_path: Path, dsn: str, command: str
-) -> None:
+def test_html_without_the_extra_is_exit_2_naming_it(tmp_path: Path, dsn: str, command: str) -> None:
     page = tmp_path / "page.html"
     args = ["report", "--dsn", dsn] if command == "report" else ["demo", "--rows", "10"]
     done = without_matplotlib(tmp_path, *args, "--html", page)

@@ -71,11 +71,7 @@ def _constraints(conn: psycopg.Connection[Any]) -> tuple[list[tuple[str, str]], 
 def test_checks_list_the_enums(conn: psycopg.Connection[Any]) -> None:
     Store().ensure(conn)
     checks, _ = _constraints(conn)
-    listed = {
-        (table, value)
-        for table, text in checks
-        for value in text.split("'")[1::2]
-    }
+    listed = {(table, value) for table, text in checks for value in text.split("'")[1::2]}
     assert {("runs", s.value) for s in (*RunStatus, *Direction)} <= listed
     assert {("steps", s.value) for s in StepStatus} <= listed
     assert {("mapping_errors", s.value) for s in ErrorSource} <= listed

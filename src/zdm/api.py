@@ -184,7 +184,9 @@ def status(dsn: str, plan: str | None = None, *, state_schema: str = "zdm") -> l
             alive = _owner_alive(conn, name)
             unfinished = not run.status.finished
             current = (
-                next((s for s in steps if s.status != StepStatus.DONE), None) if unfinished else None
+                next((s for s in steps if s.status != StepStatus.DONE), None)
+                if unfinished
+                else None
             )
             keys = {s.ordinal: s.key for s in steps}
             workers = []
@@ -234,4 +236,3 @@ def pause(dsn: str, plan: str, paused: bool, *, state_schema: str = "zdm") -> Ru
         if not store.exists(conn):
             return None
         return store.request_pause(conn, plan, paused)
-

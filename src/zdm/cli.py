@@ -46,7 +46,6 @@ err = Console(stderr=True)
 out = Console()
 
 
-
 class LogFormat(StrEnum):
     console = "console"
     json = "json"
@@ -564,7 +563,9 @@ def history(
 def lint(
     paths: Annotated[
         list[Path],
-        typer.Argument(help="Plan files (.yaml), .sql files or directories; - reads SQL from stdin."),
+        typer.Argument(
+            help="Plan files (.yaml), .sql files or directories; - reads SQL from stdin."
+        ),
     ],
     fmt: Annotated[
         str | None, typer.Option("--format", help="text (default), json, github or sarif.")
@@ -712,8 +713,14 @@ def report(
         raise typer.Exit(
             guarded(
                 lambda: report_page_command(
-                    resolve_dsn(dsn), name, fmt, sys.stdout, page_path=html, latency=latency,
-                    naive=naive, state_schema=state_schema,
+                    resolve_dsn(dsn),
+                    name,
+                    fmt,
+                    sys.stdout,
+                    page_path=html,
+                    latency=latency,
+                    naive=naive,
+                    state_schema=state_schema,
                 )
             )
         )
@@ -730,4 +737,3 @@ def report(
 
 def main() -> None:
     app()
-

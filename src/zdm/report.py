@@ -35,7 +35,6 @@ DOWNTIME_MEANING = (
 )
 
 
-
 def report_command(
     dsn: str, plan: str | None, fmt: str, out: TextIO, *, state_schema: str = "zdm"
 ) -> int:

@@ -118,33 +118,69 @@ def chart_svg(timelines: Sequence[Timeline]) -> str:
                     )
                     line.set_gid(f"run-{i}-latency-{name}")
             elif tl.samples:
-                ax.text(0.5, 0.5, "no latency samples in this run's time", transform=ax.transAxes,
-                        ha="center", color="#666")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no latency samples in this run's time",
+                    transform=ax.transAxes,
+                    ha="center",
+                    color="#666",
+                )
             else:
-                ax.text(0.5, 0.5, "no application latency given (--latency FILE): phases and"
-                        " lock units from the run's state", transform=ax.transAxes, ha="center",
-                        color="#666")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no application latency given (--latency FILE): phases and"
+                    " lock units from the run's state",
+                    transform=ax.transAxes,
+                    ha="center",
+                    color="#666",
+                )
             top = blended_transform_factory(ax.transData, ax.transAxes)
             for j, band in enumerate(tl.bands):
                 a, b = band.start - tl.origin, band.end - tl.origin
                 patch = ax.axvspan(a, b, color=BANDS[j % 2], zorder=0, lw=0)
                 patch.set_gid(f"run-{i}-phase-{j}-{_slug(band.label)}")
             for a, b, label in _band_labels(tl, 0.06 * (hi - lo)):
-                ax.text((a + b) / 2, 0.97, label, transform=top, ha="center", va="top",
-                        rotation=90 if b - a < 0.06 * (hi - lo) else 0, fontsize=8,
-                        color="#333", clip_on=True)
+                ax.text(
+                    (a + b) / 2,
+                    0.97,
+                    label,
+                    transform=top,
+                    ha="center",
+                    va="top",
+                    rotation=90 if b - a < 0.06 * (hi - lo) else 0,
+                    fontsize=8,
+                    color="#333",
+                    clip_on=True,
+                )
             if tl.locks:
                 xs = [u.start - tl.origin for u in tl.locks]
                 for k, (u, xv) in enumerate(zip(tl.locks, xs, strict=True)):
                     wide = u.end - u.start > (hi - lo) / 200
-                    mark = ax.axvspan(xv, max(u.end - tl.origin, xv + (hi - lo) / 2000),
-                                      color=LOCK, alpha=0.18 if wide else 0.7, lw=0, zorder=1)
+                    mark = ax.axvspan(
+                        xv,
+                        max(u.end - tl.origin, xv + (hi - lo) / 2000),
+                        color=LOCK,
+                        alpha=0.18 if wide else 0.7,
+                        lw=0,
+                        zorder=1,
+                    )
                     mark.set_gid(f"run-{i}-lock-{k}")
                 longest = max(u.end - u.start for u in tl.locks)
-                (ticks,) = ax.plot(xs, [1.0] * len(xs), transform=top, ls="none", marker="v",
-                                   color=LOCK, ms=7, clip_on=False, zorder=4,
-                                   label=f"unit holding a lock that blocks the app: {len(xs)},"
-                                   f"\nthe longest {_ms(longest)}")
+                (ticks,) = ax.plot(
+                    xs,
+                    [1.0] * len(xs),
+                    transform=top,
+                    ls="none",
+                    marker="v",
+                    color=LOCK,
+                    ms=7,
+                    clip_on=False,
+                    zorder=4,
+                    label=f"unit holding a lock that blocks the app: {len(xs)},"
+                    f"\nthe longest {_ms(longest)}",
+                )
                 ticks.set_gid(f"run-{i}-lock-markers")
             ax.axvline(0, color="#444", lw=0.8, ls=":")
             ax.set_title(tl.title, loc="left", fontsize=10)
@@ -156,13 +192,12 @@ def chart_svg(timelines: Sequence[Timeline]) -> str:
                 ax.set_yticks([])
             ax.grid(axis="y", color="#ddd", lw=0.6)
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8,
-                          frameon=False)
+                ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
         axes[-1].set_xlabel("seconds since the migration started")
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -185,10 +220,18 @@ def page(title: str, timelines: Sequence[Timeline], text: str) -> str:
     notes = []
     for tl in timelines:
         longest = max((u.end - u.start for u in tl.locks), default=None)
-        held = (f"; {len(tl.locks)} units held a lock blocking the application, the longest"
-                f" {_ms(longest)}") if longest is not None else ""
-        notes.append(f"<b>{html.escape(tl.title)}</b>: latency from"
-                     f" {html.escape(tl.source or 'nowhere (none given)')}{held}.")
+        held = (
+            (
+                f"; {len(tl.locks)} units held a lock blocking the application, the longest"
+                f" {_ms(longest)}"
+            )
+            if longest is not None
+            else ""
+        )
+        notes.append(
+            f"<b>{html.escape(tl.title)}</b>: latency from"
+            f" {html.escape(tl.source or 'nowhere (none given)')}{held}."
+        )
     caption = (
         "Each line is the application's statements that started in one bucket: p50, p99 and"
         " max latency (log scale). Shaded bands are the run's phases (the naive way: its"
@@ -196,11 +239,11 @@ def page(title: str, timelines: Sequence[Timeline], text: str) -> str:
         " reads or writes, drawn as long as they held it. " + " ".join(notes)
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<div class=\"run\">\n"
-        f"<figure id=\"chart\">\n{svg}\n<figcaption>{caption}</figcaption>\n</figure>\n"
-        f"<pre id=\"report\">{html.escape(text)}</pre>\n</div>\n</body>\n</html>\n"
+        f'<h1>{html.escape(title)}</h1>\n<div class="run">\n'
+        f'<figure id="chart">\n{svg}\n<figcaption>{caption}</figcaption>\n</figure>\n'
+        f'<pre id="report">{html.escape(text)}</pre>\n</div>\n</body>\n</html>\n'
     )
 
 

@@ -158,7 +158,7 @@ def _read_json(p: Path, text: str) -> LatencyFile:
         except (KeyError, TypeError, ValueError):
             raise LatencyFileError(
                 f"{p}: {where}[{i}]: expected [timestamp, latency_ms] or"
-                f" {{\"timestamp\": ..., \"latency_ms\": ...}}, got {json.dumps(row)[:80]}"
+                f' {{"timestamp": ..., "latency_ms": ...}}, got {json.dumps(row)[:80]}'
             ) from None
     for i, ph in enumerate(phases):
         try:
@@ -167,8 +167,7 @@ def _read_json(p: Path, text: str) -> LatencyFile:
             )
         except (KeyError, TypeError, ValueError):
             raise LatencyFileError(
-                f"{p}: phases[{i}]: expected {{\"name\", \"start\", \"end\"}},"
-                f" got {json.dumps(ph)[:80]}"
+                f'{p}: phases[{i}]: expected {{"name", "start", "end"}}, got {json.dumps(ph)[:80]}'
             ) from None
     return found
 
@@ -246,7 +245,13 @@ def buckets(timeline: Timeline, lo: float, hi: float, width: float) -> list[Buck
     for i in sorted(by):
         values = sorted(by[i])
         out.append(
-            Bucket(lo + i * width, len(values), percentile(values, 50), percentile(values, 99), values[-1])
+            Bucket(
+                lo + i * width,
+                len(values),
+                percentile(values, 50),
+                percentile(values, 99),
+                values[-1],
+            )
         )
     return out
 

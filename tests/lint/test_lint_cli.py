@@ -210,7 +210,9 @@ def test_directory_is_searched_recursively(tmp_path: Path) -> None:
 
 def test_flyway_conf_turns_the_file_transaction_off(tmp_path: Path) -> None:
     # Two statements besides SETs: a lone statement after SETs is not taken for a transaction.
-    sql = LT + "ALTER TABLE users ADD COLUMN a int;\nCREATE INDEX CONCURRENTLY i ON users (email);\n"
+    sql = (
+        LT + "ALTER TABLE users ADD COLUMN a int;\nCREATE INDEX CONCURRENTLY i ON users (email);\n"
+    )
     path = write(tmp_path / "V3__idx.sql", sql)
     assert lint(str(path))[0] == 1
     write(tmp_path / "V3__idx.sql.conf", "executeInTransaction=false\n")

@@ -41,7 +41,9 @@ def test_exclude_drops_the_rule_and_a_typo_is_an_error(tmp_path: Path) -> None:
     assert code == 1 and sorted(rules(out)) == ["index-not-concurrent", "missing-lock-timeout"]
     code, out, _ = lint("--format", "json", "--exclude", "missing-lock-timeout", "a.sql")
     assert code == 1 and rules(out) == ["index-not-concurrent"]
-    code, out, _ = lint("--format", "json", "-e", "missing-lock-timeout,index-not-concurrent", "a.sql")
+    code, out, _ = lint(
+        "--format", "json", "-e", "missing-lock-timeout,index-not-concurrent", "a.sql"
+    )
     assert (code, rules(out)) == (0, [])
     code, _, err = lint("--exclude", "index-not-concurent", "a.sql")
     assert code == 2 and "--exclude: unknown rule 'index-not-concurent'" in err
@@ -126,7 +128,10 @@ def test_sarif_output(tmp_path: Path) -> None:
     (result,) = run["results"]
     assert result["ruleId"] == "index-not-concurrent" and result["level"] == "error"
     location = result["locations"][0]["physicalLocation"]
-    assert location == {"artifactLocation": {"uri": "a.sql"}, "region": {"startLine": 2, "startColumn": 1}}
+    assert location == {
+        "artifactLocation": {"uri": "a.sql"},
+        "region": {"startLine": 2, "startColumn": 1},
+    }
     empty = json.loads(lint("--format", "sarif", "-", stdin=LT)[1])
     assert empty["runs"][0]["results"] == []
 
@@ -148,13 +153,13 @@ def live(conn: psycopg.Connection[Any]) -> None:
     conn.execute("ANALYZE big")
 
 
-def test_dsn_widening_a_varchar_is_clean_and_without_dsn_still_warns(
-    live: None, dsn: str
-) -> None:
+def test_dsn_widening_a_varchar_is_clean_and_without_dsn_still_warns(live: None, dsn: str) -> None:
     code, out, _ = lint("-", stdin=WIDEN)
     assert code == 1 and "warning [column-type-rewrite]" in out
     assert lint("--dsn", dsn, "-", stdin=WIDEN)[:2] == (0, "")
-    to_text = LT + 'ALTER TABLE users ALTER COLUMN email TYPE text, ALTER COLUMN "Note" TYPE text;\n'
+    to_text = (
+        LT + 'ALTER TABLE users ALTER COLUMN email TYPE text, ALTER COLUMN "Note" TYPE text;\n'
+    )
     assert lint("--dsn", dsn, "-", stdin=to_text)[:2] == (0, "")
     # a type change that does rewrite is still reported, from the column's actual type
     narrow = LT + "ALTER TABLE big ALTER COLUMN email TYPE varchar(50);\n"

@@ -66,8 +66,8 @@ def test_create_table_with_every_column_and_table_option() -> None:
         '("id", "phone") MATCH SIMPLE ON DELETE SET NULL ("phone") ON UPDATE CASCADE, '
         'CONSTRAINT "pb_excl" EXCLUDE USING "gist" (during WITH &&) WHERE (phone IS NOT NULL) '
         "DEFERRABLE)",
-        "COMMENT ON TABLE \"public\".\"phonebook\" IS 'who to call'",
-        "COMMENT ON COLUMN \"public\".\"phonebook\".\"name\" IS 'the person''s name'",
+        'COMMENT ON TABLE "public"."phonebook" IS \'who to call\'',
+        'COMMENT ON COLUMN "public"."phonebook"."name" IS \'the person\'\'s name\'',
     )
     assert probes(actions) == ['SELECT to_regclass(\'"public"."phonebook"\') IS NOT NULL']
 

@@ -459,13 +459,12 @@ def demo_timelines(results: Sequence[Scenario]) -> list[Timeline]:
             out.append(replace(tl, title=tl.title + named))
             continue
         spans = [Span(p.name, r.wall0 + p.start_s, r.wall0 + p.end_s) for p in r.parts]
-        locks = [Span(f"{s.label} ({(s.end - s.start) * 1000:,.0f} ms)", s.start, s.end)
-                 for s in spans]
+        locks = [
+            Span(f"{s.label} ({(s.end - s.start) * 1000:,.0f} ms)", s.start, s.end) for s in spans
+        ]
         origin = r.wall0 + r.during.t0
         title = f"the naive way{named}: {r.message}"
-        out.append(
-            Timeline(title, origin, origin + r.duration_s, samples, spans, locks, source)
-        )
+        out.append(Timeline(title, origin, origin + r.duration_s, samples, spans, locks, source))
     return out
 
 

@@ -81,9 +81,7 @@ class DryRun:
                 yield f"-- REFUSED: {issue}"
         phase = None
         # Backfills of one table in a row walk it once, as the runner groups them.
-        statuses = [
-            StepStatus.DONE if step.key in done else StepStatus.PENDING for step in steps
-        ]
+        statuses = [StepStatus.DONE if step.key in done else StepStatus.PENDING for step in steps]
         absorbed: dict[int, str] = {}
         for ordinal, step in enumerate(steps):
             if step.phase != phase:
@@ -189,11 +187,7 @@ def txn_lines(
         named = [str(t) for t in (stmt.table, *stmt.also) if t is not None]
         target = f" on {', '.join(named)}" if named else ""
         facts = (
-            ["rewrites the table"]
-            if stmt.rewrites
-            else ["scans the table"]
-            if stmt.scans
-            else []
+            ["rewrites the table"] if stmt.rewrites else ["scans the table"] if stmt.scans else []
         )
         facts += [stmt.note] if stmt.note else []
         yield f"-- {stmt.lock.sql_name}{target} ({stmt.lock.describe_blocking()})" + "".join(
@@ -234,4 +228,3 @@ def dry_run_text(loaded: LoadedPlan, dsn: str | None, *, state_schema: str = "zd
         if issues:
             raise PlanError(issues)
     return "\n".join(DryRun(loaded, dsn, state_schema=state_schema).lines()) + "\n"
-

@@ -19,9 +19,8 @@ def contended(e: BaseException) -> bool:
     session's CREATE INDEX CONCURRENTLY marks the same index valid)."""
     if isinstance(e, CONTENTION):
         return True
-    return (
-        isinstance(e, errors.InternalError_)
-        and "tuple concurrently updated" in (e.diag.message_primary or "")
+    return isinstance(e, errors.InternalError_) and "tuple concurrently updated" in (
+        e.diag.message_primary or ""
     )
 
 

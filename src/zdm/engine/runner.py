@@ -240,7 +240,10 @@ class Runner(Owned):
             self.store.transition(work, run, RunStatus.PAUSED, waiting_for=f"interrupted by {e}")
             self.log.warning("run_interrupted", signal=str(e))
             return Outcome(
-                RunStatus.PAUSED, f"stopped by {e} after the current batch; `zdm run` resumes", 1, run.id
+                RunStatus.PAUSED,
+                f"stopped by {e} after the current batch; `zdm run` resumes",
+                1,
+                run.id,
             )
         finally:
             self.control.restore()

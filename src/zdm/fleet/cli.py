@@ -54,9 +54,7 @@ def fleet_command(verb: str, plan: str, targets: str, state_schema: str) -> int:
         return EXIT_USAGE
 
 
-def status_rows(
-    targets: str, plan: str | None, state_schema: str
-) -> list[TargetStatus] | None:
+def status_rows(targets: str, plan: str | None, state_schema: str) -> list[TargetStatus] | None:
     from zdm.fleet.status import fleet_status
 
     try:

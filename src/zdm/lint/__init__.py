@@ -200,9 +200,7 @@ def lint_paths(
     return findings, errors, len(files)
 
 
-def run_lint(
-    paths: list[str], fmt: str, out: TextIO, options: LintOptions | None = None
-) -> int:
+def run_lint(paths: list[str], fmt: str, out: TextIO, options: LintOptions | None = None) -> int:
     """Lint ``paths`` and write the findings to ``out`` in ``fmt``; returns the exit code."""
     if fmt not in FORMATS:
         sys.stderr.write(

@@ -93,9 +93,7 @@ def _looks_like_plan(path: Path) -> bool:
     return isinstance(data, dict) and ("phases" in data or "changes" in data)
 
 
-def discover(
-    paths: list[str], stdin: str | None = None
-) -> tuple[list[LintFile], list[LintError]]:
+def discover(paths: list[str], stdin: str | None = None) -> tuple[list[LintFile], list[LintError]]:
     """The files to lint, in order, and the paths that do not exist; ``-`` is ``stdin`` (SQL)."""
     files: list[LintFile] = []
     errors: list[LintError] = []

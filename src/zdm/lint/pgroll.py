@@ -166,7 +166,11 @@ def _column(op: _Op, col: dict[str, Any], path: str, *, new_table: bool) -> dict
             gen["expression"] = generated["expression"]
         identity = generated.get("identity")
         if identity is not None:
-            op.only(identity, {"user_specified_values", "sequence_options"}, f"{path}.generated.identity")
+            op.only(
+                identity,
+                {"user_specified_values", "sequence_options"},
+                f"{path}.generated.identity",
+            )
             gen["identity"] = {
                 k: _lower(v) if k == "user_specified_values" else v
                 for k, v in identity.items()
@@ -272,9 +276,7 @@ def _drop_constraint(op: _Op, plan: Plan) -> None:
         # `up` names the constrained column; the old version keeps getting `down`.
         fields.update(column=match.group(1), up=match.group(1), down=_expr(down))
     elif down is not None and match is None:
-        raise op.error(
-            "up", "zdm needs the constrained column: give 'up' as the bare column name"
-        )
+        raise op.error("up", "zdm needs the constrained column: give 'up' as the bare column name")
     plan.change("drop_constraint", fields)
 
 
@@ -289,7 +291,9 @@ def _changed_columns(op: _Op) -> list[str]:
     """The columns whose up or down is more than the column itself."""
     up, down = _mapped(op, "up"), _mapped(op, "down")
     names = [name for name, expr in up.items() if not _same(expr, name)]
-    return names + [name for name, expr in down.items() if not _same(expr, name) and name not in names]
+    return names + [
+        name for name, expr in down.items() if not _same(expr, name) and name not in names
+    ]
 
 
 def _drop_multicolumn_constraint(op: _Op, plan: Plan) -> None:

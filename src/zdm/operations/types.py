@@ -41,9 +41,7 @@ def no_rewrite(table: Table, column: str, new_type: str) -> Query:
         "rewrite the table under ACCESS EXCLUSIVE (use alter_column)', a.attname, "
         "format_type(a.atttypid, a.atttypmod), {new}) END FROM pg_attribute a "
         "WHERE a.attrelid = {rel} AND a.attname = {col} AND NOT a.attisdropped"
-    ).format(
-        ok=ok, new=sql.Literal(new_type), rel=cat.regclass(table), col=sql.Literal(column)
-    )
+    ).format(ok=ok, new=sql.Literal(new_type), rel=cat.regclass(table), col=sql.Literal(column))
 
 
 def _retype(table: Table, column: str, new_type: str, note: str) -> Txn:

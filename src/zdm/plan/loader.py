@@ -110,7 +110,9 @@ def _load(
     if not isinstance(document.data, dict):
         shape = "empty" if document.data is None else f"{describe(document.data)}, not a mapping"
         line, column = document.position(()) or (None, None)
-        message = f"the plan is {shape}; expected a mapping with version and phases, changes or both"
+        message = (
+            f"the plan is {shape}; expected a mapping with version and phases, changes or both"
+        )
         raise PlanError([*issues, PlanIssue(file, line, column, "", message)])
 
     plan: Plan | None = None

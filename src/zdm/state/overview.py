@@ -165,7 +165,13 @@ class MigrationEntry:
 
     @classmethod
     def unapplied(
-        cls, version: str, name: str, file: str, plan: str, status: str, run_id: int | None,
+        cls,
+        version: str,
+        name: str,
+        file: str,
+        plan: str,
+        status: str,
+        run_id: int | None,
         sha256: str,
     ) -> MigrationEntry:
         """A file of the directory that no run applied (yet)."""
