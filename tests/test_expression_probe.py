@@ -266,3 +266,67 @@ def test_a_missing_table_is_named_once_and_a_quoted_name_is_explained(
     step["add_column"]["table"] = "Mixed Case"
     good = zdm("validate", write_plan(tmp_path / "good.yaml", plan), "--dsn", dsn)
     assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "name"),
+    [
+        ("up", "upper(nmae)", "nmae"),
+        ("down", "lower(nmae)", "nmae"),
+        ("check", "length(nmae) > 1", "nmae"),
+    ],
+)
+def test_a_typo_in_a_change_is_reported_at_its_field(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, field: str, text: str, name: str
+) -> None:
+    """The expanded steps' expressions are checked like any, and a typo is reported at the line
+    of the change's own field (`down` for its dual-write's reverse mapping), not the file's."""
+    seed(dsn, 50)
+    change = {
+        "table": "users",
+        "column": "name",
+        "type": "varchar(50)",
+        "up": "CAST(name AS varchar(50))",
+        "down": "name",
+        "check": {"name": "users_name_length", "constraint": "length(name) > 1"},
+    }
+    change[field] = text if field != "check" else {"name": "users_name_length", "constraint": text}
+    plan = write_plan(
+        tmp_path / "p.yaml", {"version": 1, "name": "p", "changes": [{"alter_column": change}]}
+    )
+    before = _objects(conn)
+    _, problems = api.validate(plan, dsn)
+    assert len(problems) == 1, problems
+    where = "check.constraint" if field == "check" else field
+    assert f"changes[0].alter_column.{where}:" in problems[0], problems
+    assert f'column "{name}" does not exist' in problems[0]
+    line = int(problems[0].split(":")[1])
+    lines = plan.read_text().splitlines()
+    assert name in lines[line - 1], (line, lines)
+    assert _objects(conn) == before
+
+
+def test_a_change_checked_as_its_swap_leaves_the_table(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Steps after an alter_column's swap see the column under its new name: a check naming it
+    so passes, one naming the dropped name is a typo."""
+    conn.execute("CREATE TABLE people (id bigint PRIMARY KEY, name varchar(100))")
+
+    def problems(check: str) -> list[str]:
+        change = {
+            "table": "people",
+            "column": "name",
+            "name": "full_name",
+            "type": "varchar(50)",
+            "down": "name",
+            "check": {"name": "people_full_name_length", "constraint": check},
+        }
+        plan = write_plan(
+            tmp_path / "p.yaml", {"version": 1, "name": "p", "changes": [{"alter_column": change}]}
+        )
+        return api.validate(plan, dsn)[1]
+
+    assert problems("length(full_name) > 1") == []
+    (found,) = problems("length(name) > 1")
+    assert 'column "name" does not exist' in found and "check.constraint" in found

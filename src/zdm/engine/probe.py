@@ -22,6 +22,7 @@ import psycopg
 from psycopg import errors, sql
 
 from zdm.ddl import Table, user_sql
+from zdm.ddl.quote import do_block
 from zdm.plan import (
     AddCheck,
     AddColumn,
@@ -37,6 +38,8 @@ from zdm.plan import (
     Sql,
     Verify,
 )
+from zdm.plan.changes import AlterColumn
+from zdm.plan.expand import copy_name
 from zdm.plan.messages import format_path
 from zdm.plan.model import PlanStep
 from zdm.plan.yamlsource import read_yaml
@@ -86,9 +89,10 @@ def expression_issues(
         raw = False  # a `sql` step came first: it may create what later steps name
         for step in loaded.steps():
             wanted = keys is None or step.key in keys
-            raw = raw or isinstance(step.spec, Sql)
+            swap = _swap_of(loaded, step)
+            raw = raw or (isinstance(step.spec, Sql) and swap is None)
             try:
-                for probe in copies.probes(step):
+                for probe in copies.swapped(*swap) if swap else copies.probes(step):
                     try:
                         with conn.transaction():
                             conn.execute(probe.statement)
@@ -97,7 +101,10 @@ def expression_issues(
                     except psycopg.DatabaseError as e:
                         unknown = raw and e.diag.sqlstate in UNDEFINED
                         if wanted and probe.checked and not unknown:
-                            issues.append(_issue(file, document, probe.loc, e))
+                            where = written_loc(loaded, step, probe.loc)
+                            issue = _issue(file, document, where, e)
+                            if issue not in issues:  # a change's `up` fills two steps
+                                issues.append(issue)
             except (errors.LockNotAvailable, errors.QueryCanceled) as e:
                 raise ProbeBlocked(
                     f"could not check the expressions of step {step.key}: "
@@ -129,6 +136,52 @@ def pending_keys(conn: psycopg.Connection[Any], store: Store, name: str) -> set[
     if run.direction != Direction.FORWARD:
         return set()
     return {r.key for r in store.steps(conn, run.id) if r.status != StepStatus.DONE}
+
+
+def _swap_of(loaded: LoadedPlan, step: PlanStep) -> tuple[str, str, str] | None:
+    """(table, old column, its copy's final name) when `step` is the `sql` step an alter_column
+    swaps its copy column in with: zdm's own SQL, whose effect the check makes on the copies
+    (the steps after it name the column as the swap leaves it)."""
+    path = loaded.step_paths.get(step.key)
+    if not isinstance(step.spec, Sql) or path is None or path[0] != "changes":
+        return None
+    if loaded.source is None:
+        return None
+    change = loaded.source.changes[int(path[1])]
+    if not isinstance(change, AlterColumn):
+        return None
+    return change.table, change.column, change.name or change.column
+
+
+# The field of a change that an expanded step's field comes from: (step kind, its field) ->
+# the change's field. A step of a change whose field is not here points at the change.
+_CHANGE_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("dual_write", "set"): ("up",),
+    ("dual_write", "reverse"): ("down",),
+    ("backfill", "set"): ("up",),
+    ("backfill", "where"): ("up",),
+    ("add_check", "check"): ("check", "constraint"),
+    ("set_default", "default"): ("default",),
+    ("add_column", "column"): ("default",),
+}
+
+
+def written_loc(
+    loaded: LoadedPlan, step: PlanStep, loc: tuple[str | int, ...]
+) -> tuple[str | int, ...]:
+    """Where the field `loc` of the expanded plan's `step` is written in the file: the step's
+    own place (a hand-written step's index in `phases` may differ), or the field of the change
+    it was expanded from (`down` for its dual-write's reverse mapping, …)."""
+    path = loaded.step_paths.get(step.key)
+    if path is None:
+        return loc
+    if path[0] != "changes" or loaded.source is None:
+        return (*path, *loc[3:])
+    change = loaded.source.changes[int(path[1])]
+    field = _CHANGE_FIELDS.get((step.kind, str(loc[4]))) if len(loc) > 4 else None
+    if field is not None and field[0] in change.model_fields_set:
+        return (*path, change.kind, *field)
+    return (*path, change.kind)
 
 
 def _issue(
@@ -170,6 +223,27 @@ class _Copies:
             )
             self.copied[table] = sql.Identifier("pg_temp", table.name)
         return self.copied[table]
+
+    def swapped(self, table_name: str, column: str, final: str) -> Iterator[Probe]:
+        """An alter_column's swap made on the table's copy: the old column dropped, the copy
+        column under the final name (when the copy column is there: the plan added it)."""
+        copy = self.table(table_name)
+        if copy is None:
+            return
+        body = sql.SQL(
+            "BEGIN IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {rel}::regclass"
+            " AND attname = {new} AND NOT attisdropped) THEN"
+            " ALTER TABLE {copy} DROP COLUMN {old} CASCADE;"
+            " ALTER TABLE {copy} RENAME COLUMN {new_id} TO {final}; END IF; END"
+        ).format(
+            rel=sql.Literal(copy.as_string(None)),
+            new=sql.Literal(copy_name(column)),
+            copy=copy,
+            old=sql.Identifier(column),
+            new_id=sql.Identifier(copy_name(column)),
+            final=sql.Identifier(final),
+        )
+        yield Probe((), do_block(body), checked=False)
 
     def probes(self, step: PlanStep) -> Iterator[Probe]:
         spec = step.spec
