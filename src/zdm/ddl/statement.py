@@ -74,8 +74,8 @@ class Statement:
 def drop_if_exists(
     kind: str, target: Table, lock: LockMode, on: Table | None, note: str
 ) -> Statement:
-    """`DROP <kind> IF EXISTS <target>`: a view, a function (of no arguments), a trigger…; `on`
-    is the table whose lock it takes in `lock` mode, if any."""
+    """`DROP <kind> IF EXISTS <target>` of a view or table, or of a function of no arguments;
+    `on` is the relation whose lock it takes in `lock` mode, if any."""
     arguments = "()" if kind == "FUNCTION" else ""
     return Statement(
         sql.SQL("DROP {} IF EXISTS {}{}").format(sql.SQL(kind), target.ident(), sql.SQL(arguments)),
