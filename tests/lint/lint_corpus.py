@@ -164,6 +164,16 @@ CASES: tuple[Case, ...] = (
         "set-tablespace",
     ),
     bad("set-logged", LT + "ALTER TABLE events SET LOGGED;", "table-rewrite"),
+    bad(
+        "domain-check",
+        LT + "ALTER DOMAIN positive_amount ADD CONSTRAINT amount_positive CHECK (VALUE > 0);",
+        "domain-constraint-scan",
+    ),
+    bad(
+        "detach-partition",
+        LT + "ALTER TABLE events DETACH PARTITION events_2019;",
+        "detach-partition-not-concurrent",
+    ),
     bad("set-access-method", LT + "ALTER TABLE events SET ACCESS METHOD heap;", "table-rewrite"),
     bad(
         "refresh-matview",
@@ -290,4 +300,13 @@ CASES: tuple[Case, ...] = (
         "BEGIN;\nSET LOCAL lock_timeout = '1s';\n"
         "ALTER TABLE users ALTER COLUMN bio DROP DEFAULT;\nCOMMIT;",
     ),
+    good(
+        "detach-concurrently", LT + "ALTER TABLE events DETACH PARTITION events_2019 CONCURRENTLY;"
+    ),
+    good(
+        "domain-check-not-valid",
+        LT + "ALTER DOMAIN positive_amount ADD CONSTRAINT amount_positive CHECK (VALUE > 0)"
+        " NOT VALID;",
+    ),
+    good("refresh-concurrently", LT + "REFRESH MATERIALIZED VIEW CONCURRENTLY daily_totals;"),
 )
