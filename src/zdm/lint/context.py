@@ -28,8 +28,8 @@ from zdm.lint.source import SqlSource, SqlStatement
 from zdm.lint.types import TypeRef, type_ref
 
 TS = enums.TransactionStmtKind
-_OPEN = (TS.TRANS_STMT_BEGIN, TS.TRANS_STMT_START)
-_CLOSE = (
+OPEN = (TS.TRANS_STMT_BEGIN, TS.TRANS_STMT_START)
+CLOSE = (
     TS.TRANS_STMT_COMMIT,
     TS.TRANS_STMT_ROLLBACK,
     TS.TRANS_STMT_PREPARE,
@@ -115,13 +115,13 @@ def assign_transactions(source: SqlSource, wrap: Wrap) -> list[Txn | None]:
     next_id = 1
     for stmt in statements:
         node = stmt.node
-        if isinstance(node, ast.TransactionStmt) and node.kind in _OPEN:
+        if isinstance(node, ast.TransactionStmt) and node.kind in OPEN:
             current = next_id
             next_id += 1
             starts[current] = (True, source.position(stmt.start)[0])
             assigned.append(None)
             continue
-        if isinstance(node, ast.TransactionStmt) and node.kind in _CLOSE:
+        if isinstance(node, ast.TransactionStmt) and node.kind in CLOSE:
             current = 0 if wrap is Wrap.ALWAYS else None
             assigned.append(None)
             continue

@@ -34,6 +34,7 @@ from zdm.lint.rules import (
     table_rewrite,
     truncate_cascade,
     unbatched_dml,
+    uncommitted_transaction,
     unique_without_index,
     vacuum_full,
     validate_in_same_transaction,
@@ -74,6 +75,7 @@ RULES: tuple[Rule, ...] = tuple(
         exclusive_locks_in_transaction,
         missing_lock_timeout,
         validate_in_same_transaction,
+        uncommitted_transaction,
     )
 )
 """Every SQL rule, in the order findings about one statement are reported."""
