@@ -41,6 +41,8 @@ from zdm_helpers import (
     zdm,
 )
 
+from zdm import api
+
 ROWS = 20_000
 
 CATALOG = {
@@ -325,3 +327,29 @@ def test_dry_run_after_a_partial_run_marks_finished_steps(
     ran = zdm("--log-level", "debug", "--log-format", "json", "run", plan, "--dsn", seeded)
     assert ran.returncode == 0, output_of(ran)
     assert_same_statements(printed, run_steps(ran.stderr))
+
+
+def test_raw_sql_ending_with_its_own_semicolon_is_printed_once(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "raw.yaml",
+        {
+            "version": 1,
+            "name": "raw",
+            "phases": {
+                "cleanup": [
+                    {
+                        "sql": {
+                            "up": "UPDATE settings SET v = 1;\nUPDATE settings SET v = 2;\n",
+                            "lock": "ROW EXCLUSIVE",
+                            "tables": ["settings"],
+                        }
+                    },
+                    {"sql": {"up": "UPDATE settings SET v = 3", "lock": "ROW EXCLUSIVE"}},
+                ]
+            },
+        },
+    )
+    text = api.dry_run(plan, None)
+    assert "UPDATE settings SET v = 2;\nCOMMIT;" in text, text
+    assert "UPDATE settings SET v = 3;\nCOMMIT;" in text, text
+    assert "\n;\n" not in text, text

@@ -214,7 +214,8 @@ def txn_lines(
         elif done_now:
             yield "-- skipped if the catalog still shows it done when the run gets here (it does now)"
     for query in render(txn, s):
-        text = query.as_string(conn) + ";"
+        text = query.as_string(conn).rstrip()
+        text += "" if text.endswith(";") else ";"  # raw SQL may end with its own
         # Every line of a skipped statement, a function body's too, is a comment.
         yield "\n".join("-- " + line for line in text.split("\n")) if already else text
 
