@@ -676,7 +676,7 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
         )
         renames.append(f"ALTER INDEX {_sibling(plan, table, temp)} RENAME TO {q(idx.name)}")
         if known.partitioned:
-            renames.append(_rename_partition_copies(_sibling(plan, table, idx.name), "index"))
+            renames.append(_rename_partition_indexes(_sibling(plan, table, idx.name)))
     for name, cols in known.uniques:
         if name in spec.skip:
             continue
@@ -684,7 +684,7 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
         out.add("dual_read", index, AddUnique(table=table, name=temp, columns=swapped(cols)))
         renames.append(f"ALTER TABLE {_qual(plan, table)} RENAME CONSTRAINT {q(temp)} TO {q(name)}")
         if known.partitioned:
-            renames.append(_rename_partition_copies(_sibling(plan, table, name), "index"))
+            renames.append(_rename_partition_indexes(_sibling(plan, table, name)))
     for fk in known.foreign_keys:
         if fk.name in spec.skip:
             continue
@@ -704,7 +704,7 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
             f"ALTER TABLE {_qual(plan, table)} RENAME CONSTRAINT {q(temp)} TO {q(fk.name)}"
         )
         if known.partitioned:
-            renames.append(_rename_partition_copies(_qual(plan, table), "foreign key", fk.name))
+            renames.append(_rename_partition_foreign_keys(_qual(plan, table), fk.name))
     view = out.view(index, table)
     view["hide"].append(column)
     view["rename"][copy] = spec.final
@@ -740,44 +740,43 @@ def _copy_column(spec: _Copy, index: int, plan: Plan, out: _Out, facts: FactRead
     )
 
 
-def _rename_partition_copies(of: str, kind: str, name: str = "") -> str:
-    """A DO block giving the partitions' own copies of an index (`of`, quoted and qualified, by
-    now under its old name; a unique constraint's index renames the constraint with it) or of a
-    foreign key `name` of table `of` their names without the copy prefix (PostgreSQL's own name
-    for a middle level's index has it inside), where those are free: a later copy of the same
-    column must find its own names free."""
+def _rename_partition_indexes(index: str) -> str:
+    """A DO block giving the partitions' own indexes of `index` (quoted and qualified, by now
+    under its old name; a unique constraint's index renames the constraint with it) their names
+    without the copy prefix (PostgreSQL's own name for a middle level's index has it inside),
+    where those are free: a later copy of the same column must find its own names free."""
     prefix = COPY_PREFIX.replace("_", "\\_")
-    rel = "'" + of.replace("'", "''") + "'::regclass"
-    if kind == "index":
-        bare = f"replace(r.relname, '{COPY_PREFIX}', '')"
-        return (
-            "DO $zdm$ DECLARE r record; BEGIN FOR r IN SELECT c.oid::regclass AS it, c.relname,"
-            " c.relnamespace FROM pg_partition_tree(" + rel + ") t JOIN pg_class c"
-            f" ON c.oid = t.relid WHERE t.level > 0 AND c.relname LIKE '%{prefix}%' LOOP"
-            " IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = r.relnamespace AND"
-            f" relname = {bare}) THEN"
-            f" EXECUTE format('ALTER INDEX %s RENAME TO %I', r.it, {bare});"
-            " END IF; END LOOP; END $zdm$"
-        )
-    temp = "'" + copy_name(name).replace("'", "''") + "'"
-    final = "'" + name.replace("'", "''") + "'"
+    bare = f"replace(r.relname, {_literal(COPY_PREFIX)}, '')"
+    return (
+        "DO $zdm$ DECLARE r record; BEGIN FOR r IN SELECT c.oid::regclass AS it, c.relname,"
+        f" c.relnamespace FROM pg_partition_tree({_literal(index)}::regclass) t JOIN pg_class c"
+        f" ON c.oid = t.relid WHERE t.level > 0 AND c.relname LIKE '%{prefix}%' LOOP"
+        " IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = r.relnamespace AND"
+        f" relname = {bare}) THEN"
+        f" EXECUTE format('ALTER INDEX %s RENAME TO %I', r.it, {bare});"
+        " END IF; END LOOP; END $zdm$"
+    )
+
+
+def _rename_partition_foreign_keys(table: str, name: str) -> str:
+    """A DO block giving the partitions' own copies of foreign key `name` of `table` (quoted and
+    qualified) the old name, where it is free on that partition."""
+    temp, final = _literal(copy_name(name)), _literal(name)
     return (
         "DO $zdm$ DECLARE r record; BEGIN FOR r IN SELECT k.conrelid::regclass AS t FROM"
-        " pg_partition_tree(" + rel + ") t JOIN pg_constraint k ON k.conrelid = t.relid"
-        f" WHERE t.level > 0 AND k.contype = 'f' AND k.conname = {temp} AND NOT EXISTS"
-        f" (SELECT 1 FROM pg_constraint o WHERE o.conrelid = t.relid AND o.conname = {final})"
-        f" LOOP EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', r.t, {temp}, {final});"
+        f" pg_partition_tree({_literal(table)}::regclass) t JOIN pg_constraint k"
+        f" ON k.conrelid = t.relid WHERE t.level > 0 AND k.contype = 'f' AND k.conname = {temp}"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint o WHERE o.conrelid = t.relid"
+        f" AND o.conname = {final}) LOOP"
+        f" EXECUTE format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', r.t, {temp}, {final});"
         " END LOOP; END $zdm$"
     )
 
 
 def _rename_not_null(table: str, column: str, name: str) -> str:
-    """`table` is the quoted, qualified table."""
     """A DO block giving the column's not-null constraint (whatever set_not_null named it on
-    the copy) the old column's name."""
-    rel = "'" + table.replace("'", "''") + "'::regclass"
-    lit = "'" + name.replace("'", "''") + "'"
-    col = "'" + column.replace("'", "''") + "'"
+    the copy) the old column's name; `table` is the quoted, qualified table."""
+    rel, lit, col = f"{_literal(table)}::regclass", _literal(name), _literal(column)
     return (
         "DO $zdm$ DECLARE old name; BEGIN"
         f" SELECT k.conname INTO old FROM pg_constraint k JOIN pg_attribute a"
