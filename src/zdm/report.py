@@ -39,20 +39,36 @@ def report_command(
     dsn: str, plan: str | None, fmt: str, out: TextIO, *, state_schema: str = "zdm"
 ) -> int:
     """Writes the report of `plan`'s latest run (else the latest run of any plan) to `out`."""
-    if fmt not in FORMATS:
-        print(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}", file=sys.stderr)
+    if not known_format(fmt):
         return EXIT_NO_RUN
+    record = latest_record(dsn, plan, state_schema=state_schema)
+    if record is None:
+        return EXIT_NO_RUN
+    out.write(as_json(record) if fmt == "json" else markdown(record))
+    return EXIT_OK
+
+
+def known_format(fmt: str) -> bool:
+    """Whether `fmt` is a report format; says so on stderr when it is not."""
+    if fmt in FORMATS:
+        return True
+    print(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}", file=sys.stderr)
+    return False
+
+
+def latest_record(dsn: str, plan: str | None, *, state_schema: str) -> dict[str, Any] | None:
+    """The record of `plan`'s latest run (else of any plan's); None, said on stderr, when no
+    run is recorded."""
     with connect(dsn, "report") as conn:
         record = collect(conn, dsn, plan, state_schema=state_schema)
     if record is None:
         what = f"plan {plan}" if plan else "any plan"
         print(f"no run of {what} is recorded in schema {state_schema}", file=sys.stderr)
-        return EXIT_NO_RUN
-    if fmt == "json":
-        out.write(json.dumps(record, indent=2, default=str) + "\n")
-    else:
-        out.write(markdown(record))
-    return EXIT_OK
+    return record
+
+
+def as_json(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, default=str) + "\n"
 
 
 # -- collecting ------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -269,24 +268,19 @@ def report_page_command(
     state_schema: str = "zdm",
 ) -> int:
     """The text report on `out`, as `zdm report` writes it, and the page at `page_path`."""
-    from zdm.engine.session import connect
-    from zdm.report import EXIT_NO_RUN, EXIT_OK, FORMATS, collect, markdown
+    from zdm.report import EXIT_NO_RUN, EXIT_OK, as_json, known_format, latest_record, markdown
 
     require_matplotlib()
     check_page_path(page_path)
-    if fmt not in FORMATS:
-        print(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}", file=sys.stderr)
+    if not known_format(fmt):
         return EXIT_NO_RUN
     app = read_latency(latency) if latency is not None else None
     naive_run = read_latency(naive) if naive is not None else None
-    with connect(dsn, "report") as conn:
-        record = collect(conn, dsn, plan, state_schema=state_schema)
+    record = latest_record(dsn, plan, state_schema=state_schema)
     if record is None:
-        what = f"plan {plan}" if plan else "any plan"
-        print(f"no run of {what} is recorded in schema {state_schema}", file=sys.stderr)
         return EXIT_NO_RUN
     text = markdown(record)
-    out.write(json.dumps(record, indent=2, default=str) + "\n" if fmt == "json" else text)
+    out.write(as_json(record) if fmt == "json" else text)
     source = f"{latency} ({len(app.samples):,} statements)" if app is not None else ""
     timelines = [timeline_of_record(record, app.samples if app else (), source=source)]
     if naive_run is not None:
