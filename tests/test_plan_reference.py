@@ -12,6 +12,8 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +22,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from zdm.plan import PHASES, Plan, Settings, parse_plan
-from zdm.plan.changes import CHANGE_KINDS, ChangeSpec
+from zdm.plan.changes import CHANGE_KINDS
 from zdm.plan.expand import offline_facts
 from zdm.plan.steps import STEP_KINDS, PlanModel, StepSpec
 
@@ -209,96 +211,112 @@ def test_every_step_kind_is_in_the_summary_table_with_its_destructiveness() -> N
     assert not problems, "\n".join(problems)
 
 
-def _section_template(kind: str, cls: type[StepSpec]) -> str:
+@dataclass(frozen=True)
+class KindDoc:
+    """What a section of one kind (a step kind, a change kind) must hold."""
+
+    what: str
+    """`step` or `change`: how the messages name the kind."""
+    heading: str
+    registry: Mapping[str, Any]
+    marker: str
+    """The line every section has (``**Lock:**``), and what goes after it."""
+    hint: str
+    template_line: str
+    """The marker line in the section a missing kind is given to write."""
+    example_problems: Callable[[str, Any, str], list[str]]
+    """Why a section's example (its yaml) is not a valid one of the kind; empty when it is."""
+
+
+def _section_template(
+    kind: str, cls: type[Any], marker: str = "**Lock:** <lock mode, what it blocks>"
+) -> str:
     rows = "\n".join(_row_hint(key, default) for key, default in model_rows(cls).items())
     return (
-        f"### `{kind}`\n\n<what it does>\n\n**Lock:** <lock mode, what it blocks>\n\n"
+        f"### `{kind}`\n\n<what it does>\n\n{marker}\n\n"
         f"```yaml\n- {kind}: {{...}}\n```\n\n| field | default | meaning |\n|---|---|---|\n"
         f"{rows}"
     )
+
+
+def kind_problems(text: str, doc: KindDoc) -> list[str]:
+    """What the section `doc.heading` of `text` lacks: a section per kind with its marker line,
+    one example that is valid, and a row per field."""
+    kinds = sections(sections(text, "##").get(doc.heading, ""), "###")
+    documented = {heading.strip("`"): body for heading, body in kinds.items()}
+    problems = []
+    for kind, cls in doc.registry.items():
+        where = f'"### `{kind}`"'
+        body = documented.get(kind)
+        if body is None:
+            template = _section_template(kind, cls, doc.template_line)
+            problems.append(
+                f"{DOC_NAME}: no section for {doc.what} kind `{kind}`; add under "
+                f'"## {doc.heading}":\n{template}'
+            )
+            continue
+        if doc.marker not in body:
+            problems.append(f"{DOC_NAME}, section {where}: add a line {doc.marker} {doc.hint}")
+        examples = yaml_blocks(body)
+        if len(examples) != 1:
+            problems.append(
+                f"{DOC_NAME}, section {where}: give one ```yaml example of the {doc.what}"
+            )
+        else:
+            problems += [
+                f"{DOC_NAME}, section {where}: {problem}"
+                for problem in doc.example_problems(kind, cls, examples[0])
+            ]
+        problems += compare(where, model_rows(cls), doc_rows(body))
+    for kind in documented.keys() - doc.registry.keys():
+        problems.append(f'{DOC_NAME}: section "### `{kind}`" is no {doc.what} kind; remove it')
+    return problems
+
+
+def _step_example_problems(kind: str, cls: Any, example: str) -> list[str]:
+    steps = yaml.safe_load(example)
+    if not (isinstance(steps, list) and steps and all(kind in s for s in steps)):
+        return [f"its example must be a list of `{kind}` steps"]
+    error = _loads_as_plan(example, "cleanup" if cls.destructive else "additive")
+    return [f"its example does not validate:\n{error}"] if error else []
+
+
+def _change_example_problems(kind: str, cls: Any, example: str) -> list[str]:
+    plan = yaml.safe_dump({"version": 1, "name": "example", "changes": yaml.safe_load(example)})
+    try:
+        parse_plan(plan, "example.yaml", facts=offline_facts)
+    except Exception as error:
+        return [f"its example does not validate:\n{error}"]
+    return []
+
+
+STEP_DOC = KindDoc(
+    "step",
+    STEP_KINDS_HEADING,
+    STEP_KINDS,
+    "**Lock:**",
+    "<mode, blocks>",
+    "**Lock:** <lock mode, what it blocks>",
+    _step_example_problems,
+)
+CHANGE_DOC = KindDoc(
+    "change",
+    CHANGE_KINDS_HEADING,
+    CHANGE_KINDS,
+    "**Expands into:**",
+    "<phases, steps, locks>",
+    "**Expands into:** <phases, steps, locks>",
+    _change_example_problems,
+)
 
 
 def test_every_step_kind_has_a_section_with_lock_example_and_every_field() -> None:
-    kinds = sections(TOP.get(STEP_KINDS_HEADING, ""), "###")
-    documented = {heading.strip("`"): body for heading, body in kinds.items()}
-    problems = []
-    for kind, cls in STEP_KINDS.items():
-        where = f'"### `{kind}`"'
-        body = documented.get(kind)
-        if body is None:
-            problems.append(
-                f'{DOC_NAME}: no section for step kind `{kind}`; add under "## '
-                f'{STEP_KINDS_HEADING}":\n{_section_template(kind, cls)}'
-            )
-            continue
-        if "**Lock:**" not in body:
-            problems.append(f"{DOC_NAME}, section {where}: add a line **Lock:** <mode, blocks>")
-        examples = yaml_blocks(body)
-        if len(examples) != 1:
-            problems.append(f"{DOC_NAME}, section {where}: give one ```yaml example of the step")
-        else:
-            phase = "cleanup" if cls.destructive else "additive"
-            steps = yaml.safe_load(examples[0])
-            if not (isinstance(steps, list) and steps and all(kind in s for s in steps)):
-                problems.append(
-                    f"{DOC_NAME}, section {where}: its example must be a list of `{kind}` steps"
-                )
-            else:
-                error = _loads_as_plan(examples[0], phase)
-                if error:
-                    problems.append(
-                        f"{DOC_NAME}, section {where}: its example does not validate:\n{error}"
-                    )
-        problems += compare(where, model_rows(cls), doc_rows(body))
-    for kind in documented.keys() - STEP_KINDS.keys():
-        problems.append(f'{DOC_NAME}: section "### `{kind}`" is no step kind; remove it')
+    problems = kind_problems(TEXT, STEP_DOC)
     assert not problems, "\n".join(problems)
 
 
-def _change_template(kind: str, cls: type[ChangeSpec]) -> str:
-    rows = "\n".join(_row_hint(key, default) for key, default in model_rows(cls).items())
-    return (
-        f"### `{kind}`\n\n<what it does>\n\n**Expands into:** <phases, steps, locks>\n\n"
-        f"```yaml\n- {kind}: {{...}}\n```\n\n| field | default | meaning |\n|---|---|---|\n"
-        f"{rows}"
-    )
-
-
 def change_kind_problems(text: str) -> list[str]:
-    """What the "Change kinds" section of `text` lacks: a section per kind with its expansion,
-    an example that validates and a row per field."""
-    kinds = sections(sections(text, "##").get(CHANGE_KINDS_HEADING, ""), "###")
-    documented = {heading.strip("`"): body for heading, body in kinds.items()}
-    problems = []
-    for kind, cls in CHANGE_KINDS.items():
-        where = f'"### `{kind}`"'
-        body = documented.get(kind)
-        if body is None:
-            problems.append(
-                f'{DOC_NAME}: no section for change kind `{kind}`; add under "## '
-                f'{CHANGE_KINDS_HEADING}":\n{_change_template(kind, cls)}'
-            )
-            continue
-        if "**Expands into:**" not in body:
-            problems.append(
-                f"{DOC_NAME}, section {where}: add a line **Expands into:** <phases, steps, locks>"
-            )
-        examples = yaml_blocks(body)
-        if len(examples) != 1:
-            problems.append(f"{DOC_NAME}, section {where}: give one ```yaml example of the change")
-        else:
-            changes = yaml.safe_load(examples[0])
-            plan = yaml.safe_dump({"version": 1, "name": "example", "changes": changes})
-            try:
-                parse_plan(plan, "example.yaml", facts=offline_facts)
-            except Exception as error:
-                problems.append(
-                    f"{DOC_NAME}, section {where}: its example does not validate:\n{error}"
-                )
-        problems += compare(where, model_rows(cls), doc_rows(body))
-    for kind in documented.keys() - CHANGE_KINDS.keys():
-        problems.append(f'{DOC_NAME}: section "### `{kind}`" is no change kind; remove it')
-    return problems
+    return kind_problems(text, CHANGE_DOC)
 
 
 def test_every_change_kind_has_a_section_with_expansion_example_and_every_field() -> None:
